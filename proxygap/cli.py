@@ -1,0 +1,75 @@
+"""The ``proxygap`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Measure, predict and mitigate reward-model overoptimization.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+task_app = typer.Typer(help="Built-in tasks.", no_args_is_help=True)
+app.add_typer(task_app, name="task")
+console = Console(stderr=True)
+
+
+@app.command()
+def run(
+    config: Annotated[
+        str | None, typer.Argument(help="YAML study config, or a built-in name (default: demo)")
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option(help="folder that holds run folders")] = Path("runs"),
+    restart: Annotated[
+        bool, typer.Option(help="delete an existing run folder of another config and start over")
+    ] = False,
+) -> None:
+    """Run (or resume) a study and write its run folder and report."""
+    from proxygap.config import ConfigError, builtin_config_path, load_config
+    from proxygap.data.preferences import PreferenceFileError
+    from proxygap.models.loading import ModelLoadError
+    from proxygap.store.run import RunFolderError
+    from proxygap.study import run_study
+
+    try:
+        path = Path(config) if config and Path(config).exists() else None
+        cfg = load_config(path or builtin_config_path(config or "demo"))
+        out = run_study(cfg, runs_dir, restart=restart, log=console.print)
+    except (ConfigError, PreferenceFileError, ModelLoadError, RunFolderError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"[green]done:[/green] {out}/report.html")
+
+
+@task_app.command("build")
+def task_build(
+    name: Annotated[str, typer.Argument(help="task name")] = "reviews",
+    out: Annotated[Path | None, typer.Option(help="output folder (default: the shipped assets)")] = None,
+    n_sentences: Annotated[int, typer.Option(help="pretraining corpus size")] = 200_000,
+    seed: Annotated[int, typer.Option(help="seed of corpus, init and data order")] = 0,
+) -> None:
+    """Recreate a built-in task's tokenizer and pretrained base policy from its seed."""
+    if name != "reviews":
+        console.print(f"[red]error:[/red] unknown task {name!r}; built-in tasks: ['reviews']")
+        raise typer.Exit(2)
+    from proxygap.tasks.reviews.build import ASSETS, BaseModelSpec, build
+
+    path = build(out or ASSETS, BaseModelSpec(n_sentences=n_sentences, seed=seed))
+    console.print(f"[green]built[/green] {path}")
+
+
+@app.command()
+def version() -> None:
+    """Print the proxygap version."""
+    from proxygap import __version__
+
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

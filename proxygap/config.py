@@ -1,0 +1,189 @@
+"""Typed study configs, validated on load with errors that name the bad field.
+
+A study is a YAML file; :func:`load_config` parses and validates it (unknown fields, wrong types,
+out-of-range values and unknown names are all refused) and :func:`resolve` fills in defaults so
+the run folder records exactly what ran.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+PosInt = Annotated[int, Field(ge=1)]
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names every bad field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _safe_name(value: str, what: str) -> str:
+    if not SAFE_NAME.match(value) or value in {".", ".."} or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} must be 1-64 letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit (it names a folder)"
+        )
+    return value
+
+
+class TaskConfig(Strict):
+    """Which task, and optionally which models replace its built-in ones (Hugging Face paths)."""
+
+    name: Literal["reviews"] = "reviews"
+    policy: str | None = None  # causal LM folder; None: the task's built-in base policy
+    tokenizer: str | None = None  # None: the policy's folder, else the task's tokenizer
+    gold: str | None = None  # sequence-classification folder; None: the task's gold function
+    trust_remote_code: bool = False
+
+
+class PreferenceConfig(Strict):
+    """How preference pairs are made: two base-policy samples per prompt, labelled by gold."""
+
+    n_pairs: PosInt = 24_000  # training pairs (proxies take the first ``n_pairs`` of their own)
+    n_heldout: PosInt = 2_000  # pairs kept aside for held-out accuracy against gold
+    temperature: PosFloat = 1.0  # sampling temperature of the pair responses
+    max_new_tokens: PosInt | None = None  # None: the task's default
+    file: str | None = None  # a {prompt, chosen, rejected} JSONL file instead of sampling
+
+
+class ProxyConfig(Strict):
+    """One proxy reward model (or a k-member ensemble differing by seed)."""
+
+    name: str
+    n_pairs: PosInt | None = None  # None: all training pairs
+    labels: Literal["deterministic", "bradley_terry"] = "deterministic"
+    bt_temperature: PosFloat = 1.0
+    label_noise: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    n_embd: PosInt = 64
+    n_layer: PosInt = 2
+    n_head: PosInt = 2
+    epochs: PosFloat = 2.0
+    lr: PosFloat = 1e-3
+    batch_size: PosInt = 64
+    ensemble: PosInt = 1
+    aggregation: Literal["mean", "wco", "uwo"] = "mean"
+    uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.5
+    seed: int = 0
+    path: str | None = None  # a trained reward model folder: scored as is, not trained
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _safe_name(v, "proxy name")
+
+    @model_validator(mode="after")
+    def _heads(self) -> ProxyConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class BonConfig(Strict):
+    """The best-of-n study: one pool of ``pool_size`` samples for each of ``n_prompts`` prompts."""
+
+    n_prompts: PosInt = 64
+    pool_size: Annotated[int, Field(ge=2)] = 1024
+    temperature: PosFloat = 1.3
+    max_new_tokens: PosInt | None = None
+    n_points: Annotated[int, Field(ge=3)] = 41  # log-spaced n values on the curves
+    examples_at: list[PosInt] = Field(default_factory=lambda: [1, 16, 128, 1024])
+    examples_per_n: PosInt = 4
+
+
+class RuntimeConfig(Strict):
+    device: str = "cpu"
+    threads: PosInt | None = None  # torch threads; None: torch's default
+    sample_batch_size: PosInt = 1024
+    score_batch_size: PosInt = 2048
+
+
+class StudyConfig(Strict):
+    """A whole study; see ``configs/demo.yaml`` for a commented example."""
+
+    name: str = "demo"
+    seed: int = 0
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    preferences: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    proxies: list[ProxyConfig] = Field(min_length=1)
+    bon: BonConfig | None = Field(default_factory=BonConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _safe_name(v, "study name")
+
+    @model_validator(mode="after")
+    def _unique(self) -> StudyConfig:
+        names = [p.name for p in self.proxies]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"proxy names must be unique; repeated: {dup}")
+        for p in self.proxies:
+            if p.n_pairs is not None and p.n_pairs > self.preferences.n_pairs:
+                raise ValueError(
+                    f"proxy {p.name!r} asks for {p.n_pairs} pairs but preferences.n_pairs is "
+                    f"{self.preferences.n_pairs}"
+                )
+        return self
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        elif "input" in e and not isinstance(e["input"], dict | list):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {loc}: {msg}")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "<dict>") -> StudyConfig:
+    """Validate a mapping as a :class:`StudyConfig`; raise :class:`ConfigError` naming fields."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: expected a mapping at the top level")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a YAML study config."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    return parse_config(data, source=str(path))
+
+
+def builtin_config_path(name: str) -> Path:
+    """Path of a config shipped with the package (``demo``, ...)."""
+    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not path.is_file():
+        shipped = sorted(q.stem for q in path.parent.glob("*.yaml"))
+        raise ConfigError(f"no built-in config {name!r}; shipped configs: {shipped}")
+    return path
+
+
+def dump_config(cfg: StudyConfig) -> str:
+    """The fully resolved config as YAML (every default written out)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

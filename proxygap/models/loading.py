@@ -1,0 +1,90 @@
+"""Load policies, reward models and tokenizers by path, safely.
+
+Everything goes through the ordinary Hugging Face ``from_pretrained(path)`` API, so any causal LM
+(policy) or sequence-classification model (reward model) can replace the built-in ones. Weights
+are read from safetensors only (``use_safetensors=True``), and remote code is never trusted
+unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer path that does not exist, or does not hold what was asked for."""
+
+
+def _check_dir(path: str | Path, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ModelLoadError(f"{what} path {str(path)!r} is not a directory (nothing to load)")
+    if what != "tokenizer" and not any(p.glob("*.safetensors")):
+        raise ModelLoadError(
+            f"{what} path {str(path)!r} holds no *.safetensors weights "
+            "(only safetensors are loaded; convert pickled checkpoints first)"
+        )
+    return p
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Tokenizer at ``path``; a missing pad token is set to the eos token."""
+    p = _check_dir(path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(p, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load a tokenizer from {str(path)!r}: {err}") from err
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A causal LM from ``path`` (safetensors weights), in eval mode."""
+    p = _check_dir(path, "policy")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            p, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load a causal LM from {str(path)!r}: {err}") from err
+    return model.eval()
+
+
+def load_reward_model(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A sequence-classification model with one output (a scalar reward) from ``path``."""
+    p = _check_dir(path, "reward model")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            p, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load a reward model from {str(path)!r}: {err}") from err
+    if model.config.num_labels != 1:
+        raise ModelLoadError(
+            f"reward model at {str(path)!r} has {model.config.num_labels} outputs; expected 1"
+        )
+    return model.eval()
+
+
+def check_vocab_match(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, what: str) -> None:
+    """Refuse a tokenizer whose ids do not fit the model's embedding table."""
+    n_embed = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > n_embed:
+        raise ModelLoadError(
+            f"{what}: tokenizer has {len(tokenizer)} tokens but the model embeds only {n_embed}; "
+            "they do not belong together"
+        )

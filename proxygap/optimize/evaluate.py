@@ -1,0 +1,124 @@
+"""Evaluation of a policy on fresh samples: proxy, gold, KL to the initial policy, diversity.
+
+Used by every optimiser that moves the policy's weights (RL, direct alignment). Each call samples
+``n_per_prompt`` responses for fixed held-out prompts with a fixed seed (common random numbers:
+successive evaluations differ by the policy, not by sampling luck) and reports the metrics of
+METHODS §6 with their standard errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from proxygap.analysis.diversity import distinct_n
+from proxygap.estimators.kl import sequence_kl
+from proxygap.models.logprobs import response_logprobs
+from proxygap.sampling.generate import Samples, decode_responses, sample
+
+ScoreFn = Callable[[list[str]], np.ndarray]
+
+
+def _se(x: np.ndarray) -> float:
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def win_rate(a: np.ndarray, b: np.ndarray) -> float:
+    """P(a > b) + P(a = b) / 2 over paired samples."""
+    return float(np.mean((a > b) + 0.5 * (a == b)))
+
+
+@dataclass
+class PolicyEvaluator:
+    """Scores a policy against the initial policy ``ref`` on held-out prompts.
+
+    ``gold`` and ``proxy`` map full texts to scores; gold is divided by ``gold_scale`` (its
+    standard deviation over initial-policy samples) and both are reported as differences from
+    the initial policy's mean on the same prompts, so every curve starts at 0.
+    """
+
+    ref: PreTrainedModel
+    tokenizer: Any
+    join: Callable[[Sequence[str], Sequence[str]], list[str]]
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    gold: ScoreFn
+    proxy: ScoreFn | None
+    n_per_prompt: int = 4
+    max_new_tokens: int = 40
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 512
+    gold_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._init: dict[str, np.ndarray] | None = None
+        self._init = self._score(self._sample(self.ref))
+
+    def _sample(self, policy: PreTrainedModel) -> Samples:
+        return sample(
+            policy,
+            self.prompt_ids,
+            n_per_prompt=self.n_per_prompt,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            eos_id=self.tokenizer.eos_token_id,
+            pad_id=self.tokenizer.pad_token_id,
+            batch_size=self.batch_size,
+            seed=self.seed,
+        )
+
+    def _score(self, s: Samples) -> dict[str, np.ndarray]:
+        responses = decode_responses(s, self.tokenizer)
+        prompts = [self.prompts[i] for i in s.prompt_index.tolist()]
+        texts = self.join(prompts, responses)
+        out = {"gold": self.gold(texts) / self.gold_scale}
+        if self.proxy is not None:
+            out["proxy"] = self.proxy(texts)
+        out["length"] = s.lengths.numpy().astype(np.float64)
+        out["texts"] = np.array(responses, dtype=object)
+        return out
+
+    @torch.no_grad()
+    def __call__(self, policy: PreTrainedModel) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Metrics (namespaced) and a few example samples."""
+        assert self._init is not None
+        was_training = policy.training
+        policy.eval()
+        s = self._sample(policy)
+        ref_lp = response_logprobs(
+            self.ref, s.prompt_ids_rows(), s.response_ids, s.mask,
+            pad_id=self.tokenizer.pad_token_id, batch_size=self.batch_size,
+        )
+        kl, kl_metrics = sequence_kl(s.logprobs - ref_lp, s.mask)
+        scores = self._score(s)
+        init = self._init
+        gold, gold0 = scores["gold"], init["gold"]
+        metrics: dict[str, float] = {
+            "reward/gold": float(gold.mean() - gold0.mean()),
+            "reward/gold_se": _se(gold - gold0),
+            "reward/gold_raw": float(gold.mean() * self.gold_scale),
+            "winrate/gold_vs_init": win_rate(gold, gold0),
+            "length/mean": float(scores["length"].mean()),
+            "diversity/distinct1": distinct_n(list(scores["texts"]), 1),
+            "diversity/distinct2": distinct_n(list(scores["texts"]), 2),
+            **kl_metrics,
+            "kl/k1_se": _se(kl.k1.double().numpy()),
+            "d": float(np.sqrt(max(kl_metrics["kl/k1"], 0.0))),
+        }
+        if "proxy" in scores:
+            metrics["reward/proxy"] = float(scores["proxy"].mean() - init["proxy"].mean())
+            metrics["reward/proxy_se"] = _se(scores["proxy"] - init["proxy"])
+        examples = [
+            {"prompt": self.prompts[int(s.prompt_index[i])], "response": str(scores["texts"][i]),
+             "gold": float(gold[i] * self.gold_scale),
+             **({"proxy": float(scores["proxy"][i])} if "proxy" in scores else {})}
+            for i in range(0, len(gold), max(1, len(gold) // 4))
+        ][:4]
+        policy.train(was_training)
+        return metrics, examples

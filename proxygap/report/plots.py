@@ -1,0 +1,76 @@
+"""Plots of proxy and gold against ``d = sqrt(KL)`` (PNG, matplotlib's Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from proxygap.optimize.bon import BonCurve  # noqa: E402
+from proxygap.store.atomic import atomic_write  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_bon(curves: Sequence[BonCurve], path: Path, *, title: str = "best-of-n") -> None:
+    """Two panels: gold (with ±2 SE bands, the fitted law dashed, the peak marked) and proxy,
+    both relative to n = 1, against d; a top axis shows n."""
+    fig, (ax_g, ax_p) = plt.subplots(1, 2, figsize=(12, 4.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, c in enumerate(curves):
+        col = colors[i % len(colors)]
+        label = f"{c.name} (R²={c.fit.r2:.3f})"
+        ax_g.plot(c.d, c.gold, "o-", ms=3, color=col, label=label)
+        ax_g.fill_between(c.d, c.gold - 2 * c.gold_se, c.gold + 2 * c.gold_se, color=col, alpha=0.15)
+        dd = np.linspace(0, c.d.max(), 200)
+        ax_g.plot(dd, c.fit.predict(dd), "--", color=col, lw=1)
+        k = c.turn.peak_index
+        ax_g.plot([c.d[k]], [c.gold[k]], "*", ms=12, color=col, mec="k")
+        ax_p.plot(c.d, c.proxy, "o-", ms=3, color=col, label=c.name)
+    for ax, what in ((ax_g, "gold"), (ax_p, "proxy")):
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("d = sqrt(KL_bon)  [nats^1/2]")
+        ax.set_ylabel(f"{what} of the pick − pool mean")
+        ax.grid(alpha=0.3)
+        if curves:
+            _n_axis(ax, curves[0])
+    ax_g.set_title(f"{title}: gold (±2 SE; dashed: d(α−βd) fit; ★ observed peak)", fontsize=10)
+    ax_p.set_title(f"{title}: proxy being optimised", fontsize=10)
+    ax_g.legend(fontsize=8)
+    ax_p.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _n_axis(ax: plt.Axes, curve: BonCurve) -> None:
+    """A secondary x axis labelled with n at powers of two."""
+    ns = [n for n in (1, 4, 16, 64, 256, 1024, 4096, 16384) if n <= curve.ns.max()]
+    d_of = {int(n): float(d) for n, d in zip(curve.ns, curve.d, strict=True)}
+    ticks = [(d_of[n], n) for n in ns if n in d_of]
+    top = ax.twiny()
+    top.set_xlim(ax.get_xlim())
+    top.set_xticks([t for t, _ in ticks])
+    top.set_xticklabels([str(n) for _, n in ticks], fontsize=8)
+    top.set_xlabel("n", fontsize=8)
+
+
+def plot_proxy_vs_gold(curves: Sequence[BonCurve], path: Path) -> None:
+    """Gold against proxy along the optimisation path: where they part, the proxy is hacked."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    for c in curves:
+        ax.errorbar(c.proxy, c.gold, yerr=2 * c.gold_se, fmt="o-", ms=3, lw=1, label=c.name)
+    lim = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
+    ax.plot(lim, lim, ":", color="grey", lw=1, label="gold = proxy")
+    ax.set_xlabel("proxy (centred)")
+    ax.set_ylabel("gold (unit-variance units)")
+    ax.set_title("gold vs proxy along best-of-n", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,22 @@
+"""``reviews``: short movie reviews from a seeded grammar, judged by a parsing gold reward."""
+
+from proxygap.tasks.base import Task
+from proxygap.tasks.reviews.build import ASSETS
+from proxygap.tasks.reviews.gold import gold_score, wellformed
+from proxygap.tasks.reviews.grammar import sample_prompts
+
+TASK = Task(
+    name="reviews",
+    policy_path=ASSETS,
+    tokenizer_path=ASSETS,
+    gold=gold_score,
+    prompts=sample_prompts,
+    wellformed=wellformed,
+    separator=" ",
+    max_new_tokens=40,
+    description=(
+        "Movie reviews from a probabilistic grammar; gold parses each review and scores "
+        "sentiment with negation and 'but', minus penalties for repetition, rambling and "
+        "ill-formed text."
+    ),
+)
