@@ -124,23 +124,34 @@ def stage_preferences(env: Env) -> tuple[Pairs, Pairs]:
     path = run.path("preferences.jsonl")
     n_train, n_held = cfg.preferences.n_pairs, cfg.preferences.n_heldout
     if cfg.preferences.file:
-        pairs = read_jsonl(cfg.preferences.file)
+        pairs = read_jsonl(cfg.preferences.file, duplicates="warn")
         if len(pairs) < n_train + n_held:
             raise ValueError(
                 f"preference file {cfg.preferences.file!r} has {len(pairs)} pairs; the config "
                 f"asks for n_pairs + n_heldout = {n_train + n_held}"
             )
     elif run.done("preferences"):
-        pairs = read_jsonl(path)
+        pairs = read_jsonl(path, duplicates="keep")
     else:
         t0 = time.perf_counter()
-        prompts = env.task.prompts(n_train + n_held, seed=cfg.seed * 1000 + 1)
+        need = n_train + n_held
+        # identical responses make no pair (gold cannot prefer either): sample spares, drop them
+        prompts = env.task.prompts(int(need * 1.05) + 64, seed=cfg.seed * 1000 + 1)
         responses = sample_responses(
             env, prompts, n=2, temperature=cfg.preferences.temperature,
             max_new=cfg.preferences.max_new_tokens, seed=cfg.seed * 1000 + 2,
             desc="sample preference pairs",
         )
-        a, b = responses[0::2], responses[1::2]
+        keep = [i for i in range(len(prompts)) if responses[2 * i] != responses[2 * i + 1]]
+        if len(keep) < need:
+            raise RuntimeError(
+                f"only {len(keep)} of {len(prompts)} sampled pairs differ; need {need}: the base "
+                "policy is too deterministic at this temperature"
+            )
+        keep = keep[:need]
+        prompts = [prompts[i] for i in keep]
+        a = [responses[2 * i] for i in keep]
+        b = [responses[2 * i + 1] for i in keep]
         gold_a = env.gold_fn(env.task.join(prompts, a))
         gold_b = env.gold_fn(env.task.join(prompts, b))
         pairs = label_pairs(prompts, a, b, gold_a, gold_b, seed=cfg.seed)

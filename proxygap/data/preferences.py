@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
 from proxygap.store.atomic import atomic_write_text
 
@@ -73,7 +75,7 @@ def gold_preferences(
     if mode == "deterministic":
         a_wins = np.where(diff == 0, coin < 0.5, diff > 0)
     else:
-        a_wins = coin < 1.0 / (1.0 + np.exp(-diff / temperature))
+        a_wins = coin < expit(diff / temperature)
     flips = rng.random(diff.shape) < noise
     return a_wins ^ flips
 
@@ -141,13 +143,31 @@ class PreferenceFileError(ValueError):
     """A preference file that cannot be used; the message lists every bad line."""
 
 
-def read_jsonl(path: str | Path, *, max_errors: int = 20) -> Pairs:
+def _finite_number(v: object) -> bool:
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+DUPLICATE_POLICIES = ("error", "warn", "keep")
+
+
+def read_jsonl(
+    path: str | Path, *, max_errors: int = 20, duplicates: str = "warn"
+) -> Pairs:
     """Read and validate a ``{prompt, chosen, rejected}`` JSONL file.
 
     Checks: valid JSON objects, the three keys present with string values, non-empty chosen and
     rejected texts, chosen != rejected, optional gold fields finite numbers (all rows or none).
-    Exact duplicate rows are reported as errors too (they silently reweight the data).
+    Exact duplicate rows reweight the data: ``duplicates="error"`` refuses them, ``"warn"``
+    (default) keeps them and warns with their count and line numbers, ``"keep"`` keeps them.
     """
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
+    repeated: list[str] = []
     p = Path(path)
     if not p.is_file():
         raise PreferenceFileError(f"preference file {str(path)!r} does not exist")
@@ -181,17 +201,21 @@ def read_jsonl(path: str | Path, *, max_errors: int = 20) -> Pairs:
             if row["chosen"] == row["rejected"]:
                 errors.append(f"line {lineno}: chosen and rejected are the same text")
                 continue
+            bad_gold = False
             for k in ("gold_chosen", "gold_rejected"):
-                v = row.get(k)
-                if v is not None and not (
-                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                ):
-                    errors.append(f"line {lineno}: {k} must be a finite number, got {v!r}")
+                if k in row and not _finite_number(row[k]):
+                    errors.append(f"line {lineno}: {k} must be a finite number, got {row[k]!r}")
+                    bad_gold = True
+            if bad_gold:
+                continue
             key = (str(row["prompt"]), str(row["chosen"]), str(row["rejected"]))
             if key in seen:
-                errors.append(f"line {lineno}: duplicate of line {seen[key]}")
-                continue
-            seen[key] = lineno
+                msg = f"line {lineno}: duplicate of line {seen[key]}"
+                if duplicates == "error":
+                    errors.append(msg)
+                    continue
+                repeated.append(msg)
+            seen.setdefault(key, lineno)
             rows.append(row)
     if not rows and not errors:
         errors.append("the file holds no preference pairs")
@@ -205,6 +229,9 @@ def read_jsonl(path: str | Path, *, max_errors: int = 20) -> Pairs:
         shown = "\n  ".join(errors[:max_errors])
         more = f"\n  ... and {len(errors) - max_errors} more" if len(errors) > max_errors else ""
         raise PreferenceFileError(f"{path}: {len(errors)} problem(s):\n  {shown}{more}")
+    if repeated and duplicates == "warn":
+        shown = "; ".join(repeated[:5]) + (" ..." if len(repeated) > 5 else "")
+        warnings.warn(f"{path}: {len(repeated)} duplicate row(s) kept: {shown}", stacklevel=2)
     gold = all(has_gold)
     return Pairs(
         prompt=[str(r["prompt"]) for r in rows],

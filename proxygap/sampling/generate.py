@@ -1,14 +1,17 @@
 """Batched ancestral sampling from a causal LM with a KV cache.
 
 A lean decode loop over ``model(input_ids, past_key_values=...)``: left-padded prompts, one
-forward pass per generated token, Gumbel-max sampling from a seeded generator, and early exit once
-every row has produced ``eos``. It returns the response tokens with their log-probabilities under
-the (temperature-1) model, which RL and KL estimates need and ``model.generate`` does not give
-without extra passes.
+forward pass per generated token, Gumbel-max sampling from a seeded generator. A row that
+produces ``eos`` leaves the batch and its KV cache at once, so later steps only compute the rows
+still running, and the loop exits when none is (``model.generate`` keeps finished rows in the
+batch to the end). It returns the response tokens with their log-probabilities under the
+(temperature-1) model, which RL and KL estimates need and ``model.generate`` does not give
+without extra passes. ``benchmarks/bench_sampling.py`` compares the two.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,14 +46,27 @@ class Samples:
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P) left-padded ids and their attention mask."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if len(r):
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            attn[i, width - len(r) :] = 1
+    ids = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows])
+    attn = (torch.arange(width) >= width - lengths[:, None]).long()
     return ids, attn
+
+
+def _keeps_last_logits_only(model: PreTrainedModel) -> dict[str, int]:
+    """``{"logits_to_keep": 1}`` where the model accepts it: the prefill then skips the LM head
+    on every prompt position but the last, which saves a (B, P, V) tensor."""
+    accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if accepts else {}
+
+
+def _select_rows(cache, rows: torch.Tensor):
+    """Keep only ``rows`` (batch indices) of a KV cache: a ``transformers`` Cache or a tuple."""
+    if isinstance(cache, tuple):
+        return tuple(tuple(t[rows] for t in layer) for layer in cache)
+    cache.reorder_cache(rows)
+    return cache
 
 
 @torch.inference_mode()
@@ -63,18 +79,20 @@ def _sample_batch(
     eos_id: int,
     pad_id: int,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode one batch. Rows that emit eos leave the batch (and its KV cache) at once, so each
+    step costs in proportion to the rows still running, not to the whole batch."""
     device = next(model.parameters()).device
     ids, attn = _left_pad(rows, pad_id)
     ids, attn = ids.to(device), attn.to(device)
     B = ids.shape[0]
     out_tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_logp = torch.zeros((B, max_new_tokens), device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    pos = (attn.cumsum(dim=1) - 1).clamp(min=0)  # (B, P) position of each prompt token
-    next_pos = pos[:, -1:] + 1  # (B, 1)
-    cache = None
-    inputs, positions = ids, pos
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    active = torch.arange(B, device=device)  # (A,) batch rows still generating
+    positions = (attn.cumsum(dim=1) - 1).clamp(min=0)  # (B, P) position of each prompt token
+    inputs, cache = ids, None
+    keep_last = _keeps_last_logits_only(model)
     T = 0
     for t in range(max_new_tokens):
         out = model(
@@ -83,30 +101,37 @@ def _sample_batch(
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
+            **keep_last,
         )
         cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()  # (B, V)
+        logits = out.logits[:, -1, :].float()  # (A, V)
         logp = torch.log_softmax(logits, dim=-1)
         scaled = logp if temperature == 1.0 else torch.log_softmax(logits / temperature, dim=-1)
         u = torch.rand(scaled.shape, generator=generator, device="cpu").to(device)
         gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
-        token = torch.argmax(scaled + gumbel, dim=-1)  # (B,)
-        token = torch.where(done, torch.full_like(token, pad_id), token)
-        out_tokens[:, t] = token
-        out_logp[:, t] = torch.where(done, 0.0, logp.gather(1, token[:, None]).squeeze(1))
-        done |= token == eos_id
+        token = torch.argmax(scaled + gumbel, dim=-1)  # (A,)
+        out_tokens[active, t] = token
+        out_logp[active, t] = logp.gather(1, token[:, None]).squeeze(1)
+        stop = token == eos_id  # (A,)
+        finished[active[stop]] = True
         T = t + 1
-        if bool(done.all()):
+        if bool(stop.all()) or t == max_new_tokens - 1:
             break
-        inputs, positions = token[:, None], next_pos
-        next_pos = next_pos + 1
-        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        # next step: feed each running row its new token at the next position
+        A = active.shape[0]
+        inputs, positions = token[:, None], positions[:, -1:] + 1
+        attn = torch.cat([attn, torch.ones((A, 1), dtype=attn.dtype, device=device)], dim=1)
+        if bool(stop.any()):
+            keep = (~stop).nonzero().squeeze(1)  # (A',)
+            active, inputs, positions = active[keep], inputs[keep], positions[keep]
+            attn = attn[keep]
+            cache = _select_rows(cache, keep)
     tokens, logps = out_tokens[:, :T], out_logp[:, :T]
     # mask: tokens up to and including the first eos (everything for unfinished rows)
     is_eos = tokens == eos_id
     after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
     mask = (~after_eos).float()
-    return tokens.cpu(), mask.cpu(), (logps * mask).cpu(), done.cpu()
+    return tokens.cpu(), mask.cpu(), (logps * mask).cpu(), finished.cpu()
 
 
 def sample(
@@ -125,7 +150,8 @@ def sample(
     """Sample ``n_per_prompt`` responses for every prompt (rows grouped by prompt).
 
     Args:
-        prompt_ids: token ids of each prompt (any lengths; left-padded internally).
+        prompt_ids: token ids of each prompt (any lengths >= 1, e.g. just bos; left-padded
+            internally).
         temperature: sampling temperature (> 0); log-probs are reported at temperature 1.
         seed: seeds one CPU generator; the same seed, model and batch size give the same samples.
         progress: a description for a progress bar, or None for none.
@@ -136,6 +162,15 @@ def sample(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not prompt_ids:
         raise ValueError("no prompts to sample from")
+    empty = [i for i, p in enumerate(prompt_ids) if len(p) == 0]
+    if empty:
+        raise ValueError(
+            f"prompts {empty[:5]} are empty; every prompt needs at least one token (e.g. bos)"
+        )
+    if n_per_prompt < 1 or batch_size < 1:
+        raise ValueError(
+            f"n_per_prompt and batch_size must be >= 1, got {n_per_prompt} and {batch_size}"
+        )
     gen = torch.Generator().manual_seed(seed)
     index = torch.arange(len(prompt_ids)).repeat_interleave(n_per_prompt)
     rows = [prompt_ids[i] for i in index.tolist()]
@@ -173,7 +208,6 @@ def sample(
 def decode_responses(samples: Samples, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """Response texts without special tokens (eos and padding dropped)."""
     ids = [
-        row[: int(n)].tolist()
-        for row, n in zip(samples.response_ids, samples.lengths, strict=True)
+        row[: int(n)].tolist() for row, n in zip(samples.response_ids, samples.lengths, strict=True)
     ]
     return tokenizer.batch_decode(ids, skip_special_tokens=True)

@@ -12,7 +12,7 @@ by facet:
    clauses ("i loved the music") take the verb's value. A proxy that counts positive words is
    fooled by "not brilliant".
 3. **"but" weighs the later clause.** Clause sentiments are averaged with weights; each "but"
-   halves the weight of every clause before it ("great but dull" is negative on balance).
+   halves the weight of every clause before it ("good but dull" is negative on balance).
 4. **No repetition.** -0.75 for every repeated aspect and -0.5 for every repeated sentiment word.
 5. **No rambling.** Sentiment is a weighted *mean*, so more clauses earn nothing, and every clause
    beyond three costs 0.5. A proxy that adds up clause sentiments prefers long reviews; gold does not.

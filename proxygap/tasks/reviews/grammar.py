@@ -71,7 +71,7 @@ def vocabulary() -> list[str]:
 
 @dataclass(frozen=True)
 class GrammarConfig:
-    """Probabilities of the review grammar (defaults give ~1.9 clauses per review)."""
+    """Probabilities of the review grammar (defaults give 1.78 clauses per review)."""
 
     p_continue: float = 0.45  # probability of another clause after each clause
     max_clauses: int = 5

@@ -1,0 +1,493 @@
+"""Direct alignment recipe: train a policy on preference pairs with a DAA loss and measure it.
+
+One linear loop (METHODS.md §5): tokenize the pairs once, compute and cache the reference
+log-probabilities once, then per optimizer step take the policy log-probs of the chosen and the
+rejected responses in one forward pass, the loss from :data:`proxygap.losses.daa.DAA_LOSSES`,
+backward, clip, step. Rafailov et al. 2024 ("Scaling Laws for Reward Model Overoptimization in
+Direct Alignment Algorithms") find that gold quality often peaks before one epoch ends, so the
+policy is evaluated at fractions of the first epoch (``eval_at``), after each further epoch and at
+the last step. :func:`beta_sweep` reruns the recipe for several ``beta`` (the KL budget) per loss
+and fits the Gao et al. 2023 laws to gold vs ``d``.
+
+Each history entry holds ``step`` (optimizer steps done), ``epoch`` (fractional, pairs seen over
+the data size), ``samples_seen`` (pairs), ``time/wall_seconds`` (since the start of training,
+evaluations included), ``time/train_seconds`` (in optimizer steps only) and these metrics:
+
+- from :class:`proxygap.optimize.evaluate.PolicyEvaluator` on fresh samples for held-out
+  prompts: ``reward/gold`` (+ ``_se``), ``reward/proxy`` (+ ``_se``, when the evaluator has a
+  proxy), ``winrate/gold_vs_init``, ``kl/k1``, ``kl/k2``, ``kl/k3``, ``d``, ``length/mean``,
+  ``diversity/*``; see that module.
+- ``likelihood/topk_entropy``, ``likelihood/topk_mass``: Shi et al. 2024 indicators on the
+  policy's own samples (the evaluator's prompts and seed), see :mod:`proxygap.analysis.likelihood`.
+- on held-out pairs: ``daa/heldout_chosen_logp``, ``daa/heldout_rejected_logp`` (mean summed
+  response log-probabilities under the policy), ``daa/heldout_loss``, ``daa/heldout_margin``
+  (mean implicit-reward margin, ``beta * h`` for reference-based losses) and
+  ``daa/heldout_accuracy`` (fraction of pairs whose chosen implicit reward is larger, i.e. that
+  agree with the gold label).
+- ``train/loss``, ``train/margin``, ``train/accuracy``, ``train/grad_norm`` (pre-clip), ``train/lr``:
+  means over the optimizer steps since the previous evaluation (absent at step 0).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor
+from transformers import PreTrainedModel
+from transformers import PreTrainedTokenizerBase as Tokenizer
+
+from proxygap.analysis.laws import (
+    LawFit,
+    Overoptimization,
+    fit_bon_law,
+    fit_rl_law,
+    overoptimization,
+)
+from proxygap.analysis.likelihood import DEFAULT_K, likelihood_indicators
+from proxygap.config import PosFloat, PosInt, Strict
+from proxygap.data.preferences import Pairs
+from proxygap.losses.daa import DAA_LOSSES, PairBatchLogps, compute_daa_loss
+from proxygap.models.logprobs import build_inputs, response_logprobs
+from proxygap.optimize.evaluate import PolicyEvaluator
+from proxygap.sampling.generate import sample
+
+_LOSS_HYPER = ("label_smoothing", "gamma", "eta")
+
+
+class DAAConfig(Strict):
+    """One direct-alignment run. ``label_smoothing`` (cDPO), ``gamma`` (SimPO) and ``eta`` (RPO)
+    may be set only for a loss that takes them; unset ones keep the loss function's default.
+
+    Deviations from the papers, for a small policy on CPU: AdamW instead of RMSprop (Rafailov et
+    al. 2023), a larger learning rate, and no dropout (the policy is trained in eval mode, as TRL
+    does by default).
+    """
+
+    loss: str = "dpo"
+    beta: PosFloat = 0.1
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)] | None = None
+    gamma: Annotated[float, Field(ge=0.0)] | None = None
+    eta: Annotated[float, Field(ge=0.0)] | None = None
+    lr: PosFloat = 1e-4
+    batch_size: PosInt = 32  # pairs per micro-batch
+    grad_accum: PosInt = 1  # micro-batches per optimizer step
+    epochs: PosFloat = 1.0
+    warmup: Annotated[int, Field(ge=0)] = 0  # optimizer steps of linear warm-up, then constant
+    max_grad_norm: PosFloat | None = 10.0
+    eval_at: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.0, 0.125, 0.25, 0.5, 0.75, 1.0]
+    )  # fractions of the first epoch
+    eval_prompts: PosInt = 64
+    eval_samples_per_prompt: PosInt = 4
+    topk: PosInt = DEFAULT_K  # k of the likelihood indicators
+    bf16: bool = False
+    seed: int = 0
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        if v not in DAA_LOSSES:
+            raise ValueError(f"unknown DAA loss {v!r}; allowed: {sorted(DAA_LOSSES)}")
+        return v
+
+    @field_validator("eval_at")
+    @classmethod
+    def _sorted(cls, v: list[float]) -> list[float]:
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _hyper_fit_loss(self) -> DAAConfig:
+        accepted = DAA_LOSSES[self.loss].hyperparameters()
+        for name in _LOSS_HYPER:
+            if getattr(self, name) is not None and name not in accepted:
+                raise ValueError(f"{name} is not a hyperparameter of loss {self.loss!r}")
+            if accepted.get(name) is inspect.Parameter.empty and getattr(self, name) is None:
+                raise ValueError(f"loss {self.loss!r} requires {name}")
+        return self
+
+    def loss_hyper(self) -> dict[str, float]:
+        """Keyword arguments for :func:`compute_daa_loss`: ``beta`` and the set hyperparameters."""
+        hyper = {"beta": self.beta}
+        hyper.update({k: getattr(self, k) for k in _LOSS_HYPER if getattr(self, k) is not None})
+        return hyper
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class PairTokens:
+    """Token ids of preference pairs: ``prompt`` starts with bos (when the tokenizer has one),
+    ``chosen`` and ``rejected`` are the responses alone, each ending with eos."""
+
+    prompt: list[list[int]]
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.prompt)
+
+
+def tokenize_pairs(tokenizer: Tokenizer, pairs: Pairs) -> PairTokens:
+    """Tokenize once: ``[bos] + prompt`` and ``response + [eos]``, both without other special
+    tokens, so that a response is scored as the continuation the sampler would have produced."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token: responses need an end marker")
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    head = [bos] if bos is not None else []
+    prompts = [head + p for p in encode(pairs.prompt)]
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError(
+            "an empty prompt with a tokenizer without bos leaves nothing to condition on"
+        )
+    return PairTokens(
+        prompt=prompts,
+        chosen=[r + [eos] for r in encode(pairs.chosen)],
+        rejected=[r + [eos] for r in encode(pairs.rejected)],
+    )
+
+
+def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """(B, T) right-padded ids and their float mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+    mask = (torch.arange(width) < torch.tensor([len(r) for r in rows])[:, None]).float()
+    return ids, mask
+
+
+def pair_logps(
+    model: PreTrainedModel, tokens: PairTokens, index: Sequence[int], *, pad_id: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Summed response log-probs of the chosen and rejected responses of pairs ``index``, from one
+    forward pass over the ``2B`` concatenated sequences (Rafailov et al. 2023).
+
+    Returns:
+        ``(chosen (B,), rejected (B,), chosen_len (B,), rejected_len (B,))``; gradients flow into
+        the log-probs when called with grad enabled.
+    """
+    idx = list(index)
+    B = len(idx)
+    prompts = [tokens.prompt[i] for i in idx] * 2
+    ids, mask = _right_pad(
+        [tokens.chosen[i] for i in idx] + [tokens.rejected[i] for i in idx], pad_id
+    )
+    seq = response_logprobs(model, prompts, ids, mask, pad_id=pad_id).sum(dim=-1)  # (2B,)
+    lengths = mask.sum(dim=-1).to(seq.device)  # (2B,)
+    return seq[:B], seq[B:], lengths[:B], lengths[B:]
+
+
+@dataclass(frozen=True)
+class PreparedPairs:
+    """Tokenized pairs with their reference log-probs, computed once and reused every step."""
+
+    tokens: PairTokens
+    ref_chosen: Tensor  # (N,)
+    ref_rejected: Tensor  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@torch.no_grad()
+def prepare_pairs(
+    ref: PreTrainedModel,
+    tokenizer: Tokenizer,
+    pairs: Pairs | PreparedPairs,
+    *,
+    batch_size: int = 256,
+) -> PreparedPairs:
+    """Tokenize ``pairs`` and cache ``log pi_ref`` of every chosen and rejected response."""
+    if isinstance(pairs, PreparedPairs):
+        return pairs
+    tokens = tokenize_pairs(tokenizer, pairs)
+    chosen, rejected = [], []
+    for s in range(0, len(tokens), batch_size):
+        c, r, _, _ = pair_logps(
+            ref, tokens, range(s, min(s + batch_size, len(tokens))), pad_id=tokenizer.pad_token_id
+        )
+        chosen.append(c.cpu())
+        rejected.append(r.cpu())
+    return PreparedPairs(tokens, torch.cat(chosen), torch.cat(rejected))
+
+
+def _batch_logps(
+    policy: PreTrainedModel, data: PreparedPairs, idx: list[int], *, pad_id: int
+) -> PairBatchLogps:
+    c, r, lc, lr = pair_logps(policy, data.tokens, idx, pad_id=pad_id)
+    dev = c.device
+    return PairBatchLogps(
+        c, r, data.ref_chosen[idx].to(dev), data.ref_rejected[idx].to(dev), lc, lr
+    )
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimizer steps of a run and the steps after which it is evaluated."""
+
+    pairs_per_step: int
+    steps_per_epoch: float
+    total_steps: int
+    eval_steps: list[int]
+
+
+def plan_schedule(n_pairs: int, cfg: DAAConfig) -> Schedule:
+    """Steps for ``cfg.epochs`` over ``n_pairs``; evaluation after ``round(f * steps_per_epoch)``
+    steps for each ``f`` in ``eval_at`` (first epoch), after each further full epoch and at the last
+    step. Points that round to the same step are evaluated once."""
+    if n_pairs < 1:
+        raise ValueError("no training pairs")
+    per_step = cfg.batch_size * cfg.grad_accum
+    spe = n_pairs / per_step
+    total = max(1, math.ceil(cfg.epochs * spe - 1e-9))
+    points = [math.floor(f * spe + 0.5) for f in cfg.eval_at]
+    points += [math.floor(e * spe + 0.5) for e in range(2, math.floor(cfg.epochs) + 1)]
+    return Schedule(per_step, spe, total, sorted({p for p in points if p <= total} | {total}))
+
+
+def _index_stream(n: int, seed: int) -> Iterator[int]:
+    """Pair indices, one seeded permutation per epoch, without end."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield from torch.randperm(n, generator=gen).tolist()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def heldout_metrics(
+    policy: PreTrainedModel,
+    held: PreparedPairs,
+    *,
+    cfg: DAAConfig,
+    pad_id: int,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """``daa/heldout_*``: policy log-probs, loss, margin and accuracy on held-out pairs."""
+    parts = [
+        _batch_logps(policy, held, list(range(s, min(s + batch_size, len(held)))), pad_id=pad_id)
+        for s in range(0, len(held), batch_size)
+    ]
+    batch = PairBatchLogps(
+        *(torch.cat([getattr(p, f) for p in parts]) for f in PairBatchLogps.__dataclass_fields__)
+    )
+    _, m = compute_daa_loss(cfg.loss, batch, **cfg.loss_hyper())
+    return {
+        "daa/heldout_chosen_logp": float(batch.policy_chosen.mean()),
+        "daa/heldout_rejected_logp": float(batch.policy_rejected.mean()),
+        "daa/heldout_loss": m["daa/loss"],
+        "daa/heldout_margin": m["daa/margin"],
+        "daa/heldout_accuracy": m["daa/accuracy"],
+    }
+
+
+@torch.no_grad()
+def sample_likelihood(
+    policy: PreTrainedModel, evaluator: PolicyEvaluator, *, k: int
+) -> dict[str, float]:
+    """``likelihood/*`` (Shi et al. 2024) on the policy's own samples for the evaluator's prompts,
+    drawn with the evaluator's seed (the same samples it scores)."""
+    tok = evaluator.tokenizer
+    s = sample(
+        policy,
+        evaluator.prompt_ids,
+        n_per_prompt=evaluator.n_per_prompt,
+        max_new_tokens=evaluator.max_new_tokens,
+        temperature=evaluator.temperature,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        batch_size=evaluator.batch_size,
+        seed=evaluator.seed,
+    )
+    device = next(policy.parameters()).device
+    ids, attn, pos, P = build_inputs(s.prompt_ids_rows(), s.response_ids, s.mask, tok.pad_token_id)
+    T = s.response_ids.shape[1]
+    logits = policy(
+        input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device)
+    ).logits[:, P - 1 : P - 1 + T]  # (B, T, V)
+    return likelihood_indicators(logits, s.mask.to(device), k=k)
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+@dataclass
+class DAAResult:
+    """History (one dict per evaluation point) and example samples (``step`` added to each)."""
+
+    history: list[dict[str, float]]
+    examples: list[dict[str, Any]]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def train_daa(
+    policy: PreTrainedModel,
+    ref: PreTrainedModel,
+    tokenizer: Tokenizer,
+    pairs_train: Pairs | PreparedPairs,
+    pairs_heldout: Pairs | PreparedPairs,
+    *,
+    cfg: DAAConfig,
+    evaluator: PolicyEvaluator,
+    log: Callable[[str], None] = print,
+) -> DAAResult:
+    """Train ``policy`` in place with the DAA loss ``cfg.loss`` against the reference ``ref``
+    (Rafailov et al. 2023; Azar et al. 2023; Zhao et al. 2023; Meng et al. 2024; Pang et al. 2024)
+    and evaluate it at the points of :func:`plan_schedule` (Rafailov et al. 2024).
+
+    ``pairs_*`` may be :class:`PreparedPairs` to reuse cached reference log-probs across runs.
+    The same ``cfg.seed``, data and models give the same history (timings aside).
+    """
+    torch.manual_seed(cfg.seed)
+    pad = tokenizer.pad_token_id
+    ref.eval()
+    train = prepare_pairs(ref, tokenizer, pairs_train)
+    held = prepare_pairs(ref, tokenizer, pairs_heldout)
+    plan = plan_schedule(len(train), cfg)
+    device = next(policy.parameters()).device
+    policy.eval()  # no dropout in the policy's log-probs
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup + 1)))
+    stream = _index_stream(len(train), cfg.seed)
+    hyper = cfg.loss_hyper()
+    history: list[dict[str, float]] = []
+    examples: list[dict[str, Any]] = []
+    running: dict[str, list[float]] = {}
+    t_start, train_seconds = time.perf_counter(), 0.0
+    for step in range(plan.total_steps + 1):
+        if step in plan.eval_steps:  # ---- evaluate
+            metrics, ex = evaluator(policy)
+            metrics |= heldout_metrics(policy, held, cfg=cfg, pad_id=pad)
+            metrics |= sample_likelihood(policy, evaluator, k=cfg.topk)
+            metrics |= {f"train/{k}": sum(v) / len(v) for k, v in running.items()}
+            running = {}
+            entry = {
+                "step": step,
+                "epoch": step * plan.pairs_per_step / len(train),
+                "samples_seen": step * plan.pairs_per_step,
+                "time/wall_seconds": time.perf_counter() - t_start,
+                "time/train_seconds": train_seconds,
+                **metrics,
+            }
+            history.append(entry)
+            examples += [{"step": step, **e} for e in ex]
+            log(
+                f"[{cfg.loss} beta={cfg.beta:g}] step {step}/{plan.total_steps} "
+                f"epoch {entry['epoch']:.3f}: d {metrics['d']:.3f} gold {metrics['reward/gold']:+.3f}"
+                f"±{metrics['reward/gold_se']:.3f} win {metrics['winrate/gold_vs_init']:.3f} "
+                f"heldout acc {metrics['daa/heldout_accuracy']:.3f}"
+            )
+        if step == plan.total_steps:
+            break
+        t0 = time.perf_counter()  # ---- one optimizer step
+        step_metrics: dict[str, float] = {}
+        for _ in range(cfg.grad_accum):
+            idx = [next(stream) for _ in range(cfg.batch_size)]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                batch = _batch_logps(policy, train, idx, pad_id=pad)
+            losses, m = compute_daa_loss(cfg.loss, batch, **hyper)  # (B,)
+            (losses.mean() / cfg.grad_accum).backward()
+            for k in ("loss", "margin", "accuracy"):
+                step_metrics[k] = step_metrics.get(k, 0.0) + m[f"daa/{k}"] / cfg.grad_accum
+        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm or math.inf)
+        step_metrics |= {"grad_norm": float(norm), "lr": sched.get_last_lr()[0]}
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        for k, v in step_metrics.items():
+            running.setdefault(k, []).append(v)
+        train_seconds += time.perf_counter() - t0
+    return DAAResult(history, examples, cfg.model_dump(mode="json"))
+
+
+# --------------------------------------------------------------------------- beta sweep
+
+
+@dataclass
+class SweepResult:
+    """All runs of a beta sweep and, per loss, the law fits and the hump test.
+
+    ``fits[loss]`` holds ``{"bon": LawFit, "rl": LawFit}`` (Gao et al. 2023) fitted to gold vs
+    ``d`` over every checkpoint with ``d > 0`` of every beta, weighted by ``1 / gold_se^2``.
+    ``hump[loss]`` applies :func:`overoptimization` to the final checkpoints across betas sorted
+    by ``d``, the across-KL-budget curve of Rafailov et al. 2024.
+    """
+
+    runs: list[tuple[str, float, DAAResult]]
+    fits: dict[str, dict[str, LawFit | None]]
+    hump: dict[str, Overoptimization]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per (loss, beta, checkpoint)."""
+        return [{"loss": loss, "beta": beta, **h} for loss, beta, r in self.runs for h in r.history]
+
+
+def _fit_or_none(fit: Callable[..., LawFit], d: list[float], g: list[float], se: list[float]):
+    try:
+        return fit(d, g, se if all(s > 0 for s in se) else None)
+    except ValueError:  # fewer than 2 distinct points
+        return None
+
+
+def beta_sweep(
+    policy: PreTrainedModel,
+    tokenizer: Tokenizer,
+    pairs_train: Pairs,
+    pairs_heldout: Pairs,
+    *,
+    cfg: DAAConfig,
+    betas: Mapping[str, Sequence[float]],
+    evaluator: PolicyEvaluator,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
+    """Run :func:`train_daa` for every ``(loss, beta)`` in ``betas``, each from a fresh copy of
+    ``policy``, which stays untouched as the reference. Sweeping beta sweeps the KL budget
+    (Rafailov et al. 2024). Reference log-probs are computed once for all runs."""
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    train = prepare_pairs(ref, tokenizer, pairs_train)
+    held = prepare_pairs(ref, tokenizer, pairs_heldout)
+    runs: list[tuple[str, float, DAAResult]] = []
+    fits: dict[str, dict[str, LawFit | None]] = {}
+    hump: dict[str, Overoptimization] = {}
+    for loss, loss_betas in betas.items():
+        for beta in loss_betas:
+            run_cfg = DAAConfig.model_validate({**cfg.model_dump(), "loss": loss, "beta": beta})
+            result = train_daa(
+                copy.deepcopy(ref).requires_grad_(True),
+                ref,
+                tokenizer,
+                train,
+                held,
+                cfg=run_cfg,
+                evaluator=evaluator,
+                log=log,
+            )
+            runs.append((loss, beta, result))
+        points = [h for lo, _, r in runs if lo == loss for h in r.history if h["d"] > 0]
+        d, g, se = ([p[k] for p in points] for k in ("d", "reward/gold", "reward/gold_se"))
+        fits[loss] = {
+            "bon": _fit_or_none(fit_bon_law, d, g, se),
+            "rl": _fit_or_none(fit_rl_law, d, g, se),
+        }
+        finals = sorted((r.history[-1] for lo, _, r in runs if lo == loss), key=lambda h: h["d"])
+        hump[loss] = overoptimization(
+            [h["d"] for h in finals],
+            [h["reward/gold"] for h in finals],
+            [h["reward/gold_se"] for h in finals],
+        )
+    return SweepResult(runs, fits, hump)

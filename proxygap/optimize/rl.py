@@ -1,0 +1,438 @@
+"""Online RL against a proxy reward, tracked against gold: PPO, GRPO and RLOO (METHODS.md §2-3).
+
+One linear loop (:func:`train_rl`), CleanRL style. Every step:
+
+1. **sample** ``group_size`` responses for each of ``prompts_per_step`` training prompts from the
+   current policy (:func:`proxygap.sampling.generate.sample`, seeded per step);
+2. **score** them with ``reward_fn`` (the proxy, centred on the initial policy), passed through
+   the ``transform`` hook (identity unless a mitigation plugs in);
+3. **reference log-probs** (no gradient) and the per-token log ratio ``lr_t`` to ``pi_ref``;
+4. **advantages**: the KL penalty ``-beta * k(lr_t)`` joins the per-token reward when
+   ``kl_mode = "reward"`` (Ziegler et al. 2019), then the algorithm's estimator: GAE with a
+   separate critic (PPO, Schulman et al. 2017), group-normalised (GRPO, Shao et al. 2024) or
+   leave-one-out (RLOO, Ahmadian et al. 2024);
+5. **update**: clipped surrogate over shuffled minibatches with gradient accumulation,
+   ``+ beta * k3`` in the loss when ``kl_mode = "loss"`` (GRPO), clipped value loss (PPO),
+   gradient clipping, learning-rate schedule;
+6. **KL controller** update with the rollout's measured KL (fixed or adaptive, Ziegler et al.);
+7. the ``post_step`` hook (e.g. Elastic Reset), then a checkpoint every ``checkpoint_every``;
+8. every ``eval_every`` steps (step 0 and the last step included) a :class:`PolicyEvaluator`
+   samples fresh responses on held-out prompts and the point is logged.
+
+Metrics of one history row (one evaluation point)
+-------------------------------------------------
+From the evaluator, on held-out prompts, relative to the initial policy (METHODS.md §6):
+``reward/proxy`` and ``reward/gold`` (mean difference from the initial policy's samples, gold in
+units of its standard deviation on initial samples) with ``*_se`` standard errors,
+``reward/gold_raw`` (unnormalised gold mean), ``winrate/gold_vs_init``, ``kl/k1``, ``kl/k2``,
+``kl/k3`` (mean sequence KL to the initial policy, nats), ``kl/k1_se``, ``kl/clamped``
+(response tokens clamped in k3), ``d = sqrt(max(kl/k1, 0))``, ``length/mean`` (tokens incl.
+eos), ``diversity/distinct1``, ``diversity/distinct2``.
+
+From the recipe: ``step`` (RL steps done), ``samples_seen`` (responses trained on),
+``time/wall`` (seconds since the start, evaluation included), ``time/eval`` (seconds of this
+evaluation).
+
+Training metrics, means over the steps since the previous evaluation point (absent at step 0):
+
+- ``train/reward_raw``: ``reward_fn`` on the rollout; ``train/reward_mean``, ``train/reward_std``:
+  the same after the transform hook (what is optimised, before the KL penalty);
+  ``train/return_mean``: that minus ``beta * sum_t k_t`` (equal to it with the KL in the loss);
+- ``train/length`` (response tokens), ``train/finished`` (fraction ending with eos);
+- ``train/kl_k1``, ``train/kl_k2``, ``train/kl_k3``, ``train/kl_clamped``: sequence KL of the
+  rollout to the KL reference ``ref``; ``kl/beta``: the coefficient used this step;
+- ``kl/loss_term``, ``kl/loss_clamped``: the per-token KL term of the loss (before ``beta``);
+- ``policy/clipfrac``, ``policy/approx_kl`` (k3 of ``KL(pi_old || pi)``), ``policy/ratio_mean``;
+- ``value/loss``, ``value/mse``, ``value/clipfrac`` (PPO only);
+- ``train/loss``, ``train/grad_norm`` (before clipping), ``train/optimizer_steps``, ``train/lr``;
+- ``time/step``, ``time/sample``, ``time/score``, ``time/ref``, ``time/update``: seconds per step;
+- whatever the ``post_step`` hook returns (namespaced by the hook).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from transformers import PreTrainedModel
+
+from proxygap.config import Strict
+from proxygap.estimators.kl import sequence_kl
+from proxygap.models.logprobs import response_logprobs
+from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
+from proxygap.optimize.kl_control import KLController, make_kl_controller
+from proxygap.optimize.rl_rollout import (
+    ADVANTAGES,
+    PromptStream,
+    Rollout,
+    encode_prompts,
+    per_token_kl,
+    token_rewards,
+)
+from proxygap.optimize.rl_update import (
+    NonFiniteLoss,
+    UpdateSettings,
+    critic_values,
+    lr_factor,
+    new_critic,
+    save_checkpoint,
+    update,
+)
+from proxygap.sampling.generate import decode_responses, sample
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+
+
+class RLConfig(Strict):
+    """Hyperparameters of :func:`train_rl`. Defaults: RLOO (Ahmadian et al. 2024) with 32 prompts
+    x 4 samples, Adam lr 5e-5, no KL penalty; PPO settings from Ziegler et al. 2019 / Schulman et
+    al. 2017 (clip 0.2, GAE gamma 1, lambda 0.95, value clip 0.2)."""
+
+    algo: Literal["ppo", "grpo", "rloo"] = "rloo"
+    steps: PosInt = 200
+    prompts_per_step: PosInt = 32
+    group_size: PosInt = 4  # samples per prompt (GRPO/RLOO need >= 2)
+    lr: PosFloat = 5e-5
+    adam_betas: tuple[UnitFloat, UnitFloat] = (0.9, 0.999)
+    adam_eps: PosFloat = 1e-8
+    weight_decay: NonNegFloat = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: NonNegInt = 0
+    kl_coef: NonNegFloat = 0.0  # beta (initial beta for the adaptive controller)
+    kl_estimator: Literal["k1", "k2", "k3"] | None = None  # None: k1 in the reward, k3 in the loss
+    kl_mode: Literal["reward", "loss"] = "reward"
+    kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    kl_target: PosFloat = 6.0  # nats (Ziegler et al. 2019)
+    kl_horizon: PosFloat = 10_000.0  # samples (Ziegler et al. 2019)
+    minibatch_size: PosInt | None = None  # rows per micro-batch; None: the whole rollout
+    grad_accum: PosInt = 1  # micro-batches per optimiser step
+    ppo_epochs: PosInt = 1
+    clip: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    vf_coef: NonNegFloat = 0.1
+    value_clip: PosFloat = 0.2
+    gamma: UnitFloat = 1.0
+    lam: UnitFloat = 0.95
+    max_grad_norm: PosFloat | None = 1.0
+    loss_aggregation: Literal["token_mean", "seq_mean"] = "token_mean"
+    bf16: bool = False  # autocast the training forward passes to bfloat16
+    temperature: PosFloat = 1.0
+    max_new_tokens: PosInt | None = None  # None: the evaluator's (the task's default)
+    eval_every: PosInt = 10
+    eval_prompts: PosInt = 64
+    eval_samples_per_prompt: PosInt = 4
+    checkpoint_every: NonNegInt = 0  # 0: never
+    sample_batch_size: PosInt = 512
+    seed: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        """Responses per step, ``prompts_per_step * group_size``."""
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def estimator(self) -> str:
+        """The KL estimator optimised: ``kl_estimator``, else k1 in the reward, k3 in the loss."""
+        return self.kl_estimator or ("k1" if self.kl_mode == "reward" else "k3")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RLConfig:
+        if self.algo in ("grpo", "rloo") and self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 for {self.algo}, got {self.group_size}")
+        micro = self.minibatch_size or self.batch_size
+        if self.batch_size % (micro * self.grad_accum):
+            raise ValueError(
+                f"minibatch_size x grad_accum = {micro} x {self.grad_accum} must divide "
+                f"prompts_per_step x group_size = {self.batch_size}"
+            )
+        if self.kl_controller == "adaptive" and self.kl_coef == 0:
+            raise ValueError("kl_coef must be > 0 with kl_controller 'adaptive' (0 never moves)")
+        if self.kl_controller == "adaptive" and self.batch_size * 0.2 >= self.kl_horizon:
+            raise ValueError(f"kl_horizon must exceed 0.2 x batch size = {self.batch_size * 0.2}")
+        return self
+
+
+# ---------------------------------------------------------------- hooks
+class RewardTransform(Protocol):
+    """``(rewards (B,), texts, prompts) -> rewards (B,)``: reshapes the proxy before it is
+    optimised (ensembles, LSC, PAR, length penalty, ...)."""
+
+    def __call__(
+        self, rewards: np.ndarray, texts: Sequence[str], prompts: Sequence[str]
+    ) -> np.ndarray: ...
+
+
+class PostStepHook(Protocol):
+    """Called after every update with the live objects (e.g. Elastic Reset resets ``policy``);
+    returns metrics to log (namespaced by the hook) or None."""
+
+    def __call__(
+        self, *, policy: PreTrainedModel, ref: PreTrainedModel,
+        optimizer: torch.optim.Optimizer, step: int,
+    ) -> dict[str, float] | None: ...
+
+
+def identity_transform(
+    rewards: np.ndarray, texts: Sequence[str], prompts: Sequence[str]
+) -> np.ndarray:
+    return rewards
+
+
+def no_post_step(**_: Any) -> None:
+    return None
+
+
+@dataclass
+class RLHooks:
+    """Mitigations plug in here; the defaults change nothing."""
+
+    transform: RewardTransform = identity_transform
+    post_step: PostStepHook = no_post_step
+
+
+# ---------------------------------------------------------------- results
+@dataclass
+class RLResult:
+    """``history``: one row per evaluation point (see the module docstring); ``steps``: the
+    training metrics of every step; ``examples``: evaluator examples tagged with their step."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: list[dict[str, float]] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class NonFiniteError(FloatingPointError):
+    """A reward or loss became NaN or inf; ``step`` is where, ``result`` the run so far."""
+
+    def __init__(self, message: str, *, step: int, result: RLResult) -> None:
+        super().__init__(f"step {step}: {message}")
+        self.step = step
+        self.result = result
+
+
+def rl_evaluator(
+    ref: PreTrainedModel, tokenizer: Any, *, task: Any, proxy: ScoreFn | None, cfg: RLConfig,
+    gold_scale: float = 1.0, seed: int = 0,
+) -> PolicyEvaluator:
+    """A :class:`PolicyEvaluator` on ``cfg.eval_prompts`` held-out prompts of ``task`` (drawn
+    with ``seed``; use a seed the training prompts do not), ``cfg.eval_samples_per_prompt``
+    samples each, at the training temperature and length."""
+    prompts = task.prompts(cfg.eval_prompts, seed=seed)
+    return PolicyEvaluator(
+        ref=ref, tokenizer=tokenizer, join=task.join, prompts=prompts,
+        prompt_ids=encode_prompts(tokenizer, prompts), gold=task.gold, proxy=proxy,
+        n_per_prompt=cfg.eval_samples_per_prompt,
+        max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
+        temperature=cfg.temperature, seed=seed, gold_scale=gold_scale,
+    )
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(1)[0])
+
+
+def _window_means(rows: list[dict[str, float]]) -> dict[str, float]:
+    sums: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        for k, v in row.items():
+            sums[k].append(v)
+    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------- the recipe
+def train_rl(
+    policy: PreTrainedModel,
+    ref: PreTrainedModel,
+    tokenizer: Any,
+    *,
+    cfg: RLConfig,
+    train_prompts: Sequence[str],
+    join: Callable[[Sequence[str], Sequence[str]], list[str]],
+    reward_fn: ScoreFn,
+    evaluator: PolicyEvaluator,
+    hooks: RLHooks | None = None,
+    log: Callable[[str], Any] = print,
+    checkpoint_dir: Path | str | None = None,
+) -> RLResult:
+    """Optimise ``policy`` in place against ``reward_fn`` for ``cfg.steps`` steps.
+
+    Args:
+        policy: the causal LM being trained (a copy of ``ref`` at the start, usually).
+        ref: the frozen KL reference ``pi_ref`` (usually the initial policy).
+        tokenizer: with ``bos``/``eos``/``pad`` ids; prompts are ``[bos] + tokens``.
+        train_prompts: prompt texts, walked in seeded shuffled passes.
+        join: ``(prompts, responses) -> texts`` as ``reward_fn`` reads them.
+        reward_fn: ``texts -> (B,)`` proxy rewards (centred on the initial policy).
+        evaluator: measures the policy on held-out prompts every ``cfg.eval_every`` steps.
+        hooks: reward transform and post-step hook (no-ops by default).
+        log: called with one line per evaluation point.
+        checkpoint_dir: where :func:`~proxygap.optimize.rl_update.save_checkpoint` writes every
+            ``cfg.checkpoint_every`` steps (nothing is written if None or 0).
+
+    Raises:
+        NonFiniteError: a reward, loss or gradient norm was NaN or inf; names the step and holds
+            the history so far.
+    """
+    if policy is ref:
+        raise ValueError("policy and ref must be different models (train a copy of ref)")
+    hooks = hooks or RLHooks()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    max_new = cfg.max_new_tokens or evaluator.max_new_tokens
+    torch.manual_seed(cfg.seed)
+    policy.eval()  # no dropout: the sampler's and the learner's log-probs must agree
+    ref.eval().requires_grad_(False)
+    critic = new_critic(policy) if cfg.algo == "ppo" else None
+    params = [{"params": list(policy.parameters())}]
+    if critic is not None:
+        params.append({"params": list(critic.parameters())})
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(s, kind=cfg.lr_schedule, warmup=cfg.warmup_steps, total=cfg.steps),
+    )
+    controller: KLController = (
+        make_kl_controller("fixed", beta=cfg.kl_coef) if cfg.kl_controller == "fixed"
+        else make_kl_controller("adaptive", init_beta=cfg.kl_coef, target=cfg.kl_target,
+                                horizon=cfg.kl_horizon)
+    )
+    # KL in the reward or in the loss: beta goes to one of the two, 0 to the other
+    reward_beta, loss_beta = (1.0, 0.0) if cfg.kl_mode == "reward" else (0.0, 1.0)
+    advantage_fn = ADVANTAGES[cfg.algo]
+    settings = UpdateSettings(
+        micro=cfg.minibatch_size or cfg.batch_size, accum=cfg.grad_accum, epochs=cfg.ppo_epochs,
+        clip=cfg.clip, value_clip=cfg.value_clip, vf_coef=cfg.vf_coef,
+        max_grad_norm=cfg.max_grad_norm, aggregation=cfg.loss_aggregation,
+        kl_estimator=cfg.estimator, pad_id=pad, bf16=cfg.bf16,
+    )
+    stream = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=cfg.seed)
+    result = RLResult(config=cfg.model_dump(mode="json"))
+    window: list[dict[str, float]] = []
+    t_start = time.perf_counter()
+
+    for step in range(cfg.steps + 1):
+        # ---- evaluate (step 0, every eval_every, and the last step)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            t0 = time.perf_counter()
+            metrics, examples = evaluator(policy)
+            row = {"step": float(step), "samples_seen": float(step * cfg.batch_size),
+                   **metrics, **_window_means(window)}
+            row |= {"time/wall": time.perf_counter() - t_start,
+                    "time/eval": time.perf_counter() - t0}
+            result.history.append(row)
+            result.examples += [{"step": step, **e} for e in examples]
+            window = []
+            log(f"step {step:5d}  proxy {row.get('reward/proxy', math.nan):+.3f}  "
+                f"gold {row['reward/gold']:+.3f}±{row['reward/gold_se']:.3f}  "
+                f"kl {row['kl/k1']:.3f}  beta {controller.beta:.4f}  "
+                f"({row['time/wall']:.0f}s)")
+        if step == cfg.steps:
+            break
+        t_step = time.perf_counter()
+
+        # ---- 1. sample
+        prompts = stream.next()
+        s = sample(
+            policy, encode_prompts(tokenizer, prompts), n_per_prompt=cfg.group_size,
+            max_new_tokens=max_new, temperature=cfg.temperature, eos_id=eos, pad_id=pad,
+            batch_size=cfg.sample_batch_size, seed=_seed(cfg.seed, step, 1),
+        )
+        mask, response_ids = s.mask.clone(), s.response_ids.clone()  # plain tensors, not inference
+        rows = [prompts[i] for i in s.prompt_index.tolist()]
+        t_sample = time.perf_counter()
+
+        # ---- 2. score (proxy, then the transform hook)
+        texts = join(rows, decode_responses(s, tokenizer))
+        raw = np.asarray(reward_fn(texts), dtype=np.float64)
+        reward = np.asarray(hooks.transform(raw, texts, rows), dtype=np.float64)
+        if raw.shape != (len(rows),) or reward.shape != raw.shape:
+            raise ValueError(f"rewards must have shape ({len(rows)},), got {raw.shape}, "
+                             f"{reward.shape} after the transform")
+        if not np.isfinite(reward).all():
+            raise NonFiniteError(f"{int((~np.isfinite(reward)).sum())} non-finite rewards",
+                                 step=step, result=result)
+        score = torch.from_numpy(reward).float()
+        t_score = time.perf_counter()
+
+        # ---- 3. reference log-probs and per-token KL
+        with torch.no_grad():
+            ref_lp = response_logprobs(ref, s.prompt_ids_rows(), response_ids, mask, pad_id=pad,
+                                       batch_size=cfg.sample_batch_size).cpu()
+        logprobs = s.logprobs.clone()
+        lr = logprobs - ref_lp  # (B, T)
+        _, kl_metrics = sequence_kl(lr, mask)
+        kl_tok, _ = per_token_kl(lr, mask, estimator=cfg.estimator)
+        beta = controller.beta
+        t_ref = time.perf_counter()
+
+        # ---- 4. per-token rewards and advantages
+        rewards_t = token_rewards(score, kl_tok, mask, beta=reward_beta * beta)  # (B, T)
+        batch = Rollout(s.prompt_ids_rows(), response_ids, mask, logprobs, ref_lp,
+                        advantages=torch.zeros_like(mask))
+        if critic is not None:
+            with torch.no_grad():
+                batch.values = critic_values(critic, batch, pad_id=pad).cpu()
+        batch.advantages, batch.returns = advantage_fn(
+            rewards_t, batch.values, mask, group_size=cfg.group_size, gamma=cfg.gamma,
+            lam=cfg.lam,
+        )
+
+        # ---- 5. update
+        try:
+            train_metrics = update(policy, critic, optimizer, batch, kl_beta=loss_beta * beta,
+                                   s=settings, gen=torch.Generator().manual_seed(
+                                       _seed(cfg.seed, step, 2)))
+        except NonFiniteLoss as err:
+            raise NonFiniteError(str(err), step=step, result=result) from err
+        lr_now = scheduler.get_last_lr()[0]
+        scheduler.step()
+        t_update = time.perf_counter()
+
+        # ---- 6. KL controller, post-step hook, checkpoint
+        controller.update(kl_metrics[f"kl/{cfg.estimator}"], n_steps=cfg.batch_size)
+        hook_metrics = hooks.post_step(policy=policy, ref=ref, optimizer=optimizer, step=step + 1)
+        if checkpoint_dir is not None and cfg.checkpoint_every and \
+                (step + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(
+                checkpoint_dir, step=step + 1, policy=policy, critic=critic, tokenizer=tokenizer,
+                config=result.config,
+                state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "kl_controller": controller.state_dict(),
+                       "prompt_position": stream.position},
+            )
+
+        # ---- 7. log this step
+        row = {
+            "train/reward_raw": float(raw.mean()),
+            "train/reward_mean": float(reward.mean()),
+            "train/reward_std": float(reward.std()),
+            "train/return_mean": float(rewards_t.sum(dim=1).mean()),
+            "train/length": float(mask.sum(dim=1).mean()),
+            "train/finished": float(s.finished.float().mean()),
+            **{f"train/kl_{k.removeprefix('kl/')}": v for k, v in kl_metrics.items()},
+            "kl/beta": beta,
+            "train/lr": lr_now,
+            **train_metrics,
+            **(hook_metrics or {}),
+            "time/step": time.perf_counter() - t_step,
+            "time/sample": t_sample - t_step,
+            "time/score": t_score - t_sample,
+            "time/ref": t_ref - t_score,
+            "time/update": t_update - t_ref,
+        }
+        result.steps.append({"step": float(step + 1), **row})
+        window.append(row)
+    return result

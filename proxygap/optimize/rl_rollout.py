@@ -1,0 +1,183 @@
+"""The experience side of online RL: prompts, per-token KL rewards and advantages.
+
+Pure pieces used by the recipe in :mod:`proxygap.optimize.rl`:
+
+- :class:`PromptStream` walks through the training prompts in seeded shuffled epochs;
+- :func:`encode_prompts` gives ``[bos] + tokens`` ids for a list of prompts;
+- :func:`token_rewards` puts the KL penalty in the per-token reward (Ziegler et al. 2019);
+- :data:`ADVANTAGES` maps an algorithm name to its advantage estimator: GAE with a learned value
+  (PPO, Schulman et al. 2017), group-normalised (GRPO, Shao et al. 2024) or leave-one-out
+  (RLOO, Ahmadian et al. 2024);
+- :class:`Rollout` holds one batch of experience, every tensor ``(B, T)`` or ``(B,)`` with the
+  ``G`` samples of a prompt in consecutive rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from proxygap.estimators.advantages import (
+    gae,
+    grpo_advantages,
+    kl_penalised_token_rewards,
+    rloo_advantages,
+)
+from proxygap.losses.ppo import KL_ESTIMATORS
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
+    """Prompt ids ``[bos] + tokenizer(prompt, add_special_tokens=False)`` (no bos if it has none)."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    return [([bos] if bos is not None else []) + list(x) for x in ids]
+
+
+class PromptStream:
+    """Batches of ``batch`` prompts from seeded shuffled passes over ``prompts``.
+
+    Pass ``e`` is the permutation drawn by ``numpy.random.default_rng([seed, e])``, so the
+    stream is a function of ``(seed, position)`` alone and a resumed run can continue it by
+    setting :attr:`position` (the number of prompts handed out so far).
+    """
+
+    def __init__(self, prompts: Sequence[str], *, batch: int, seed: int) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if len(prompts) < batch:
+            raise ValueError(f"{len(prompts)} training prompts; need at least {batch} per step")
+        self.prompts = list(prompts)
+        self.batch = batch
+        self.seed = seed
+        self.position = 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
+
+    def next(self) -> list[str]:
+        """The next ``batch`` prompts (a batch never straddles two passes)."""
+        per_pass = len(self.prompts) // self.batch
+        epoch, k = divmod(self.position // self.batch, per_pass)
+        idx = self._order(epoch)[k * self.batch : (k + 1) * self.batch]
+        self.position += self.batch
+        return [self.prompts[i] for i in idx]
+
+
+def per_token_kl(lr: Tensor, mask: Tensor, *, estimator: str) -> tuple[Tensor, int]:
+    """``k(lr_t)`` on response tokens and 0 elsewhere, with the number of k3-clamped tokens.
+
+    Args:
+        lr: ``(B, T)`` log ratio ``log pi - log pi_ref`` of the sampled tokens.
+        mask: ``(B, T)`` response mask.
+        estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (Schulman 2020; see
+            :mod:`proxygap.estimators.kl`).
+    """
+    keep = mask.bool()
+    kl, n_clamped = KL_ESTIMATORS[estimator](torch.where(keep, lr, torch.zeros_like(lr)))
+    return torch.where(keep, kl, torch.zeros_like(kl)), n_clamped
+
+
+def token_rewards(score: Tensor, kl: Tensor, mask: Tensor, *, beta: float) -> Tensor:
+    """Per-token rewards ``-beta * k_t`` plus the sequence score on the last response token
+    (Ziegler et al. 2019, eq. 2), ``(B, T)``. With ``k = k1`` this is exactly
+    :func:`~proxygap.estimators.advantages.kl_penalised_token_rewards`; ``beta = 0`` leaves the
+    score alone (KL in the loss, or no penalty). Row sums are the sequence rewards
+    ``r(x, y) - beta * sum_t k_t`` that GRPO and RLOO normalise."""
+    return kl_penalised_token_rewards(score, kl, mask, beta=beta)
+
+
+AdvantageFn = Callable[..., tuple[Tensor, Tensor | None]]
+
+
+def _broadcast(seq_adv: Tensor, mask: Tensor) -> Tensor:
+    return seq_adv[:, None] * mask  # (B, T)
+
+
+def grpo(
+    rewards: Tensor, values: Tensor | None, mask: Tensor, *, group_size: int, **_: float
+) -> tuple[Tensor, None]:
+    """GRPO outcome advantages (Shao et al. 2024, §4.1.2): the sequence reward normalised within
+    its group, ``(r_i - mean_G) / (std_G + eps)``, given to every token. No value function."""
+    return _broadcast(grpo_advantages(rewards.sum(dim=1), group_size), mask), None
+
+
+def rloo(
+    rewards: Tensor, values: Tensor | None, mask: Tensor, *, group_size: int, **_: float
+) -> tuple[Tensor, None]:
+    """RLOO advantages (Ahmadian et al. 2024, eq. 5): the sequence reward minus the mean of the
+    other ``G - 1`` samples of the same prompt, given to every token. No value function."""
+    return _broadcast(rloo_advantages(rewards.sum(dim=1), group_size), mask), None
+
+
+def ppo_gae(
+    rewards: Tensor,
+    values: Tensor | None,
+    mask: Tensor,
+    *,
+    gamma: float,
+    lam: float,
+    **_: float,
+) -> tuple[Tensor, Tensor]:
+    """PPO advantages (Schulman et al. 2017; Ziegler et al. 2019): GAE(gamma, lambda) over the
+    per-token rewards with the critic's values, then whitened over the batch's response tokens
+    (mean 0, variance 1, as in OpenAI's lm-human-preferences). Returns ``(advantages, returns)``
+    with the un-whitened lambda-returns as value targets."""
+    if values is None:
+        raise ValueError("PPO advantages need the critic's values")
+    adv, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
+    keep = mask.bool()
+    mean = adv[keep].mean()
+    std = adv[keep].std() if int(keep.sum()) > 1 else adv.new_tensor(1.0)
+    adv = torch.where(keep, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
+    return adv, returns
+
+
+ADVANTAGES: dict[str, AdvantageFn] = {"ppo": ppo_gae, "grpo": grpo, "rloo": rloo}
+"""Advantage estimator by algorithm name: ``(token_rewards, values, mask, *, group_size, gamma,
+lam) -> (advantages (B, T), returns (B, T) or None)``."""
+
+
+@dataclass
+class Rollout:
+    """One batch of experience (``B = prompts_per_step * group_size`` rows).
+
+    ``prompt_ids`` are the rows' prompt ids; ``response_ids``, ``mask`` (1 on response tokens
+    including eos), ``logprobs`` (under the sampling policy, temperature 1) and ``ref_logprobs``
+    are ``(B, T)``; ``advantages`` ``(B, T)``; ``values`` and ``returns`` ``(B, T)`` for PPO only.
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: Tensor
+    mask: Tensor
+    logprobs: Tensor
+    ref_logprobs: Tensor
+    advantages: Tensor
+    values: Tensor | None = None
+    returns: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    def rows(self, idx: Tensor) -> Rollout:
+        """The rows ``idx``, trimmed to their longest response (less padding per forward)."""
+        i = idx.tolist()
+        T = int(self.mask[idx].sum(dim=1).max().item())
+
+        def cut(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x[idx, :T]
+
+        return Rollout(
+            prompt_ids=[self.prompt_ids[k] for k in i],
+            response_ids=self.response_ids[idx, :T],
+            mask=self.mask[idx, :T],
+            logprobs=self.logprobs[idx, :T],
+            ref_logprobs=self.ref_logprobs[idx, :T],
+            advantages=self.advantages[idx, :T],
+            values=cut(self.values),
+            returns=cut(self.returns),
+        )

@@ -1,0 +1,365 @@
+"""Tests for proxygap.config (typed study configs) and proxygap.store.run (run folders)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxygap.config import (
+    ConfigError,
+    ProxyConfig,
+    StudyConfig,
+    builtin_config_path,
+    dump_config,
+    load_config,
+    parse_config,
+)
+from proxygap.store.run import RunFolder, RunFolderError, config_digest
+
+
+def minimal(**top: Any) -> dict[str, Any]:
+    """The smallest valid config dict, with top-level fields replaced by ``top``."""
+    data: dict[str, Any] = {"proxies": [{"name": "rm"}]}
+    data.update(top)
+    return data
+
+
+def config_error(data: Any) -> str:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    return str(err.value)
+
+
+# ---------------------------------------------------------------- valid configs
+
+
+def test_demo_config_loads_with_its_values_and_defaults() -> None:
+    path = builtin_config_path("demo")
+    assert path.name == "demo.yaml" and path.is_file()
+    cfg = load_config(path)
+    assert cfg.name == "demo" and cfg.seed == 0 and cfg.task.name == "reviews"
+    assert [(p.name, p.n_pairs) for p in cfg.proxies] == [
+        ("rm-1k", 1000),
+        ("rm-4k", 4000),
+        ("rm-16k", 16000),
+    ]
+    assert (cfg.preferences.n_pairs, cfg.preferences.n_heldout) == (16000, 2000)
+    assert cfg.preferences.temperature == 1.0
+    assert cfg.bon is not None
+    assert (cfg.bon.n_prompts, cfg.bon.pool_size, cfg.bon.temperature) == (64, 1024, 1.3)
+    assert cfg.bon.examples_at == [1, 16, 128, 1024]
+    # defaults filled in for what the file leaves out
+    rm = cfg.proxies[0]
+    assert (rm.labels, rm.label_noise, rm.ensemble, rm.aggregation) == (
+        "deterministic",
+        0.0,
+        1,
+        "mean",
+    )
+    assert (rm.n_embd, rm.n_head, rm.uwo_lambda) == (64, 2, 0.5)
+    assert cfg.runtime.device == "cpu" and cfg.task.policy is None
+
+
+def test_minimal_config_takes_documented_defaults() -> None:
+    cfg = parse_config(minimal())
+    assert cfg.name == "demo"
+    assert (cfg.preferences.n_pairs, cfg.preferences.n_heldout) == (24_000, 2_000)
+    assert cfg.bon is not None and cfg.bon.pool_size == 1024 and cfg.bon.n_points == 41
+    assert parse_config(minimal(bon=None)).bon is None
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        minimal(),
+        minimal(
+            name="study_2.b",
+            seed=17,
+            bon=None,
+            preferences={"n_pairs": 500, "file": "pairs.jsonl", "max_new_tokens": 12},
+            proxies=[
+                {"name": "a", "n_pairs": 500, "labels": "bradley_terry", "bt_temperature": 0.5},
+                {
+                    "name": "b",
+                    "ensemble": 4,
+                    "aggregation": "uwo",
+                    "uwo_lambda": 0.1,
+                    "label_noise": 0.25,
+                    "n_embd": 96,
+                    "n_head": 3,
+                },
+            ],
+            runtime={"threads": 2},
+        ),
+    ],
+)
+def test_dump_config_round_trips(cfg: dict[str, Any]) -> None:
+    parsed = parse_config(cfg)
+    text = dump_config(parsed)
+    again = parse_config(yaml.safe_load(text))
+    assert again == parsed
+    assert dump_config(again) == text
+    # every default is written out
+    dumped = yaml.safe_load(text)
+    assert set(dumped) == {"name", "seed", "task", "preferences", "proxies", "bon", "runtime"}
+    assert set(dumped["proxies"][0]) == set(ProxyConfig.model_fields)
+
+
+def test_demo_round_trips_through_a_file(tmp_path: Path) -> None:
+    cfg = load_config(builtin_config_path("demo"))
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+# ---------------------------------------------------------------- bad configs
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (minimal(colour="red"), "  colour: unknown field"),
+        (minimal(proxies=[{"name": "rm", "colour": "red"}]), "  proxies.0.colour: unknown field"),
+        (
+            minimal(bon={"pool_size": "big"}),
+            "  bon.pool_size: Input should be a valid integer, unable to parse string as an "
+            "integer (got 'big')",
+        ),
+        (
+            minimal(proxies=[{"name": "rm", "label_noise": 0.7}]),
+            "  proxies.0.label_noise: Input should be less than or equal to 0.5 (got 0.7)",
+        ),
+        (
+            minimal(bon={"pool_size": 1}),
+            "  bon.pool_size: Input should be greater than or equal to 2 (got 1)",
+        ),
+        (
+            minimal(preferences={"temperature": 0}),
+            "  preferences.temperature: Input should be greater than 0 (got 0)",
+        ),
+        (
+            minimal(proxies=[{"name": "rm", "labels": "random"}]),
+            "  proxies.0.labels: Input should be 'deterministic' or 'bradley_terry' (got 'random')",
+        ),
+        (
+            minimal(proxies=[{"name": "a"}, {"name": "b", "aggregation": "max"}]),
+            "  proxies.1.aggregation: Input should be 'mean', 'wco' or 'uwo' (got 'max')",
+        ),
+        (
+            minimal(proxies=[{"name": "rm"}, {"name": "x"}, {"name": "rm"}]),
+            "proxy names must be unique; repeated: ['rm']",
+        ),
+        (
+            minimal(proxies=[{"name": "rm", "n_embd": 65, "n_head": 2}]),
+            "  proxies.0: n_embd (65) must be divisible by n_head (2)",
+        ),
+        (
+            minimal(preferences={"n_pairs": 100}, proxies=[{"name": "rm", "n_pairs": 101}]),
+            "proxy 'rm' asks for 101 pairs but preferences.n_pairs is 100",
+        ),
+        (minimal(name="../evil"), "  name: study name '../evil' must be 1-64 letters"),
+        (minimal(name="a/b"), "  name: study name 'a/b' must be 1-64 letters"),
+        (minimal(name="a..b"), "  name: study name 'a..b' must be 1-64 letters"),
+        (minimal(name=""), "  name: study name '' must be 1-64 letters"),
+        (minimal(name="x" * 65), "  name: study name 'xxxx"),
+        (
+            minimal(proxies=[{"name": "rm/../x"}]),
+            "  proxies.0.name: proxy name 'rm/../x' must be 1-64 letters",
+        ),
+        ({"name": "x"}, "  proxies: Field required"),
+        (minimal(proxies=[]), "  proxies: List should have at least 1 item"),
+        (minimal(seed="zero"), "  seed: Input should be a valid integer"),
+        (minimal(task={"name": "chess"}), "  task.name: Input should be 'reviews' (got 'chess')"),
+        (minimal(bon={"examples_at": [1, 0]}), "  bon.examples_at.1: Input should be greater"),
+        ([1, 2], "expected a mapping at the top level"),
+        (None, "expected a mapping at the top level"),
+    ],
+)
+def test_bad_configs_name_the_field(data: Any, expected: str) -> None:
+    message = config_error(data)
+    assert message.startswith("invalid config <dict>")
+    assert expected in message
+
+
+def test_all_bad_fields_are_reported_at_once() -> None:
+    message = config_error(
+        minimal(colour=1, bon={"pool_size": 1}, proxies=[{"name": "rm", "lr": -1}])
+    )
+    assert "  colour: unknown field" in message
+    assert "  bon.pool_size: Input should be greater than or equal to 2 (got 1)" in message
+    assert "  proxies.0.lr: Input should be greater than 0 (got -1)" in message
+    assert len(message.splitlines()) == 4  # header + three fields
+
+
+def test_assignment_is_validated() -> None:
+    cfg = parse_config(minimal())
+    with pytest.raises(ValueError, match="must be 1-64 letters"):
+        cfg.name = "../evil"
+    assert cfg.name == "demo"
+
+
+def test_load_config_file_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(missing)
+    assert str(err.value) == f"config file {str(missing)!r} does not exist"
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("proxies: [\n  {name: rm\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(broken)
+    assert str(err.value).startswith(f"config file {str(broken)!r} is not valid YAML:")
+
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- name: rm\n- name: other\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(listing)
+    assert str(err.value) == f"invalid config {listing}: expected a mapping at the top level"
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        load_config(empty)
+
+    bad_field = tmp_path / "bad.yaml"
+    bad_field.write_text("proxies:\n  - {name: rm, label_noise: 0.7}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad_field)
+    assert str(err.value) == (
+        f"invalid config {bad_field}:\n"
+        "  proxies.0.label_noise: Input should be less than or equal to 0.5 (got 0.7)"
+    )
+
+
+def test_unknown_builtin_config_lists_shipped_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        builtin_config_path("nope")
+    message = str(err.value)
+    assert message.startswith("no built-in config 'nope'; shipped configs: [")
+    assert "'demo'" in message
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def small_cfg(**top: Any) -> StudyConfig:
+    return parse_config(minimal(name="run1", **top))
+
+
+def test_run_folder_writes_config_digest_and_versions(tmp_path: Path) -> None:
+    cfg = small_cfg()
+    run = RunFolder(tmp_path / "runs", cfg)
+    assert run.dir == (tmp_path / "runs" / "run1").resolve()
+    assert not run.resumed
+    assert (run.dir / "config.yaml").read_text() == dump_config(cfg)
+    assert parse_config(yaml.safe_load((run.dir / "config.yaml").read_text())) == cfg
+    digest = config_digest(cfg)
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    assert (run.dir / "config.digest").read_text() == digest + "\n"
+    info = json.loads((run.dir / "versions.json").read_text())
+    assert info["torch"] == importlib.metadata.version("torch")
+    assert info["numpy"] == importlib.metadata.version("numpy")
+    assert info["proxygap"] == "0.1.0"
+    assert {"python", "platform", "git_revision", "torch_threads"} <= set(info)
+    assert isinstance(info["torch_threads"], int) and info["torch_threads"] >= 1
+    assert sorted(p.name for p in run.dir.iterdir()) == [
+        "config.digest",
+        "config.yaml",
+        "versions.json",
+    ]
+
+
+def test_config_digest_tracks_content() -> None:
+    assert config_digest(small_cfg()) == config_digest(small_cfg())
+    assert config_digest(small_cfg()) != config_digest(small_cfg(seed=1))
+    # a default written out explicitly is the same resolved config
+    assert config_digest(small_cfg()) == config_digest(small_cfg(seed=0))
+
+
+def test_reopening_with_the_same_config_resumes(tmp_path: Path) -> None:
+    cfg = small_cfg()
+    run = RunFolder(tmp_path, cfg)
+    assert not run.done("pairs") and run.stage_info("pairs") == {}
+    run.mark_done("pairs", {"n": 3, "file": "pairs.jsonl"})
+    run.mark_done("proxies")
+    out = run.path("proxies", "rm", "scores.txt")
+    assert out == run.dir / "proxies" / "rm" / "scores.txt" and out.parent.is_dir()
+    out.write_text("42\n")
+
+    again = RunFolder(tmp_path, small_cfg())
+    assert again.resumed
+    assert again.done("pairs") and again.done("proxies") and not again.done("bon")
+    assert again.stage_info("pairs") == {"n": 3, "file": "pairs.jsonl"}
+    assert again.stage_info("proxies") == {}
+    assert (again.dir / "proxies" / "rm" / "scores.txt").read_text() == "42\n"
+
+
+def test_a_different_config_is_refused_without_restart(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path, small_cfg())
+    run.mark_done("pairs")
+    old, new = config_digest(small_cfg()), config_digest(small_cfg(seed=1))
+    with pytest.raises(RunFolderError) as err:
+        RunFolder(tmp_path, small_cfg(seed=1))
+    message = str(err.value)
+    assert "--restart" in message
+    assert f"(digest {old}, now {new})" in message
+    assert "was made by a different config" in message
+    # nothing was touched
+    assert RunFolder(tmp_path, small_cfg()).done("pairs")
+    assert (run.dir / "config.yaml").read_text() == dump_config(small_cfg())
+
+
+def test_restart_deletes_and_recreates(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path, small_cfg())
+    run.mark_done("pairs")
+    run.path("stale.txt").write_text("old")
+    fresh = RunFolder(tmp_path, small_cfg(seed=1), restart=True)
+    assert not fresh.resumed and not fresh.done("pairs")
+    assert not (fresh.dir / "stale.txt").exists()
+    assert (fresh.dir / "config.yaml").read_text() == dump_config(small_cfg(seed=1))
+    assert (fresh.dir / "config.digest").read_text().strip() == config_digest(small_cfg(seed=1))
+    # and the new config now resumes without restart
+    fresh.mark_done("bon")
+    assert RunFolder(tmp_path, small_cfg(seed=1)).done("bon")
+
+
+def test_restart_clears_a_folder_without_a_digest(tmp_path: Path) -> None:
+    folder = tmp_path / "run1"
+    folder.mkdir()
+    (folder / "junk.txt").write_text("x")
+    run = RunFolder(tmp_path, small_cfg(), restart=True)
+    assert sorted(p.name for p in run.dir.iterdir()) == [
+        "config.digest",
+        "config.yaml",
+        "versions.json",
+    ]
+
+
+@pytest.mark.parametrize("name", ["../evil", "sub/../../evil", "..", ".", "", "/tmp/evil"])
+def test_run_names_escaping_the_root_are_refused(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "runs"
+    root.mkdir()
+    # bypass the config validator to test the run folder's own guard
+    cfg = small_cfg().model_copy(update={"name": name})
+    assert cfg.name == name
+    with pytest.raises(RunFolderError) as err:
+        RunFolder(root, cfg)
+    assert f"run name {name!r} escapes the runs folder {str(root)!r}" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert list(root.iterdir()) == []
+
+
+def test_run_name_through_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    cfg = StudyConfig.model_construct(**small_cfg().__dict__ | {"name": "link"})
+    with pytest.raises(RunFolderError, match="escapes the runs folder"):
+        RunFolder(root, cfg)
+    assert list(outside.iterdir()) == []
