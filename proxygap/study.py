@@ -399,7 +399,7 @@ def write_results(env: Env, results: list[ProxyResult], gold_scale: float) -> No
     atomic_write_json(env.run.path("summary.json"), summary)
     with env.run.path("metrics.jsonl").open("w", encoding="utf-8") as fh:
         for row in rows:
-            fh.write(json.dumps({f"bon/{k}" if k not in ("proxy", "n") else k: v
+            fh.write(json.dumps({f"bon/{k}" if k not in ("name", "n") else k: v
                                  for k, v in row.items()}) + "\n")
 
 

@@ -38,31 +38,21 @@ def config_error(data: Any) -> str:
 # ---------------------------------------------------------------- valid configs
 
 
-def test_demo_config_loads_with_its_values_and_defaults() -> None:
+def test_demo_config_loads_and_compares_data_amounts() -> None:
     path = builtin_config_path("demo")
     assert path.name == "demo.yaml" and path.is_file()
     cfg = load_config(path)
-    assert cfg.name == "demo" and cfg.seed == 0 and cfg.task.name == "reviews"
-    assert [(p.name, p.n_pairs) for p in cfg.proxies] == [
-        ("rm-1k", 1000),
-        ("rm-4k", 4000),
-        ("rm-16k", 16000),
-    ]
-    assert (cfg.preferences.n_pairs, cfg.preferences.n_heldout) == (16000, 2000)
-    assert cfg.preferences.temperature == 1.0
-    assert cfg.bon is not None
-    assert (cfg.bon.n_prompts, cfg.bon.pool_size, cfg.bon.temperature) == (64, 1024, 1.3)
-    assert cfg.bon.examples_at == [1, 16, 128, 1024]
+    assert cfg.name == "demo" and cfg.task.name == "reviews" and cfg.task.policy is None
+    # the demo compares proxies trained on different amounts of the same preference data
+    amounts = [p.n_pairs or cfg.preferences.n_pairs for p in cfg.proxies]
+    assert len(amounts) >= 2 and len(set(amounts)) == len(amounts)
+    assert max(amounts) <= cfg.preferences.n_pairs
+    assert cfg.bon is not None and max(cfg.bon.examples_at) <= cfg.bon.pool_size
     # defaults filled in for what the file leaves out
     rm = cfg.proxies[0]
-    assert (rm.labels, rm.label_noise, rm.ensemble, rm.aggregation) == (
-        "deterministic",
-        0.0,
-        1,
-        "mean",
-    )
+    assert (rm.labels, rm.ensemble, rm.aggregation) == ("deterministic", 1, "mean")
     assert (rm.n_embd, rm.n_head, rm.uwo_lambda) == (64, 2, 0.5)
-    assert cfg.runtime.device == "cpu" and cfg.task.policy is None
+    assert cfg.runtime.device == "cpu"
 
 
 def test_minimal_config_takes_documented_defaults() -> None:

@@ -41,10 +41,11 @@ class BonCurve:
     turn: Overoptimization
 
     def rows(self) -> list[dict[str, Any]]:
-        keys = ("ns", "kl", "d", "gold", "gold_se", "proxy", "proxy_se")
+        """One dict per n: ``name, n, kl, d, gold, gold_se, proxy, proxy_se``."""
+        keys = ("kl", "d", "gold", "gold_se", "proxy", "proxy_se")
         return [
-            {"proxy": self.name, **{k: float(getattr(self, k)[i]) for k in keys}}
-            | {"n": int(self.ns[i])}
+            {"name": self.name, "n": int(self.ns[i])}
+            | {k: float(getattr(self, k)[i]) for k in keys}
             for i in range(len(self.ns))
         ]
 

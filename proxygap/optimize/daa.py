@@ -24,8 +24,8 @@ evaluations included), ``time/train_seconds`` (in optimizer steps only) and thes
   (mean implicit-reward margin, ``beta * h`` for reference-based losses) and
   ``daa/heldout_accuracy`` (fraction of pairs whose chosen implicit reward is larger, i.e. that
   agree with the gold label).
-- ``train/loss``, ``train/margin``, ``train/accuracy``, ``train/grad_norm`` (pre-clip), ``train/lr``:
-  means over the optimizer steps since the previous evaluation (absent at step 0).
+- ``train/loss``, ``train/margin``, ``train/accuracy``, ``train/grad_norm`` (before clipping),
+  ``train/lr``: means over the optimizer steps since the previous evaluation (absent at step 0).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from typing import Annotated, Any
 
 import torch
@@ -44,13 +44,8 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-from proxygap.analysis.laws import (
-    LawFit,
-    Overoptimization,
-    fit_bon_law,
-    fit_rl_law,
-    overoptimization,
-)
+from proxygap.analysis.laws import LawFit, Overoptimization, fit_bon_law, fit_rl_law
+from proxygap.analysis.laws import overoptimization as hump_test
 from proxygap.analysis.likelihood import DEFAULT_K, likelihood_indicators
 from proxygap.config import PosFloat, PosInt, Strict
 from proxygap.data.preferences import Pairs
@@ -85,8 +80,8 @@ class DAAConfig(Strict):
     eval_at: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=lambda: [0.0, 0.125, 0.25, 0.5, 0.75, 1.0]
     )  # fractions of the first epoch
-    eval_prompts: PosInt = 64
-    eval_samples_per_prompt: PosInt = 4
+    eval_prompts: PosInt = 64  # for the caller that builds the PolicyEvaluator
+    eval_samples_per_prompt: PosInt = 4  # likewise
     topk: PosInt = DEFAULT_K  # k of the likelihood indicators
     bf16: bool = False
     seed: int = 0
@@ -125,12 +120,16 @@ class DAAConfig(Strict):
 
 @dataclass(frozen=True)
 class PairTokens:
-    """Token ids of preference pairs: ``prompt`` starts with bos (when the tokenizer has one),
-    ``chosen`` and ``rejected`` are the responses alone, each ending with eos."""
+    """Token ids of ``N`` preference pairs: ``prompt`` starts with bos (when the tokenizer has
+    one); ``chosen`` and ``rejected`` are the responses alone, each ending with eos. After
+    :func:`prepare_pairs`, ``ref_chosen`` and ``ref_rejected`` hold the ``(N,)`` reference
+    log-probs, computed once and reused at every step."""
 
     prompt: list[list[int]]
     chosen: list[list[int]]
     rejected: list[list[int]]
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompt)
@@ -159,76 +158,53 @@ def tokenize_pairs(tokenizer: Tokenizer, pairs: Pairs) -> PairTokens:
     )
 
 
-def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """(B, T) right-padded ids and their float mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
-    mask = (torch.arange(width) < torch.tensor([len(r) for r in rows])[:, None]).float()
-    return ids, mask
-
-
 def pair_logps(
     model: PreTrainedModel, tokens: PairTokens, index: Sequence[int], *, pad_id: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Summed response log-probs of the chosen and rejected responses of pairs ``index``, from one
-    forward pass over the ``2B`` concatenated sequences (Rafailov et al. 2023).
-
-    Returns:
-        ``(chosen (B,), rejected (B,), chosen_len (B,), rejected_len (B,))``; gradients flow into
-        the log-probs when called with grad enabled.
-    """
+) -> PairBatchLogps:
+    """Summed log-probs of the chosen and rejected responses of pairs ``index`` under ``model``,
+    from one forward pass over the ``2B`` concatenated sequences (Rafailov et al. 2023), with the
+    response lengths (eos included) and the cached reference log-probs when ``tokens`` has them.
+    Gradients flow into the policy log-probs when called with grad enabled."""
     idx = list(index)
     B = len(idx)
+    rows = [tokens.chosen[i] for i in idx] + [tokens.rejected[i] for i in idx]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])  # (2B, T) right-padded
+    mask = (torch.arange(width) < torch.tensor([len(r) for r in rows])[:, None]).float()
     prompts = [tokens.prompt[i] for i in idx] * 2
-    ids, mask = _right_pad(
-        [tokens.chosen[i] for i in idx] + [tokens.rejected[i] for i in idx], pad_id
-    )
     seq = response_logprobs(model, prompts, ids, mask, pad_id=pad_id).sum(dim=-1)  # (2B,)
-    lengths = mask.sum(dim=-1).to(seq.device)  # (2B,)
-    return seq[:B], seq[B:], lengths[:B], lengths[B:]
-
-
-@dataclass(frozen=True)
-class PreparedPairs:
-    """Tokenized pairs with their reference log-probs, computed once and reused every step."""
-
-    tokens: PairTokens
-    ref_chosen: Tensor  # (N,)
-    ref_rejected: Tensor  # (N,)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
+    n = mask.sum(dim=-1).to(seq.device)  # (2B,)
+    ref_c = ref_r = None
+    if tokens.ref_chosen is not None and tokens.ref_rejected is not None:
+        ref_c, ref_r = (
+            tokens.ref_chosen[idx].to(seq.device),
+            tokens.ref_rejected[idx].to(seq.device),
+        )
+    return PairBatchLogps(seq[:B], seq[B:], ref_c, ref_r, n[:B], n[B:])
 
 
 @torch.no_grad()
 def prepare_pairs(
     ref: PreTrainedModel,
     tokenizer: Tokenizer,
-    pairs: Pairs | PreparedPairs,
+    pairs: Pairs | PairTokens,
     *,
     batch_size: int = 256,
-) -> PreparedPairs:
-    """Tokenize ``pairs`` and cache ``log pi_ref`` of every chosen and rejected response."""
-    if isinstance(pairs, PreparedPairs):
+) -> PairTokens:
+    """Tokenize ``pairs`` and cache ``log pi_ref`` of every chosen and rejected response; pairs
+    prepared before are returned as they are."""
+    if isinstance(pairs, PairTokens) and pairs.ref_chosen is not None:
         return pairs
-    tokens = tokenize_pairs(tokenizer, pairs)
-    chosen, rejected = [], []
-    for s in range(0, len(tokens), batch_size):
-        c, r, _, _ = pair_logps(
-            ref, tokens, range(s, min(s + batch_size, len(tokens))), pad_id=tokenizer.pad_token_id
-        )
-        chosen.append(c.cpu())
-        rejected.append(r.cpu())
-    return PreparedPairs(tokens, torch.cat(chosen), torch.cat(rejected))
-
-
-def _batch_logps(
-    policy: PreTrainedModel, data: PreparedPairs, idx: list[int], *, pad_id: int
-) -> PairBatchLogps:
-    c, r, lc, lr = pair_logps(policy, data.tokens, idx, pad_id=pad_id)
-    dev = c.device
-    return PairBatchLogps(
-        c, r, data.ref_chosen[idx].to(dev), data.ref_rejected[idx].to(dev), lc, lr
+    tokens = pairs if isinstance(pairs, PairTokens) else tokenize_pairs(tokenizer, pairs)
+    pad_id = tokenizer.pad_token_id
+    batches = [
+        pair_logps(ref, tokens, range(s, min(s + batch_size, len(tokens))), pad_id=pad_id)
+        for s in range(0, len(tokens), batch_size)
+    ]
+    return replace(
+        tokens,
+        ref_chosen=torch.cat([b.policy_chosen.cpu() for b in batches]),
+        ref_rejected=torch.cat([b.policy_rejected.cpu() for b in batches]),
     )
 
 
@@ -272,7 +248,7 @@ def _index_stream(n: int, seed: int) -> Iterator[int]:
 @torch.no_grad()
 def heldout_metrics(
     policy: PreTrainedModel,
-    held: PreparedPairs,
+    held: PairTokens,
     *,
     cfg: DAAConfig,
     pad_id: int,
@@ -280,11 +256,11 @@ def heldout_metrics(
 ) -> dict[str, float]:
     """``daa/heldout_*``: policy log-probs, loss, margin and accuracy on held-out pairs."""
     parts = [
-        _batch_logps(policy, held, list(range(s, min(s + batch_size, len(held)))), pad_id=pad_id)
+        pair_logps(policy, held, range(s, min(s + batch_size, len(held))), pad_id=pad_id)
         for s in range(0, len(held), batch_size)
     ]
     batch = PairBatchLogps(
-        *(torch.cat([getattr(p, f) for p in parts]) for f in PairBatchLogps.__dataclass_fields__)
+        *(torch.cat(column) for column in zip(*map(astuple, parts), strict=True))
     )
     _, m = compute_daa_loss(cfg.loss, batch, **cfg.loss_hyper())
     return {
@@ -302,17 +278,17 @@ def sample_likelihood(
 ) -> dict[str, float]:
     """``likelihood/*`` (Shi et al. 2024) on the policy's own samples for the evaluator's prompts,
     drawn with the evaluator's seed (the same samples it scores)."""
-    tok = evaluator.tokenizer
+    ev, tok = evaluator, evaluator.tokenizer
     s = sample(
         policy,
-        evaluator.prompt_ids,
-        n_per_prompt=evaluator.n_per_prompt,
-        max_new_tokens=evaluator.max_new_tokens,
-        temperature=evaluator.temperature,
+        ev.prompt_ids,
+        n_per_prompt=ev.n_per_prompt,
+        max_new_tokens=ev.max_new_tokens,
+        temperature=ev.temperature,
         eos_id=tok.eos_token_id,
         pad_id=tok.pad_token_id,
-        batch_size=evaluator.batch_size,
-        seed=evaluator.seed,
+        batch_size=ev.batch_size,
+        seed=ev.seed,
     )
     device = next(policy.parameters()).device
     ids, attn, pos, P = build_inputs(s.prompt_ids_rows(), s.response_ids, s.mask, tok.pad_token_id)
@@ -321,6 +297,14 @@ def sample_likelihood(
         input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device)
     ).logits[:, P - 1 : P - 1 + T]  # (B, T, V)
     return likelihood_indicators(logits, s.mask.to(device), k=k)
+
+
+def _summary(h: dict[str, float]) -> str:
+    return (
+        f"step {h['step']} epoch {h['epoch']:.3f}: d {h['d']:.3f} gold {h['reward/gold']:+.3f}"
+        f"±{h['reward/gold_se']:.3f} win {h['winrate/gold_vs_init']:.3f} "
+        f"heldout acc {h['daa/heldout_accuracy']:.3f}"
+    )
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -339,8 +323,8 @@ def train_daa(
     policy: PreTrainedModel,
     ref: PreTrainedModel,
     tokenizer: Tokenizer,
-    pairs_train: Pairs | PreparedPairs,
-    pairs_heldout: Pairs | PreparedPairs,
+    pairs_train: Pairs | PairTokens,
+    pairs_heldout: Pairs | PairTokens,
     *,
     cfg: DAAConfig,
     evaluator: PolicyEvaluator,
@@ -350,10 +334,9 @@ def train_daa(
     (Rafailov et al. 2023; Azar et al. 2023; Zhao et al. 2023; Meng et al. 2024; Pang et al. 2024)
     and evaluate it at the points of :func:`plan_schedule` (Rafailov et al. 2024).
 
-    ``pairs_*`` may be :class:`PreparedPairs` to reuse cached reference log-probs across runs.
+    ``pairs_*`` may be :class:`PairTokens` to reuse cached reference log-probs across runs.
     The same ``cfg.seed``, data and models give the same history (timings aside).
     """
-    torch.manual_seed(cfg.seed)
     pad = tokenizer.pad_token_id
     ref.eval()
     train = prepare_pairs(ref, tokenizer, pairs_train)
@@ -386,12 +369,7 @@ def train_daa(
             }
             history.append(entry)
             examples += [{"step": step, **e} for e in ex]
-            log(
-                f"[{cfg.loss} beta={cfg.beta:g}] step {step}/{plan.total_steps} "
-                f"epoch {entry['epoch']:.3f}: d {metrics['d']:.3f} gold {metrics['reward/gold']:+.3f}"
-                f"±{metrics['reward/gold_se']:.3f} win {metrics['winrate/gold_vs_init']:.3f} "
-                f"heldout acc {metrics['daa/heldout_accuracy']:.3f}"
-            )
+            log(f"[{cfg.loss} beta={cfg.beta:g}] " + _summary(entry))
         if step == plan.total_steps:
             break
         t0 = time.perf_counter()  # ---- one optimizer step
@@ -399,11 +377,13 @@ def train_daa(
         for _ in range(cfg.grad_accum):
             idx = [next(stream) for _ in range(cfg.batch_size)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                batch = _batch_logps(policy, train, idx, pad_id=pad)
-            losses, m = compute_daa_loss(cfg.loss, batch, **hyper)  # (B,)
+                batch = pair_logps(policy, train, idx, pad_id=pad)
+            losses, loss_metrics = compute_daa_loss(cfg.loss, batch, **hyper)  # (B,)
             (losses.mean() / cfg.grad_accum).backward()
             for k in ("loss", "margin", "accuracy"):
-                step_metrics[k] = step_metrics.get(k, 0.0) + m[f"daa/{k}"] / cfg.grad_accum
+                step_metrics[k] = (
+                    step_metrics.get(k, 0.0) + loss_metrics[f"daa/{k}"] / cfg.grad_accum
+                )
         norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm or math.inf)
         step_metrics |= {"grad_norm": float(norm), "lr": sched.get_last_lr()[0]}
         opt.step()
@@ -467,17 +447,9 @@ def beta_sweep(
     for loss, loss_betas in betas.items():
         for beta in loss_betas:
             run_cfg = DAAConfig.model_validate({**cfg.model_dump(), "loss": loss, "beta": beta})
-            result = train_daa(
-                copy.deepcopy(ref).requires_grad_(True),
-                ref,
-                tokenizer,
-                train,
-                held,
-                cfg=run_cfg,
-                evaluator=evaluator,
-                log=log,
-            )
-            runs.append((loss, beta, result))
+            policy_k = copy.deepcopy(ref).requires_grad_(True)
+            kw = {"cfg": run_cfg, "evaluator": evaluator, "log": log}
+            runs.append((loss, beta, train_daa(policy_k, ref, tokenizer, train, held, **kw)))
         points = [h for lo, _, r in runs if lo == loss for h in r.history if h["d"] > 0]
         d, g, se = ([p[k] for p in points] for k in ("d", "reward/gold", "reward/gold_se"))
         fits[loss] = {
@@ -485,7 +457,7 @@ def beta_sweep(
             "rl": _fit_or_none(fit_rl_law, d, g, se),
         }
         finals = sorted((r.history[-1] for lo, _, r in runs if lo == loss), key=lambda h: h["d"])
-        hump[loss] = overoptimization(
+        hump[loss] = hump_test(
             [h["d"] for h in finals],
             [h["reward/gold"] for h in finals],
             [h["reward/gold_se"] for h in finals],

@@ -66,7 +66,6 @@ from transformers import PreTrainedModel
 
 from proxygap.config import Strict
 from proxygap.estimators.kl import sequence_kl
-from proxygap.models.logprobs import response_logprobs
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.kl_control import KLController, make_kl_controller
 from proxygap.optimize.rl_rollout import (
@@ -81,8 +80,10 @@ from proxygap.optimize.rl_update import (
     NonFiniteLoss,
     UpdateSettings,
     critic_values,
+    logprobs_of,
     lr_factor,
     new_critic,
+    packed,
     save_checkpoint,
     update,
 )
@@ -116,8 +117,9 @@ class RLConfig(Strict):
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
     kl_target: PosFloat = 6.0  # nats (Ziegler et al. 2019)
     kl_horizon: PosFloat = 10_000.0  # samples (Ziegler et al. 2019)
-    minibatch_size: PosInt | None = None  # rows per micro-batch; None: the whole rollout
-    grad_accum: PosInt = 1  # micro-batches per optimiser step
+    minibatch_size: PosInt | None = None  # most rows per forward pass; None: the whole rollout
+    grad_accum: PosInt = 1  # optimiser step = minibatch_size x grad_accum rows
+    forward_tokens: PosInt = 2048  # most padded tokens per forward pass (speed/memory only)
     ppo_epochs: PosInt = 1
     clip: Annotated[float, Field(gt=0, lt=1)] = 0.2
     vf_coef: NonNegFloat = 0.1
@@ -178,8 +180,12 @@ class PostStepHook(Protocol):
     returns metrics to log (namespaced by the hook) or None."""
 
     def __call__(
-        self, *, policy: PreTrainedModel, ref: PreTrainedModel,
-        optimizer: torch.optim.Optimizer, step: int,
+        self,
+        *,
+        policy: PreTrainedModel,
+        ref: PreTrainedModel,
+        optimizer: torch.optim.Optimizer,
+        step: int,
     ) -> dict[str, float] | None: ...
 
 
@@ -223,19 +229,32 @@ class NonFiniteError(FloatingPointError):
 
 
 def rl_evaluator(
-    ref: PreTrainedModel, tokenizer: Any, *, task: Any, proxy: ScoreFn | None, cfg: RLConfig,
-    gold_scale: float = 1.0, seed: int = 0,
+    ref: PreTrainedModel,
+    tokenizer: Any,
+    *,
+    task: Any,
+    proxy: ScoreFn | None,
+    cfg: RLConfig,
+    gold_scale: float = 1.0,
+    seed: int = 0,
 ) -> PolicyEvaluator:
     """A :class:`PolicyEvaluator` on ``cfg.eval_prompts`` held-out prompts of ``task`` (drawn
     with ``seed``; use a seed the training prompts do not), ``cfg.eval_samples_per_prompt``
     samples each, at the training temperature and length."""
     prompts = task.prompts(cfg.eval_prompts, seed=seed)
     return PolicyEvaluator(
-        ref=ref, tokenizer=tokenizer, join=task.join, prompts=prompts,
-        prompt_ids=encode_prompts(tokenizer, prompts), gold=task.gold, proxy=proxy,
+        ref=ref,
+        tokenizer=tokenizer,
+        join=task.join,
+        prompts=prompts,
+        prompt_ids=encode_prompts(tokenizer, prompts),
+        gold=task.gold,
+        proxy=proxy,
         n_per_prompt=cfg.eval_samples_per_prompt,
         max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
-        temperature=cfg.temperature, seed=seed, gold_scale=gold_scale,
+        temperature=cfg.temperature,
+        seed=seed,
+        gold_scale=gold_scale,
     )
 
 
@@ -292,7 +311,7 @@ def train_rl(
     max_new = cfg.max_new_tokens or evaluator.max_new_tokens
     torch.manual_seed(cfg.seed)
     policy.eval()  # no dropout: the sampler's and the learner's log-probs must agree
-    ref.eval().requires_grad_(False)
+    ref.eval()
     critic = new_critic(policy) if cfg.algo == "ppo" else None
     params = [{"params": list(policy.parameters())}]
     if critic is not None:
@@ -305,18 +324,28 @@ def train_rl(
         lambda s: lr_factor(s, kind=cfg.lr_schedule, warmup=cfg.warmup_steps, total=cfg.steps),
     )
     controller: KLController = (
-        make_kl_controller("fixed", beta=cfg.kl_coef) if cfg.kl_controller == "fixed"
-        else make_kl_controller("adaptive", init_beta=cfg.kl_coef, target=cfg.kl_target,
-                                horizon=cfg.kl_horizon)
+        make_kl_controller("fixed", beta=cfg.kl_coef)
+        if cfg.kl_controller == "fixed"
+        else make_kl_controller(
+            "adaptive", init_beta=cfg.kl_coef, target=cfg.kl_target, horizon=cfg.kl_horizon
+        )
     )
     # KL in the reward or in the loss: beta goes to one of the two, 0 to the other
     reward_beta, loss_beta = (1.0, 0.0) if cfg.kl_mode == "reward" else (0.0, 1.0)
     advantage_fn = ADVANTAGES[cfg.algo]
     settings = UpdateSettings(
-        micro=cfg.minibatch_size or cfg.batch_size, accum=cfg.grad_accum, epochs=cfg.ppo_epochs,
-        clip=cfg.clip, value_clip=cfg.value_clip, vf_coef=cfg.vf_coef,
-        max_grad_norm=cfg.max_grad_norm, aggregation=cfg.loss_aggregation,
-        kl_estimator=cfg.estimator, pad_id=pad, bf16=cfg.bf16,
+        micro=cfg.minibatch_size or cfg.batch_size,
+        accum=cfg.grad_accum,
+        epochs=cfg.ppo_epochs,
+        clip=cfg.clip,
+        value_clip=cfg.value_clip,
+        vf_coef=cfg.vf_coef,
+        max_grad_norm=cfg.max_grad_norm,
+        aggregation=cfg.loss_aggregation,
+        kl_estimator=cfg.estimator,
+        pad_id=pad,
+        bf16=cfg.bf16,
+        forward_tokens=cfg.forward_tokens,
     )
     stream = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=cfg.seed)
     result = RLResult(config=cfg.model_dump(mode="json"))
@@ -328,17 +357,25 @@ def train_rl(
         if step % cfg.eval_every == 0 or step == cfg.steps:
             t0 = time.perf_counter()
             metrics, examples = evaluator(policy)
-            row = {"step": float(step), "samples_seen": float(step * cfg.batch_size),
-                   **metrics, **_window_means(window)}
-            row |= {"time/wall": time.perf_counter() - t_start,
-                    "time/eval": time.perf_counter() - t0}
+            row = {
+                "step": float(step),
+                "samples_seen": float(step * cfg.batch_size),
+                **metrics,
+                **_window_means(window),
+            }
+            row |= {
+                "time/wall": time.perf_counter() - t_start,
+                "time/eval": time.perf_counter() - t0,
+            }
             result.history.append(row)
             result.examples += [{"step": step, **e} for e in examples]
             window = []
-            log(f"step {step:5d}  proxy {row.get('reward/proxy', math.nan):+.3f}  "
+            log(
+                f"step {step:5d}  proxy {row.get('reward/proxy', math.nan):+.3f}  "
                 f"gold {row['reward/gold']:+.3f}±{row['reward/gold_se']:.3f}  "
                 f"kl {row['kl/k1']:.3f}  beta {controller.beta:.4f}  "
-                f"({row['time/wall']:.0f}s)")
+                f"({row['time/wall']:.0f}s)"
+            )
         if step == cfg.steps:
             break
         t_step = time.perf_counter()
@@ -346,9 +383,15 @@ def train_rl(
         # ---- 1. sample
         prompts = stream.next()
         s = sample(
-            policy, encode_prompts(tokenizer, prompts), n_per_prompt=cfg.group_size,
-            max_new_tokens=max_new, temperature=cfg.temperature, eos_id=eos, pad_id=pad,
-            batch_size=cfg.sample_batch_size, seed=_seed(cfg.seed, step, 1),
+            policy,
+            encode_prompts(tokenizer, prompts),
+            n_per_prompt=cfg.group_size,
+            max_new_tokens=max_new,
+            temperature=cfg.temperature,
+            eos_id=eos,
+            pad_id=pad,
+            batch_size=cfg.sample_batch_size,
+            seed=_seed(cfg.seed, step, 1),
         )
         mask, response_ids = s.mask.clone(), s.response_ids.clone()  # plain tensors, not inference
         rows = [prompts[i] for i in s.prompt_index.tolist()]
@@ -359,20 +402,21 @@ def train_rl(
         raw = np.asarray(reward_fn(texts), dtype=np.float64)
         reward = np.asarray(hooks.transform(raw, texts, rows), dtype=np.float64)
         if raw.shape != (len(rows),) or reward.shape != raw.shape:
-            raise ValueError(f"rewards must have shape ({len(rows)},), got {raw.shape}, "
-                             f"{reward.shape} after the transform")
+            raise ValueError(
+                f"rewards must have shape ({len(rows)},), got {raw.shape}, "
+                f"{reward.shape} after the transform"
+            )
         if not np.isfinite(reward).all():
-            raise NonFiniteError(f"{int((~np.isfinite(reward)).sum())} non-finite rewards",
-                                 step=step, result=result)
+            raise NonFiniteError(
+                f"{int((~np.isfinite(reward)).sum())} non-finite rewards", step=step, result=result
+            )
         score = torch.from_numpy(reward).float()
         t_score = time.perf_counter()
 
         # ---- 3. reference log-probs and per-token KL
-        with torch.no_grad():
-            ref_lp = response_logprobs(ref, s.prompt_ids_rows(), response_ids, mask, pad_id=pad,
-                                       batch_size=cfg.sample_batch_size).cpu()
-        logprobs = s.logprobs.clone()
-        lr = logprobs - ref_lp  # (B, T)
+        batch = Rollout(s.prompt_ids_rows(), response_ids, mask, s.logprobs.clone())
+        batch.ref_logprobs = packed(lambda b: logprobs_of(ref, b, s=settings), batch, s=settings)
+        lr = batch.logprobs - batch.ref_logprobs  # (B, T)
         _, kl_metrics = sequence_kl(lr, mask)
         kl_tok, _ = per_token_kl(lr, mask, estimator=cfg.estimator)
         beta = controller.beta
@@ -380,21 +424,28 @@ def train_rl(
 
         # ---- 4. per-token rewards and advantages
         rewards_t = token_rewards(score, kl_tok, mask, beta=reward_beta * beta)  # (B, T)
-        batch = Rollout(s.prompt_ids_rows(), response_ids, mask, logprobs, ref_lp,
-                        advantages=torch.zeros_like(mask))
         if critic is not None:
-            with torch.no_grad():
-                batch.values = critic_values(critic, batch, pad_id=pad).cpu()
+            batch.values = packed(lambda b: critic_values(critic, b, pad_id=pad), batch, s=settings)
         batch.advantages, batch.returns = advantage_fn(
-            rewards_t, batch.values, mask, group_size=cfg.group_size, gamma=cfg.gamma,
+            rewards_t,
+            batch.values,
+            mask,
+            group_size=cfg.group_size,
+            gamma=cfg.gamma,
             lam=cfg.lam,
         )
 
         # ---- 5. update
         try:
-            train_metrics = update(policy, critic, optimizer, batch, kl_beta=loss_beta * beta,
-                                   s=settings, gen=torch.Generator().manual_seed(
-                                       _seed(cfg.seed, step, 2)))
+            train_metrics = update(
+                policy,
+                critic,
+                optimizer,
+                batch,
+                kl_beta=loss_beta * beta,
+                s=settings,
+                gen=torch.Generator().manual_seed(_seed(cfg.seed, step, 2)),
+            )
         except NonFiniteLoss as err:
             raise NonFiniteError(str(err), step=step, result=result) from err
         lr_now = scheduler.get_last_lr()[0]
@@ -404,14 +455,24 @@ def train_rl(
         # ---- 6. KL controller, post-step hook, checkpoint
         controller.update(kl_metrics[f"kl/{cfg.estimator}"], n_steps=cfg.batch_size)
         hook_metrics = hooks.post_step(policy=policy, ref=ref, optimizer=optimizer, step=step + 1)
-        if checkpoint_dir is not None and cfg.checkpoint_every and \
-                (step + 1) % cfg.checkpoint_every == 0:
+        if (
+            checkpoint_dir is not None
+            and cfg.checkpoint_every
+            and (step + 1) % cfg.checkpoint_every == 0
+        ):
             save_checkpoint(
-                checkpoint_dir, step=step + 1, policy=policy, critic=critic, tokenizer=tokenizer,
+                checkpoint_dir,
+                step=step + 1,
+                policy=policy,
+                critic=critic,
+                tokenizer=tokenizer,
                 config=result.config,
-                state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                       "kl_controller": controller.state_dict(),
-                       "prompt_position": stream.position},
+                state={
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "kl_controller": controller.state_dict(),
+                    "prompt_position": stream.position,
+                },
             )
 
         # ---- 7. log this step

@@ -32,7 +32,8 @@ from proxygap.losses.ppo import KL_ESTIMATORS
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
-    """Prompt ids ``[bos] + tokenizer(prompt, add_special_tokens=False)`` (no bos if it has none)."""
+    """``[bos] + tokenizer(prompt, add_special_tokens=False)`` for every prompt (no bos if the
+    tokenizer has none)."""
     bos = tokenizer.bos_token_id
     ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     return [([bos] if bos is not None else []) + list(x) for x in ids]
@@ -147,37 +148,62 @@ class Rollout:
     """One batch of experience (``B = prompts_per_step * group_size`` rows).
 
     ``prompt_ids`` are the rows' prompt ids; ``response_ids``, ``mask`` (1 on response tokens
-    including eos), ``logprobs`` (under the sampling policy, temperature 1) and ``ref_logprobs``
-    are ``(B, T)``; ``advantages`` ``(B, T)``; ``values`` and ``returns`` ``(B, T)`` for PPO only.
+    including eos, from column 0), ``logprobs`` (under the sampling policy, temperature 1) are
+    ``(B, T)``; ``ref_logprobs`` and ``advantages`` ``(B, T)`` are filled in by the recipe,
+    ``values`` and ``returns`` ``(B, T)`` for PPO only.
     """
 
     prompt_ids: list[list[int]]
     response_ids: Tensor
     mask: Tensor
     logprobs: Tensor
-    ref_logprobs: Tensor
-    advantages: Tensor
+    ref_logprobs: Tensor | None = None
+    advantages: Tensor | None = None
     values: Tensor | None = None
     returns: Tensor | None = None
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
+    @property
+    def lengths(self) -> Tensor:
+        """``(B,)`` prompt plus response tokens of every row."""
+        prompt = torch.tensor([len(p) for p in self.prompt_ids])
+        return prompt + self.mask.sum(dim=1).long()
+
     def rows(self, idx: Tensor) -> Rollout:
         """The rows ``idx``, trimmed to their longest response (less padding per forward)."""
-        i = idx.tolist()
         T = int(self.mask[idx].sum(dim=1).max().item())
 
         def cut(x: Tensor | None) -> Tensor | None:
             return None if x is None else x[idx, :T]
 
         return Rollout(
-            prompt_ids=[self.prompt_ids[k] for k in i],
+            prompt_ids=[self.prompt_ids[k] for k in idx.tolist()],
             response_ids=self.response_ids[idx, :T],
             mask=self.mask[idx, :T],
             logprobs=self.logprobs[idx, :T],
-            ref_logprobs=self.ref_logprobs[idx, :T],
-            advantages=self.advantages[idx, :T],
+            ref_logprobs=cut(self.ref_logprobs),
+            advantages=cut(self.advantages),
             values=cut(self.values),
             returns=cut(self.returns),
         )
+
+
+def pack(lengths: Tensor, idx: Tensor, *, max_rows: int, max_tokens: int) -> list[Tensor]:
+    """Split rows ``idx`` into forward passes of similar length: sorted longest first, each pass
+    takes at most ``max_rows`` rows and ``max_tokens`` padded tokens (rows x its longest row),
+    and at least one row. Responses that ended early then cost little padding.
+
+    Args:
+        lengths: ``(B,)`` tokens per row (prompt plus response).
+        idx: ``(n,)`` the rows to split.
+    """
+    order = idx[torch.argsort(lengths[idx], descending=True, stable=True)]
+    passes, start = [], 0
+    while start < len(order):
+        width = max(1, int(lengths[order[start]]))
+        n = max(1, min(max_rows, max_tokens // width))
+        passes.append(order[start : start + n])
+        start += n
+    return passes

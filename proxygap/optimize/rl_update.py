@@ -2,10 +2,10 @@
 
 Used by :mod:`proxygap.optimize.rl`. :func:`update` runs ``epochs`` passes over a
 :class:`~proxygap.optimize.rl_rollout.Rollout` in optimiser steps of ``micro * accum`` rows,
-each accumulated over ``accum`` micro-batches. Every micro-batch loss is weighted by its share of
-the optimiser step's response tokens (``token_mean``) or sequences (``seq_mean``), so the
-accumulated gradient equals that of the whole step's batch in one pass (TRL's invariance tests:
-batch 8x1 equals batch 1x8 with accumulation).
+each accumulated over forward passes of at most ``micro`` rows. Every pass's loss is weighted
+by its share of the optimiser step's response tokens (``token_mean``) or sequences
+(``seq_mean``), so the accumulated gradient equals that of the whole step's batch in one pass
+(TRL's invariance tests: batch 8x1 equals batch 1x8 with accumulation).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from transformers import AutoModelForTokenClassification, PreTrainedModel
 
 from proxygap.losses.ppo import kl_loss_term, ppo_policy_loss, ppo_value_loss
 from proxygap.models.logprobs import build_inputs, response_logprobs
-from proxygap.optimize.rl_rollout import Rollout
+from proxygap.optimize.rl_rollout import Rollout, pack
 
 
 # ---------------------------------------------------------------- critic
@@ -61,7 +61,8 @@ def critic_values(critic: PreTrainedModel, batch: Rollout, *, pad_id: int) -> Te
         input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device)
     ).logits  # (B, P + T, 1)
     T = batch.response_ids.shape[1]
-    return out[:, P - 1 : P - 1 + T, 0].float() * batch.mask.to(device)
+    values = out[:, P - 1 : P - 1 + T, 0]
+    return values.to(torch.promote_types(values.dtype, torch.float32)) * batch.mask.to(device)
 
 
 # ---------------------------------------------------------------- optimiser and schedule
@@ -82,7 +83,12 @@ def lr_factor(step: int, *, kind: str, warmup: int, total: int) -> float:
 # ---------------------------------------------------------------- the update
 @dataclass(frozen=True)
 class UpdateSettings:
-    """Hyperparameters of :func:`update` (a view of the recipe's config)."""
+    """Hyperparameters of :func:`update` (a view of the recipe's config).
+
+    An optimiser step takes ``micro * accum`` rows; its forward passes take at most ``micro``
+    rows and ``forward_tokens`` padded tokens each (see :func:`~proxygap.optimize.rl_rollout.
+    pack`), which changes speed and memory, not the update.
+    """
 
     micro: int
     accum: int
@@ -95,32 +101,65 @@ class UpdateSettings:
     kl_estimator: str
     pad_id: int
     bf16: bool
+    forward_tokens: int
 
 
-def optimiser_steps(B: int, *, micro: int, accum: int, epochs: int, gen: torch.Generator
-                    ) -> Iterator[list[Tensor]]:
-    """Row indices per optimiser step: ``epochs`` shuffled passes over ``B`` rows, each cut
-    into steps of ``accum`` micro-batches of ``micro`` rows."""
-    per_step = micro * accum
-    if B % per_step:
-        raise ValueError(f"batch {B} is not a multiple of micro-batch x accumulation {per_step}")
+def optimiser_steps(B: int, *, rows: int, epochs: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """Row indices of every optimiser step: ``epochs`` shuffled passes over ``B`` rows, cut into
+    steps of ``rows`` rows."""
+    if B % rows:
+        raise ValueError(f"batch {B} is not a multiple of the rows per optimiser step {rows}")
     for _ in range(epochs):
         order = torch.randperm(B, generator=gen)
-        for s in range(0, B, per_step):
-            yield list(order[s : s + per_step].split(micro))
+        yield from order.split(rows)
 
 
 def _share(batch: Rollout, total: Rollout, aggregation: str) -> float:
-    """Weight of a micro-batch in its optimiser step (see the module docstring)."""
+    """Weight of a forward pass in its optimiser step (see the module docstring): its response
+    tokens (``token_mean``) or non-empty sequences (``seq_mean``) over the step's, as an exact
+    ratio of integer counts."""
     if aggregation == "token_mean":
-        return float(batch.mask.sum() / total.mask.sum().clamp(min=1))
-    return float((batch.mask.sum(1) > 0).sum() / (total.mask.sum(1) > 0).sum().clamp(min=1))
+        part, whole = int(batch.mask.bool().sum()), int(total.mask.bool().sum())
+    else:
+        part = int(batch.mask.bool().any(dim=1).sum())
+        whole = int(total.mask.bool().any(dim=1).sum())
+    return part / max(whole, 1)
 
 
 def _autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def logprobs_of(model: PreTrainedModel, batch: Rollout, *, s: UpdateSettings) -> Tensor:
+    """log pi(y_t | x, y_<t) of the batch's response tokens, ``(B, T)``, 0 off the mask (float32
+    or the model's wider dtype); with gradient unless called under ``no_grad``; bf16 autocast
+    if ``s.bf16``."""
+    device = next(model.parameters()).device
+    with _autocast(s.bf16, device):
+        return response_logprobs(
+            model, batch.prompt_ids, batch.response_ids, batch.mask, pad_id=s.pad_id
+        )
+
+
+@torch.no_grad()
+def packed(fn: Callable[[Rollout], Tensor], rollout: Rollout, *, s: UpdateSettings) -> Tensor:
+    """``fn`` applied to length-sorted forward passes over the rollout (no gradient), put back
+    in row order: ``(B, T)`` on the CPU, 0 beyond each pass's longest response."""
+    parts = [
+        (idx, fn(rollout.rows(idx)).cpu())
+        for idx in pack(
+            rollout.lengths,
+            torch.arange(len(rollout)),
+            max_rows=s.micro,
+            max_tokens=s.forward_tokens,
+        )
+    ]
+    out = torch.zeros(rollout.mask.shape, dtype=parts[0][1].dtype)
+    for idx, part in parts:
+        out[idx, : part.shape[1]] = part
+    return out
 
 
 def micro_loss(
@@ -132,25 +171,27 @@ def micro_loss(
     kl_beta: float,
     s: UpdateSettings,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Loss of one micro-batch: clipped surrogate (Schulman et al. 2017, eq. 7)
+    """Loss of one forward pass: clipped surrogate (Schulman et al. 2017, eq. 7)
     ``+ kl_beta * mean k(lr)`` (GRPO's KL term, Shao et al. 2024, eq. 4; ``kl_beta = 0`` when
     the penalty is in the reward) ``+ vf_coef *`` clipped value loss (PPO only).
 
     ``old_logprobs`` None means the batch is on-policy (one optimiser step per rollout): the
-    ratio is then ``exp(logp - logp.detach())``, 1 in value with the policy gradient.
+    ratio is then ``exp(logp - logp.detach())``, 1 in value with the policy gradient (as TRL
+    does when it takes one step per generation).
     """
+    assert batch.advantages is not None and batch.ref_logprobs is not None
     device = next(policy.parameters()).device
     mask = batch.mask.to(device)
-    with _autocast(s.bf16, device):
-        logp = response_logprobs(
-            policy, batch.prompt_ids, batch.response_ids, batch.mask, pad_id=s.pad_id
-        ).float()
+    logp = logprobs_of(policy, batch, s=s)
     old = logp.detach() if old_logprobs is None else old_logprobs.to(device)
     loss, metrics = ppo_policy_loss(
         logp, old, batch.advantages.to(device), mask, clip=s.clip, aggregation=s.aggregation
     )
     kl_term, kl_metrics = kl_loss_term(
-        logp, batch.ref_logprobs.to(device), mask, estimator=s.kl_estimator,
+        logp,
+        batch.ref_logprobs.to(device),
+        mask,
+        estimator=s.kl_estimator,
         aggregation=s.aggregation,
     )
     loss = loss + kl_beta * kl_term
@@ -160,29 +201,20 @@ def micro_loss(
         with _autocast(s.bf16, device):
             values = critic_values(critic, batch, pad_id=s.pad_id)
         v_loss, v_metrics = ppo_value_loss(
-            values, batch.values.to(device), batch.returns.to(device), mask,
-            clip=s.value_clip, aggregation=s.aggregation,
+            values,
+            batch.values.to(device),
+            batch.returns.to(device),
+            mask,
+            clip=s.value_clip,
+            aggregation=s.aggregation,
         )
         loss = loss + s.vf_coef * v_loss
         metrics |= v_metrics | {"value/loss": v_loss.item()}
     return loss, metrics
 
 
-@torch.no_grad()
-def recompute_logprobs(policy: PreTrainedModel, rollout: Rollout, *, s: UpdateSettings) -> Tensor:
-    """log pi_old of the rollout under the policy before the update, with the training forward
-    (same autocast), for updates that take more than one optimiser step per rollout."""
-    device = next(policy.parameters()).device
-    with _autocast(s.bf16, device):
-        lp = response_logprobs(
-            policy, rollout.prompt_ids, rollout.response_ids, rollout.mask, pad_id=s.pad_id,
-            batch_size=s.micro,
-        )
-    return lp.float().cpu()
-
-
 class NonFiniteLoss(FloatingPointError):
-    """A micro-batch loss was NaN or inf."""
+    """A loss or gradient norm was NaN or inf."""
 
 
 def update(
@@ -195,21 +227,24 @@ def update(
     s: UpdateSettings,
     gen: torch.Generator,
 ) -> dict[str, float]:
-    """One PPO-style update on ``rollout``; returns metrics averaged over micro-batches
-    (weighted by their share) plus ``train/grad_norm`` (mean over optimiser steps, before
-    clipping, policy and critic together) and ``train/optimizer_steps``."""
-    steps = list(optimiser_steps(len(rollout), micro=s.micro, accum=s.accum, epochs=s.epochs,
-                                 gen=gen))
-    old_all = recompute_logprobs(policy, rollout, s=s) if len(steps) > 1 else None
+    """One PPO-style update on ``rollout``; returns metrics averaged over forward passes
+    (weighted by their share) and optimiser steps, plus ``train/grad_norm`` (mean over
+    optimiser steps, before clipping, policy and critic together) and
+    ``train/optimizer_steps``."""
+    steps = list(optimiser_steps(len(rollout), rows=s.micro * s.accum, epochs=s.epochs, gen=gen))
+    old_all = None
+    if len(steps) > 1:  # off-policy after the first step: freeze log pi_old now
+        old_all = packed(lambda b: logprobs_of(policy, b, s=s), rollout, s=s)
     params = [p for p in policy.parameters() if p.requires_grad]
     if critic is not None:
         params += [p for p in critic.parameters() if p.requires_grad]
+    lengths = rollout.lengths
     sums: dict[str, float] = defaultdict(float)
     norms = []
-    for micro_idx in steps:
-        whole = rollout.rows(torch.cat(micro_idx))
+    for rows in steps:
+        whole = rollout.rows(rows)
         optimizer.zero_grad(set_to_none=True)
-        for idx in micro_idx:
+        for idx in pack(lengths, rows, max_rows=s.micro, max_tokens=s.forward_tokens):
             batch = rollout.rows(idx)
             old = None if old_all is None else old_all[idx, : batch.mask.shape[1]]
             loss, metrics = micro_loss(policy, critic, batch, old, kl_beta=kl_beta, s=s)

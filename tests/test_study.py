@@ -1,0 +1,133 @@
+"""The best-of-n study end to end at a tiny budget: outputs, numbers, resume, determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from proxygap.config import parse_config
+from proxygap.store.run import RunFolderError
+from proxygap.study import run_study
+
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "preferences": {"n_pairs": 600, "n_heldout": 200},
+    "proxies": [
+        {"name": "small", "n_pairs": 300, "n_embd": 32, "n_head": 2, "n_layer": 1, "epochs": 1},
+        {
+            "name": "ens",
+            "n_embd": 32,
+            "n_head": 2,
+            "n_layer": 1,
+            "epochs": 3,
+            "ensemble": 2,
+            "aggregation": "uwo",
+        },
+    ],
+    "bon": {"n_prompts": 8, "pool_size": 64, "n_points": 12, "examples_at": [1, 8, 64]},
+    "runtime": {"threads": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    return run_study(parse_config(TINY), root, log=lambda *_: None)
+
+
+def _curves(run: Path) -> list[dict[str, str]]:
+    with (run / "bon_curves.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_folder_has_every_output(tiny_run: Path) -> None:
+    for name in (
+        "config.yaml", "versions.json", "preferences.jsonl", "pool.jsonl", "scores.npz",
+        "bon_curves.csv", "metrics.jsonl", "summary.json", "samples.json", "report.md",
+        "report.html", "plots/bon_gold_proxy.png", "plots/bon_proxy_vs_gold.png",
+        "proxies/small/member-0/model.safetensors", "proxies/ens/member-1/model.safetensors",
+    ):  # fmt: skip
+        assert (tiny_run / name).is_file(), name
+    html = (tiny_run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2  # plots embedded: one self-contained file
+    md = (tiny_run / "report.md").read_text()
+    assert "`small`" in md or "| small |" in md
+    assert "| ens |" in md
+
+
+def test_curves_follow_the_estimator_definitions(tiny_run: Path) -> None:
+    rows = _curves(tiny_run)
+    ns = sorted({int(r["n"]) for r in rows})
+    assert ns[0] == 1 and ns[-1] == 64
+    assert len(rows) == 2 * len(ns)
+    for r in rows:
+        n = int(r["n"])
+        # KL_bon(n) = log n - (n-1)/n, d = sqrt(KL)
+        assert float(r["kl"]) == pytest.approx(math.log(n) - (n - 1) / n, abs=1e-12)
+        assert float(r["d"]) == pytest.approx(math.sqrt(float(r["kl"])), abs=1e-12)
+        if n == 1:  # relative to the pool mean: exactly 0 with no spread
+            assert float(r["gold"]) == 0.0 and float(r["gold_se"]) == 0.0
+            assert float(r["proxy"]) == 0.0
+
+
+def test_best_of_pool_equals_the_pool_argmax(tiny_run: Path) -> None:
+    """At n = N the estimator must return the gold of each prompt's proxy argmax."""
+    from proxygap.study import normalised
+
+    cfg = parse_config(TINY)
+    with np.load(tiny_run / "scores.npz") as z:
+        scores = {k: z[k] for k in z.files}
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    scale = summary["gold_scale"]
+    for proxy in cfg.proxies:
+        select, _ = normalised(scores, proxy)
+        gold = scores["gold"] / scale
+        top = gold[np.arange(gold.shape[0]), np.argmax(select, axis=1)]
+        # no ties in continuous proxy scores here, so this is exact
+        expected = float((top - gold.mean(axis=1)).mean())
+        row = [r for r in _curves(tiny_run) if r["name"] == proxy.name and r["n"] == "64"][0]
+        assert float(row["gold"]) == pytest.approx(expected, abs=1e-9)
+
+
+def test_summary_numbers_are_sane(tiny_run: Path) -> None:
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert [p["name"] for p in summary["proxies"]] == ["small", "ens"]
+    for p in summary["proxies"]:
+        assert 0.0 <= p["heldout_accuracy"] <= 1.0
+        assert -1.0 <= p["spearman_gold"] <= 1.0
+        assert p["fit"]["kind"] == "bon" and p["fit"]["r2"] <= 1.0
+        assert 0.0 <= p["wellformed_top"] <= 1.0
+    ens = summary["proxies"][1]
+    # 600 clean pairs, 3 epochs: better than chance against gold on held-out pairs
+    assert ens["heldout_accuracy"] > 0.6
+    assert ens["ensemble_std_growth"] is not None and ens["ensemble_std_growth"] > 0
+
+
+def test_resume_reuses_stages_and_reproduces(tiny_run: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in [tiny_run / "pool.jsonl", tiny_run / "scores.npz"]}
+    summary = (tiny_run / "summary.json").read_text()
+    run_study(parse_config(TINY), tiny_run.parent, log=lambda *_: None)
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert before == after  # finished stages were read back, not recomputed
+    assert (tiny_run / "summary.json").read_text() == summary
+
+
+def test_same_seed_same_metrics_in_a_fresh_folder(tiny_run: Path, tmp_path: Path) -> None:
+    cfg = parse_config({**TINY, "proxies": TINY["proxies"][:1]})
+    a = run_study(cfg, tmp_path / "a", log=lambda *_: None)
+    b = run_study(cfg, tmp_path / "b", log=lambda *_: None)
+    assert (a / "bon_curves.csv").read_text() == (b / "bon_curves.csv").read_text()
+    assert (a / "preferences.jsonl").read_text() == (b / "preferences.jsonl").read_text()
+
+
+def test_changed_config_on_existing_folder_is_refused(tiny_run: Path) -> None:
+    changed = parse_config({**TINY, "seed": 4})
+    with pytest.raises(RunFolderError, match="different config"):
+        run_study(changed, tiny_run.parent, log=lambda *_: None)
+    assert (tiny_run / "summary.json").is_file()  # nothing was lost
