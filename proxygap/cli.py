@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 task_app = typer.Typer(help="Built-in tasks.", no_args_is_help=True)
 app.add_typer(task_app, name="task")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @app.command()

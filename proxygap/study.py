@@ -71,13 +71,12 @@ def setup(cfg: StudyConfig, runs_root: Path, *, restart: bool = False, log: Any 
     """Open (or resume) the run folder and load the task's models."""
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
-    run = RunFolder(runs_root, cfg, restart=restart)
     task = get_task(cfg.task.name)
     trust = cfg.task.trust_remote_code
     policy_path = cfg.task.policy or task.policy_path
     tok_path = cfg.task.tokenizer or (cfg.task.policy or task.tokenizer_path)
-    tokenizer = load_tokenizer(tok_path, trust_remote_code=trust)
     policy = load_policy(policy_path, trust_remote_code=trust).to(cfg.runtime.device)
+    tokenizer = load_tokenizer(tok_path, trust_remote_code=trust)
     check_vocab_match(policy, tokenizer, f"policy {str(policy_path)!r}")
     if cfg.task.gold is None:
         gold_fn = task.gold
@@ -88,6 +87,8 @@ def setup(cfg: StudyConfig, runs_root: Path, *, restart: bool = False, log: Any 
         def gold_fn(texts: list[str]) -> np.ndarray:
             return score_texts(gold_model, gold_tok, texts, batch_size=cfg.runtime.score_batch_size)
 
+    # the folder is opened only once every model loaded: a bad path leaves nothing behind
+    run = RunFolder(runs_root, cfg, restart=restart)
     return Env(cfg, run, task, tokenizer, policy, gold_fn, log)
 
 
