@@ -84,13 +84,26 @@ def run_ours(algo: str, args: argparse.Namespace, prompts: list[str]) -> dict[st
     )
     # evaluation is outside the timed steps; keep it minimal
     evaluator = PolicyEvaluator(
-        ref=ref, tokenizer=tok, join=responses_only, prompts=prompts[:1],
-        prompt_ids=encode_prompts(tok, prompts[:1]), gold=word_reward, proxy=None,
-        n_per_prompt=1, max_new_tokens=args.max_new_tokens,
+        ref=ref,
+        tokenizer=tok,
+        join=responses_only,
+        prompts=prompts[:1],
+        prompt_ids=encode_prompts(tok, prompts[:1]),
+        gold=word_reward,
+        proxy=None,
+        n_per_prompt=1,
+        max_new_tokens=args.max_new_tokens,
     )
     res = train_rl(
-        policy, ref, tok, cfg=cfg, train_prompts=prompts, join=responses_only,
-        reward_fn=word_reward, evaluator=evaluator, log=lambda _: None,
+        policy,
+        ref,
+        tok,
+        cfg=cfg,
+        train_prompts=prompts,
+        join=responses_only,
+        reward_fn=word_reward,
+        evaluator=evaluator,
+        log=lambda _: None,
     )
     timed = res.steps[args.warmup :]
     keys = ("time/step", "time/sample", "time/score", "time/ref", "time/update", "train/length")
@@ -116,8 +129,9 @@ class StepTimer:
     def on_step_end(self, *a: Any, **k: Any) -> None:
         self.ends.append(time.perf_counter())
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **k: Any
-               ) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **k: Any
+    ) -> None:
         if logs and "completions/mean_length" in logs:
             self.lengths.append(float(logs["completions/mean_length"]))
 
@@ -136,7 +150,9 @@ def run_trl(algo: str, args: argparse.Namespace, prompts: list[str]) -> dict[str
     config_cls, trainer_cls = (
         (GRPOConfig, GRPOTrainer) if algo == "grpo" else (RLOOConfig, RLOOTrainer)
     )
-    extra: dict[str, Any] = {"loss_type": "dapo", "scale_rewards": "group"} if algo == "grpo" else {}
+    extra: dict[str, Any] = {}
+    if algo == "grpo":
+        extra = {"loss_type": "dapo", "scale_rewards": "group"}
 
     def reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
         return word_reward(completions).tolist()
@@ -146,24 +162,49 @@ def run_trl(algo: str, args: argparse.Namespace, prompts: list[str]) -> dict[str
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
         cfg = config_cls(
-            output_dir=out, use_cpu=True, report_to="none", bf16=False, fp16=False,
-            gradient_checkpointing=False, per_device_train_batch_size=args.prompts * args.group,
-            gradient_accumulation_steps=1, num_generations=args.group,
-            max_completion_length=args.max_new_tokens, max_steps=steps, learning_rate=5e-5,
-            lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, beta=args.beta,
-            temperature=1.0, top_k=0, top_p=1.0, num_iterations=1, logging_steps=1,
-            save_strategy="no", seed=0, dataloader_num_workers=0, disable_dropout=True,
-            model_init_kwargs={"dtype": torch.float32}, **extra,
+            output_dir=out,
+            use_cpu=True,
+            report_to="none",
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            per_device_train_batch_size=args.prompts * args.group,
+            gradient_accumulation_steps=1,
+            num_generations=args.group,
+            max_completion_length=args.max_new_tokens,
+            max_steps=steps,
+            learning_rate=5e-5,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=1.0,
+            beta=args.beta,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            num_iterations=1,
+            logging_steps=1,
+            save_strategy="no",
+            seed=0,
+            dataloader_num_workers=0,
+            disable_dropout=True,
+            model_init_kwargs={"dtype": torch.float32},
+            **extra,
         )
         trainer = trainer_cls(
-            model=str(task.policy_path), reward_funcs=reward, args=cfg, train_dataset=data,
-            processing_class=tok, callbacks=[timer],
+            model=str(task.policy_path),
+            reward_funcs=reward,
+            args=cfg,
+            train_dataset=data,
+            processing_class=tok,
+            callbacks=[timer],
         )
         torch.set_num_threads(args.threads)
         trainer.train()
     step_times = np.diff(timer.ends)[args.warmup :]
-    return {"time/step": float(step_times.mean()),
-            "train/length": float(np.mean(timer.lengths[args.warmup :]))}
+    return {
+        "time/step": float(step_times.mean()),
+        "train/length": float(np.mean(timer.lengths[args.warmup :])),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -191,8 +232,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         f"<= {args.max_new_tokens} new tokens, beta {args.beta}, fp32, CPU, "
         f"{args.threads} thread(s), mean of {args.steps} steps after {args.warmup} warm-up"
     )
-    for col in ("algorithm", "implementation", "s / step", "samples / s", "mean length",
-                "ours / TRL"):
+    for col in (
+        "algorithm",
+        "implementation",
+        "s / step",
+        "samples / s",
+        "mean length",
+        "ours / TRL",
+    ):
         table.add_column(col, justify="left" if col in ("algorithm", "implementation") else "right")
     for algo in ("grpo", "rloo"):
         ours = run_ours(algo, args, prompts)
@@ -203,8 +250,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         results[f"{algo}/trl_samples_per_s"] = B / trl["time/step"]
         results[f"{algo}/ratio"] = ratio
         for name, r, col in (("proxygap", ours, f"{ratio:.2f}x"), ("TRL 1.16", trl, "")):
-            table.add_row(algo.upper(), name, f"{r['time/step']:.3f}",
-                          f"{B / r['time/step']:,.0f}", f"{r['train/length']:.1f}", col)
+            table.add_row(
+                algo.upper(),
+                name,
+                f"{r['time/step']:.3f}",
+                f"{B / r['time/step']:,.0f}",
+                f"{r['train/length']:.1f}",
+                col,
+            )
 
     console = Console()
     console.print(table)

@@ -53,11 +53,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -68,6 +66,8 @@ from proxygap.config import Strict
 from proxygap.estimators.kl import sequence_kl
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.kl_control import KLController, make_kl_controller
+from proxygap.optimize.rl_hooks import PostStepHook, RewardTransform, RLHooks
+from proxygap.optimize.rl_record import NonFiniteError, RLResult, checked_rewards, evaluation_row
 from proxygap.optimize.rl_rollout import (
     ADVANTAGES,
     PromptStream,
@@ -88,6 +88,17 @@ from proxygap.optimize.rl_update import (
     update,
 )
 from proxygap.sampling.generate import decode_responses, sample
+
+__all__ = [
+    "NonFiniteError",
+    "PostStepHook",
+    "RLConfig",
+    "RLHooks",
+    "RLResult",
+    "RewardTransform",
+    "rl_evaluator",
+    "train_rl",
+]
 
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -165,69 +176,6 @@ class RLConfig(Strict):
         return self
 
 
-# ---------------------------------------------------------------- hooks
-class RewardTransform(Protocol):
-    """``(rewards (B,), texts, prompts) -> rewards (B,)``: reshapes the proxy before it is
-    optimised (ensembles, LSC, PAR, length penalty, ...)."""
-
-    def __call__(
-        self, rewards: np.ndarray, texts: Sequence[str], prompts: Sequence[str]
-    ) -> np.ndarray: ...
-
-
-class PostStepHook(Protocol):
-    """Called after every update with the live objects (e.g. Elastic Reset resets ``policy``);
-    returns metrics to log (namespaced by the hook) or None."""
-
-    def __call__(
-        self,
-        *,
-        policy: PreTrainedModel,
-        ref: PreTrainedModel,
-        optimizer: torch.optim.Optimizer,
-        step: int,
-    ) -> dict[str, float] | None: ...
-
-
-def identity_transform(
-    rewards: np.ndarray, texts: Sequence[str], prompts: Sequence[str]
-) -> np.ndarray:
-    return rewards
-
-
-def no_post_step(**_: Any) -> None:
-    return None
-
-
-@dataclass
-class RLHooks:
-    """Mitigations plug in here; the defaults change nothing."""
-
-    transform: RewardTransform = identity_transform
-    post_step: PostStepHook = no_post_step
-
-
-# ---------------------------------------------------------------- results
-@dataclass
-class RLResult:
-    """``history``: one row per evaluation point (see the module docstring); ``steps``: the
-    training metrics of every step; ``examples``: evaluator examples tagged with their step."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    steps: list[dict[str, float]] = field(default_factory=list)
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-class NonFiniteError(FloatingPointError):
-    """A reward or loss became NaN or inf; ``step`` is where, ``result`` the run so far."""
-
-    def __init__(self, message: str, *, step: int, result: RLResult) -> None:
-        super().__init__(f"step {step}: {message}")
-        self.step = step
-        self.result = result
-
-
 def rl_evaluator(
     ref: PreTrainedModel,
     tokenizer: Any,
@@ -258,16 +206,16 @@ def rl_evaluator(
     )
 
 
+def _kl_controller(cfg: RLConfig) -> KLController:
+    if cfg.kl_controller == "fixed":
+        return make_kl_controller("fixed", beta=cfg.kl_coef)
+    return make_kl_controller(
+        "adaptive", init_beta=cfg.kl_coef, target=cfg.kl_target, horizon=cfg.kl_horizon
+    )
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(1)[0])
-
-
-def _window_means(rows: list[dict[str, float]]) -> dict[str, float]:
-    sums: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        for k, v in row.items():
-            sums[k].append(v)
-    return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
 # ---------------------------------------------------------------- the recipe
@@ -323,13 +271,7 @@ def train_rl(
         optimizer,
         lambda s: lr_factor(s, kind=cfg.lr_schedule, warmup=cfg.warmup_steps, total=cfg.steps),
     )
-    controller: KLController = (
-        make_kl_controller("fixed", beta=cfg.kl_coef)
-        if cfg.kl_controller == "fixed"
-        else make_kl_controller(
-            "adaptive", init_beta=cfg.kl_coef, target=cfg.kl_target, horizon=cfg.kl_horizon
-        )
-    )
+    controller = _kl_controller(cfg)
     # KL in the reward or in the loss: beta goes to one of the two, 0 to the other
     reward_beta, loss_beta = (1.0, 0.0) if cfg.kl_mode == "reward" else (0.0, 1.0)
     advantage_fn = ADVANTAGES[cfg.algo]
@@ -355,26 +297,21 @@ def train_rl(
     for step in range(cfg.steps + 1):
         # ---- evaluate (step 0, every eval_every, and the last step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            t0 = time.perf_counter()
-            metrics, examples = evaluator(policy)
-            row = {
-                "step": float(step),
-                "samples_seen": float(step * cfg.batch_size),
-                **metrics,
-                **_window_means(window),
-            }
-            row |= {
-                "time/wall": time.perf_counter() - t_start,
-                "time/eval": time.perf_counter() - t0,
-            }
+            row, examples = evaluation_row(
+                evaluator,
+                policy,
+                step=step,
+                batch_size=cfg.batch_size,
+                window=window,
+                t_start=t_start,
+            )
             result.history.append(row)
-            result.examples += [{"step": step, **e} for e in examples]
+            result.examples += examples
             window = []
             log(
                 f"step {step:5d}  proxy {row.get('reward/proxy', math.nan):+.3f}  "
                 f"gold {row['reward/gold']:+.3f}±{row['reward/gold_se']:.3f}  "
-                f"kl {row['kl/k1']:.3f}  beta {controller.beta:.4f}  "
-                f"({row['time/wall']:.0f}s)"
+                f"kl {row['kl/k1']:.3f}  beta {controller.beta:.4f}  ({row['time/wall']:.0f}s)"
             )
         if step == cfg.steps:
             break
@@ -399,17 +336,10 @@ def train_rl(
 
         # ---- 2. score (proxy, then the transform hook)
         texts = join(rows, decode_responses(s, tokenizer))
-        raw = np.asarray(reward_fn(texts), dtype=np.float64)
-        reward = np.asarray(hooks.transform(raw, texts, rows), dtype=np.float64)
-        if raw.shape != (len(rows),) or reward.shape != raw.shape:
-            raise ValueError(
-                f"rewards must have shape ({len(rows)},), got {raw.shape}, "
-                f"{reward.shape} after the transform"
-            )
-        if not np.isfinite(reward).all():
-            raise NonFiniteError(
-                f"{int((~np.isfinite(reward)).sum())} non-finite rewards", step=step, result=result
-            )
+        raw = reward_fn(texts)
+        reward = checked_rewards(
+            raw, hooks.transform(raw, texts, rows), n=len(rows), step=step, result=result
+        )
         score = torch.from_numpy(reward).float()
         t_score = time.perf_counter()
 
@@ -477,7 +407,7 @@ def train_rl(
 
         # ---- 7. log this step
         row = {
-            "train/reward_raw": float(raw.mean()),
+            "train/reward_raw": float(np.mean(raw)),
             "train/reward_mean": float(reward.mean()),
             "train/reward_std": float(reward.std()),
             "train/return_mean": float(rewards_t.sum(dim=1).mean()),

@@ -1,0 +1,78 @@
+"""What an RL run records: its result, its failure, and how an evaluation row is assembled.
+
+Used by :func:`proxygap.optimize.rl.train_rl`; the metric names are documented in
+:mod:`proxygap.optimize.rl`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedModel
+
+from proxygap.optimize.evaluate import PolicyEvaluator
+
+
+@dataclass
+class RLResult:
+    """``history``: one row per evaluation point (see the module docstring); ``steps``: the
+    training metrics of every step; ``examples``: evaluator examples tagged with their step."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: list[dict[str, float]] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class NonFiniteError(FloatingPointError):
+    """A reward or loss became NaN or inf; ``step`` is where, ``result`` the run so far."""
+
+    def __init__(self, message: str, *, step: int, result: RLResult) -> None:
+        super().__init__(f"step {step}: {message}")
+        self.step = step
+        self.result = result
+
+
+def checked_rewards(raw: Any, reward: Any, *, n: int, step: int, result: RLResult) -> np.ndarray:
+    """The transformed rewards as float64 ``(n,)``, after checking shapes and finiteness."""
+    raw, reward = np.asarray(raw, dtype=np.float64), np.asarray(reward, dtype=np.float64)
+    if raw.shape != (n,) or reward.shape != (n,):
+        raise ValueError(
+            f"rewards must have shape ({n},), got {raw.shape} and {reward.shape} after the "
+            "transform"
+        )
+    if not np.isfinite(reward).all():
+        bad = int((~np.isfinite(reward)).sum())
+        raise NonFiniteError(f"{bad} non-finite rewards", step=step, result=result)
+    return reward
+
+
+def evaluation_row(
+    evaluator: PolicyEvaluator,
+    policy: PreTrainedModel,
+    *,
+    step: int,
+    batch_size: int,
+    window: list[dict[str, float]],
+    t_start: float,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """One history row (see the module docstring) and the evaluator's examples."""
+    t0 = time.perf_counter()
+    metrics, examples = evaluator(policy)
+    row = {"step": float(step), "samples_seen": float(step * batch_size), **metrics}
+    row |= window_means(window)
+    row |= {"time/wall": time.perf_counter() - t_start, "time/eval": time.perf_counter() - t0}
+    return row, [{"step": step, **e} for e in examples]
+
+
+def window_means(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of every metric over ``rows`` (a key missing from some rows: mean of the others)."""
+    sums: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        for k, v in row.items():
+            sums[k].append(v)
+    return {k: float(np.mean(v)) for k, v in sums.items()}

@@ -1,0 +1,148 @@
+"""Study stages 1-2: gold-labelled preference pairs and proxy reward models."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedModel
+from transformers import PreTrainedTokenizerBase as Tokenizer
+
+from proxygap.config import ProxyConfig
+from proxygap.data.preferences import Pairs, label_pairs, read_jsonl, relabel, write_jsonl
+from proxygap.models.loading import (
+    load_reward_model,
+)
+from proxygap.rewards.reward_model import (
+    RewardTrainConfig,
+    n_parameters,
+    new_reward_model,
+    train_reward_model,
+)
+from proxygap.study.env import Env, sample_responses
+
+
+# ---------------------------------------------------------------- stage 1: preferences
+def stage_preferences(env: Env) -> tuple[Pairs, Pairs]:
+    """Training and held-out pairs (clean gold labels; proxies relabel their share)."""
+    cfg, run = env.cfg, env.run
+    path = run.path("preferences.jsonl")
+    n_train, n_held = cfg.preferences.n_pairs, cfg.preferences.n_heldout
+    if cfg.preferences.file:
+        pairs = read_jsonl(cfg.preferences.file, duplicates="warn")
+        if len(pairs) < n_train + n_held:
+            raise ValueError(
+                f"preference file {cfg.preferences.file!r} has {len(pairs)} pairs; the config "
+                f"asks for n_pairs + n_heldout = {n_train + n_held}"
+            )
+    elif run.done("preferences"):
+        pairs = read_jsonl(path, duplicates="keep")
+    else:
+        t0 = time.perf_counter()
+        need = n_train + n_held
+        # identical responses make no pair (gold cannot prefer either): sample spares, drop them
+        prompts = env.task.prompts(int(need * 1.05) + 64, seed=cfg.seed * 1000 + 1)
+        responses = sample_responses(
+            env,
+            prompts,
+            n=2,
+            temperature=cfg.preferences.temperature,
+            max_new=cfg.preferences.max_new_tokens,
+            seed=cfg.seed * 1000 + 2,
+            desc="sample preference pairs",
+        )
+        keep = [i for i in range(len(prompts)) if responses[2 * i] != responses[2 * i + 1]]
+        if len(keep) < need:
+            raise RuntimeError(
+                f"only {len(keep)} of {len(prompts)} sampled pairs differ; need {need}: the base "
+                "policy is too deterministic at this temperature"
+            )
+        keep = keep[:need]
+        prompts = [prompts[i] for i in keep]
+        a = [responses[2 * i] for i in keep]
+        b = [responses[2 * i + 1] for i in keep]
+        gold_a = env.gold_fn(env.task.join(prompts, a))
+        gold_b = env.gold_fn(env.task.join(prompts, b))
+        pairs = label_pairs(prompts, a, b, gold_a, gold_b, seed=cfg.seed)
+        write_jsonl(pairs, path)
+        run.mark_done("preferences", {"seconds": time.perf_counter() - t0})
+    if pairs.gold_chosen is None:
+        raise ValueError(
+            "the preference file has no gold_chosen/gold_rejected fields: held-out accuracy "
+            "against gold needs them"
+        )
+    train = pairs.subset(np.arange(n_train))
+    held = pairs.subset(np.arange(n_train, n_train + n_held))
+    return train, held
+
+
+# ---------------------------------------------------------------- stage 2: proxies
+def proxy_members(env: Env, proxy: ProxyConfig) -> list[PreTrainedModel]:
+    """Load the trained members of ``proxy`` from the run folder."""
+    if proxy.path:
+        return [load_reward_model(proxy.path, trust_remote_code=env.cfg.task.trust_remote_code)]
+    return [
+        load_reward_model(env.run.dir / "proxies" / proxy.name / f"member-{k}")
+        for k in range(proxy.ensemble)
+    ]
+
+
+def _save_model(model: PreTrainedModel, tokenizer: Tokenizer, folder: Path) -> None:
+    """Save a model folder atomically: write beside it, then rename."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def stage_proxy(env: Env, proxy: ProxyConfig, train: Pairs) -> None:
+    stage = f"proxy:{proxy.name}"
+    if proxy.path or env.run.done(stage):
+        return
+    n = proxy.n_pairs or len(train)
+    share = relabel(
+        train.subset(np.arange(n)),
+        mode=proxy.labels,
+        temperature=proxy.bt_temperature,
+        noise=proxy.label_noise,
+        seed=proxy.seed + 7 * env.cfg.seed,
+    )
+    chosen = env.task.join(share.prompt, share.chosen)
+    rejected = env.task.join(share.prompt, share.rejected)
+    info: dict[str, Any] = {"members": []}
+    for k in range(proxy.ensemble):
+        seed = 1000 * proxy.seed + k
+        model = new_reward_model(
+            env.tokenizer,
+            n_embd=proxy.n_embd,
+            n_layer=proxy.n_layer,
+            n_head=proxy.n_head,
+            n_positions=int(env.policy.config.n_positions),
+            seed=seed,
+        )
+        hist = train_reward_model(
+            model,
+            env.tokenizer,
+            chosen,
+            rejected,
+            cfg=RewardTrainConfig(
+                epochs=proxy.epochs, lr=proxy.lr, batch_size=proxy.batch_size, seed=seed
+            ),
+            progress=f"train proxy {proxy.name} [{k + 1}/{proxy.ensemble}]",
+        )
+        _save_model(model, env.tokenizer, env.run.path("proxies", proxy.name, f"member-{k}"))
+        info["members"].append(
+            {"seed": seed, "seconds": hist.seconds, "final_loss": float(np.mean(hist.loss[-20:]))}
+        )
+    info["n_params"] = n_parameters(model)
+    env.run.mark_done(stage, info)
