@@ -41,7 +41,11 @@ def run(
         cfg = load_config(path or builtin_config_path(config or "demo"))
         out = run_study(cfg, runs_dir, restart=restart, log=console.print)
     except (
-        ConfigError, PreferenceFileError, ModelLoadError, RunFolderError, NonFiniteError
+        ConfigError,
+        PreferenceFileError,
+        ModelLoadError,
+        RunFolderError,
+        NonFiniteError,
     ) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
@@ -51,7 +55,9 @@ def run(
 @task_app.command("build")
 def task_build(
     name: Annotated[str, typer.Argument(help="task name")] = "reviews",
-    out: Annotated[Path | None, typer.Option(help="output folder (default: the shipped assets)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default: the shipped assets)")
+    ] = None,
     n_sentences: Annotated[int, typer.Option(help="pretraining corpus size")] = 200_000,
     seed: Annotated[int, typer.Option(help="seed of corpus, init and data order")] = 0,
 ) -> None:

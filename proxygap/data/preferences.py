@@ -56,11 +56,12 @@ def gold_preferences(
     noise: float = 0.0,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Whether ``a`` is preferred over ``b`` for each pair, as gold labels them (Gao et al. 2023 §2).
+    """Whether ``a`` is preferred over ``b`` for each pair, as gold labels them (Gao et al. §2).
 
     ``deterministic``: a wins iff g_a > g_b (exact ties are broken by a fair coin).
     ``bradley_terry``: a wins with probability sigma((g_a - g_b) / temperature).
-    Then each label is flipped independently with probability ``noise`` (Coste et al. 2023 use 0.25).
+    Then each label is flipped independently with probability ``noise`` (Coste et al. 2023 use
+    0.25).
 
     Returns a bool array (B,).
     """
@@ -112,7 +113,9 @@ def label_pairs(
 def relabel(pairs: Pairs, **label_kwargs: object) -> Pairs:
     """Relabel pairs that carry gold scores (e.g. with another noise rate or seed)."""
     if pairs.gold_chosen is None or pairs.gold_rejected is None:
-        raise ValueError("these pairs carry no gold scores (gold_chosen/gold_rejected): cannot relabel")
+        raise ValueError(
+            "these pairs carry no gold scores (gold_chosen/gold_rejected): cannot relabel"
+        )
     return label_pairs(
         pairs.prompt,
         pairs.chosen,
@@ -155,9 +158,7 @@ def _finite_number(v: object) -> bool:
 DUPLICATE_POLICIES = ("error", "warn", "keep")
 
 
-def read_jsonl(
-    path: str | Path, *, max_errors: int = 20, duplicates: str = "warn"
-) -> Pairs:
+def read_jsonl(path: str | Path, *, max_errors: int = 20, duplicates: str = "warn") -> Pairs:
     """Read and validate a ``{prompt, chosen, rejected}`` JSONL file.
 
     Checks: valid JSON objects, the three keys present with string values, non-empty chosen and

@@ -80,7 +80,9 @@ def load_reward_model(
     return model.eval()
 
 
-def check_vocab_match(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, what: str) -> None:
+def check_vocab_match(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, what: str
+) -> None:
     """Refuse a tokenizer whose ids do not fit the model's embedding table."""
     n_embed = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > n_embed:

@@ -50,16 +50,16 @@ class BonCurve:
         ]
 
 
-def bon_curve(
-    name: str, select: np.ndarray, gold: np.ndarray, *, ns: np.ndarray
-) -> BonCurve:
+def bon_curve(name: str, select: np.ndarray, gold: np.ndarray, *, ns: np.ndarray) -> BonCurve:
     """Best-of-n curve for selection scores ``select`` (P, N) and gold scores ``gold`` (P, N).
 
     The proxy curve reports ``select`` itself (the score being optimised). Standard errors are
     over prompts, on the per-prompt difference from n = 1.
     """
     if select.shape != gold.shape or select.ndim != 2:
-        raise ValueError(f"select and gold must be equal (P, N) arrays, got {select.shape}, {gold.shape}")
+        raise ValueError(
+            f"select and gold must be equal (P, N) arrays, got {select.shape}, {gold.shape}"
+        )
     ns = np.asarray(ns, dtype=np.int64)
     if ns[0] != 1:
         ns = np.concatenate([[1], ns])

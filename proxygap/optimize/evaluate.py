@@ -92,8 +92,12 @@ class PolicyEvaluator:
         policy.eval()
         s = self._sample(policy)
         ref_lp = response_logprobs(
-            self.ref, s.prompt_ids_rows(), s.response_ids, s.mask,
-            pad_id=self.tokenizer.pad_token_id, batch_size=self.batch_size,
+            self.ref,
+            s.prompt_ids_rows(),
+            s.response_ids,
+            s.mask,
+            pad_id=self.tokenizer.pad_token_id,
+            batch_size=self.batch_size,
         )
         kl, kl_metrics = sequence_kl(s.logprobs - ref_lp, s.mask)
         scores = self._score(s)
@@ -115,9 +119,12 @@ class PolicyEvaluator:
             metrics["reward/proxy"] = float(scores["proxy"].mean() - init["proxy"].mean())
             metrics["reward/proxy_se"] = _se(scores["proxy"] - init["proxy"])
         examples = [
-            {"prompt": self.prompts[int(s.prompt_index[i])], "response": str(scores["texts"][i]),
-             "gold": float(gold[i] * self.gold_scale),
-             **({"proxy": float(scores["proxy"][i])} if "proxy" in scores else {})}
+            {
+                "prompt": self.prompts[int(s.prompt_index[i])],
+                "response": str(scores["texts"][i]),
+                "gold": float(gold[i] * self.gold_scale),
+                **({"proxy": float(scores["proxy"][i])} if "proxy" in scores else {}),
+            }
             for i in range(0, len(gold), max(1, len(gold) // 4))
         ][:4]
         policy.train(was_training)

@@ -292,18 +292,14 @@ def train_rl(
     stream = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=cfg.seed)
     result = RLResult(config=cfg.model_dump(mode="json"))
     window: list[dict[str, float]] = []
+    B = cfg.batch_size
     t_start = time.perf_counter()
 
     for step in range(cfg.steps + 1):
         # ---- evaluate (step 0, every eval_every, and the last step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             row, examples = evaluation_row(
-                evaluator,
-                policy,
-                step=step,
-                batch_size=cfg.batch_size,
-                window=window,
-                t_start=t_start,
+                evaluator, policy, step=step, batch_size=B, window=window, t_start=t_start
             )
             result.history.append(row)
             result.examples += examples
@@ -383,7 +379,7 @@ def train_rl(
         t_update = time.perf_counter()
 
         # ---- 6. KL controller, post-step hook, checkpoint
-        controller.update(kl_metrics[f"kl/{cfg.estimator}"], n_steps=cfg.batch_size)
+        controller.update(kl_metrics[f"kl/{cfg.estimator}"], n_steps=B)
         hook_metrics = hooks.post_step(policy=policy, ref=ref, optimizer=optimizer, step=step + 1)
         if (
             checkpoint_dir is not None

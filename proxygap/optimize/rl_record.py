@@ -19,7 +19,7 @@ from proxygap.optimize.evaluate import PolicyEvaluator
 
 @dataclass
 class RLResult:
-    """``history``: one row per evaluation point (see the module docstring); ``steps``: the
+    """``history``: one row per evaluation point (see :mod:`proxygap.optimize.rl`); ``steps``: the
     training metrics of every step; ``examples``: evaluator examples tagged with their step."""
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -60,7 +60,9 @@ def evaluation_row(
     window: list[dict[str, float]],
     t_start: float,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """One history row (see the module docstring) and the evaluator's examples."""
+    """One history row: ``step``, ``samples_seen``, the evaluator's metrics, the means of the
+    training metrics over ``window`` (the steps since the last row), ``time/wall`` and
+    ``time/eval``; and the evaluator's examples tagged with the step."""
     t0 = time.perf_counter()
     metrics, examples = evaluator(policy)
     row = {"step": float(step), "samples_seen": float(step * batch_size), **metrics}

@@ -88,11 +88,14 @@ class Document:
                 rows = "".join(
                     "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b.rows
                 )
-                body.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+                body.append(
+                    f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+                )
             elif isinstance(b, Image):
                 data = base64.b64encode((root / b.path).read_bytes()).decode()
+                alt = html.escape(b.caption)
                 body.append(
-                    f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.caption)}">'
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
                     f"<figcaption>{_inline(b.caption)}</figcaption></figure>"
                 )
             elif isinstance(b, Code):

@@ -29,7 +29,9 @@ def plot_bon(curves: Sequence[BonCurve], path: Path, *, title: str = "best-of-n"
         col = colors[i % len(colors)]
         label = f"{c.name} (R²={c.fit.r2:.3f})"
         ax_g.plot(c.d, c.gold, "o-", ms=3, color=col, label=label)
-        ax_g.fill_between(c.d, c.gold - 2 * c.gold_se, c.gold + 2 * c.gold_se, color=col, alpha=0.15)
+        ax_g.fill_between(
+            c.d, c.gold - 2 * c.gold_se, c.gold + 2 * c.gold_se, color=col, alpha=0.15
+        )
         dd = np.linspace(0, c.d.max(), 200)
         ax_g.plot(dd, c.fit.predict(dd), "--", color=col, lw=1)
         k = c.turn.peak_index

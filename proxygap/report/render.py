@@ -76,8 +76,10 @@ def _proxy_table(results: list[ProxyResult], cfg: StudyConfig) -> Table:
         c, t = r.curve, r.curve.turn
         pc = r.config
         ratio = t.drop / t.drop_se if t.drop_se > 0 else float("nan")
-        verdict = "**yes**: falls > 2 SE" if t.turns_down else (
-            "peak then dip < 2 SE" if t.drop > 0 else "no (still rising)"
+        verdict = (
+            "**yes**: falls > 2 SE"
+            if t.turns_down
+            else ("peak then dip < 2 SE" if t.drop > 0 else "no (still rising)")
         )
         rows.append(
             [
@@ -195,8 +197,12 @@ def write_report(
         )
         for r in results:
             rows = [
-                [str(p["n"]), f"{p['prompt']} ‖ {p['response']}", _f(p["proxy_score"], 2),
-                 _f(p["gold"], 2)]
+                [
+                    str(p["n"]),
+                    f"{p['prompt']} ‖ {p['response']}",
+                    _f(p["proxy_score"], 2),
+                    _f(p["gold"], 2),
+                ]
                 for p in picks
                 if p["proxy"] == r.config.name
             ]

@@ -57,5 +57,7 @@ AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
 def aggregate(rewards: torch.Tensor, method: str = "mean", **kwargs: float) -> torch.Tensor:
     """Aggregate member rewards ``(B, K)`` with the method named ``method``."""
     if method not in AGGREGATIONS:
-        raise ValueError(f"unknown ensemble aggregation {method!r}; allowed: {sorted(AGGREGATIONS)}")
+        raise ValueError(
+            f"unknown ensemble aggregation {method!r}; allowed: {sorted(AGGREGATIONS)}"
+        )
     return AGGREGATIONS[method](rewards, **kwargs)

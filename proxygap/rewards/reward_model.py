@@ -158,9 +158,11 @@ def train_reward_model(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: (s + 1) / warmup
-        if s < warmup
-        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, n_steps - warmup))),
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, n_steps - warmup)))
+        ),
     )
     max_len = max_length_of(model)
     history = TrainHistory()

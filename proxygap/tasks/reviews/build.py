@@ -68,9 +68,7 @@ class BaseModelSpec:
     bf16: bool = False  # bf16 autocast is slower than fp32 on CPUs without AMX
 
 
-def encode_corpus(
-    texts: list[str], tokenizer: PreTrainedTokenizerFast
-) -> list[list[int]]:
+def encode_corpus(texts: list[str], tokenizer: PreTrainedTokenizerFast) -> list[list[int]]:
     """``<bos> words <eos>`` token ids of each text."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     return [[bos, *ids, eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
