@@ -7,33 +7,19 @@ the run folder records exactly what ran.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-PosInt = Annotated[int, Field(ge=1)]
-PosFloat = Annotated[float, Field(gt=0)]
+from proxygap.schema import SAFE_NAME, PosFloat, PosInt, Strict, safe_name
+
+__all__ = ["SAFE_NAME", "ConfigError", "PosFloat", "PosInt", "StudyConfig", "Strict"]
 
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names every bad field."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _safe_name(value: str, what: str) -> str:
-    if not SAFE_NAME.match(value) or value in {".", ".."} or ".." in value:
-        raise ValueError(
-            f"{what} {value!r} must be 1-64 letters, digits, '_', '-' or '.', starting with a "
-            "letter or digit (it names a folder)"
-        )
-    return value
 
 
 class TaskConfig(Strict):
@@ -79,7 +65,7 @@ class ProxyConfig(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _safe_name(v, "proxy name")
+        return safe_name(v, "proxy name")
 
     @model_validator(mode="after")
     def _heads(self) -> ProxyConfig:
@@ -121,7 +107,7 @@ class StudyConfig(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _safe_name(v, "study name")
+        return safe_name(v, "study name")
 
     @model_validator(mode="after")
     def _unique(self) -> StudyConfig:
