@@ -18,9 +18,12 @@ identical configuration, one after the other in this process:
 - GRPO losses are token means over the batch (TRL's default ``loss_type="dapo"``, our
   ``token_mean``), rewards scaled by the group standard deviation (both).
 
-Differences that remain: TRL's RLOO uses a sequence-level importance ratio and ours a
-token-level one (identical in value and gradient with one iteration per generation); TRL samples
-with ``model.generate``, we with :func:`proxygap.sampling.generate.sample`. No evaluation runs
+Differences that remain: TRL's RLOO loss is per sequence (advantage times the sequence's
+importance ratio, mean over sequences) and ours per token (token mean); with one iteration per
+generation both gradients are ``sum_i A_i grad log pi(y_i)``, scaled by ``1 / B`` (TRL) or
+``1 / tokens`` (ours), a factor Adam removes. TRL samples with ``model.generate``, we with
+:func:`proxygap.sampling.generate.sample`. Lengths can drift apart as the policies learn, so
+the table gives generated tokens per second as well as samples per second. No evaluation runs
 during the timed steps. Time per step is the mean over the steps after ``--warmup`` warm-up
 steps; throughput is samples (responses) per second. Our steps are also split into sampling,
 scoring, reference log-probs and the update (advantages, forward, backward, optimiser step).
@@ -232,31 +235,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         f"<= {args.max_new_tokens} new tokens, beta {args.beta}, fp32, CPU, "
         f"{args.threads} thread(s), mean of {args.steps} steps after {args.warmup} warm-up"
     )
-    for col in (
+    columns = (
         "algorithm",
         "implementation",
         "s / step",
         "samples / s",
+        "tokens / s",
         "mean length",
-        "ours / TRL",
-    ):
-        table.add_column(col, justify="left" if col in ("algorithm", "implementation") else "right")
+        "ours / TRL samples/s",
+        "ours / TRL tokens/s",
+    )
+    for col in columns:
+        table.add_column(col, justify="left" if col in columns[:2] else "right")
     for algo in ("grpo", "rloo"):
         ours = run_ours(algo, args, prompts)
         trl = run_trl(algo, args, prompts)
         profiles[algo] = ours
-        ratio = trl["time/step"] / ours["time/step"]
-        results[f"{algo}/ours_samples_per_s"] = B / ours["time/step"]
-        results[f"{algo}/trl_samples_per_s"] = B / trl["time/step"]
-        results[f"{algo}/ratio"] = ratio
-        for name, r, col in (("proxygap", ours, f"{ratio:.2f}x"), ("TRL 1.16", trl, "")):
+        for name, r in (("ours", ours), ("trl", trl)):
+            results[f"{algo}/{name}_samples_per_s"] = B / r["time/step"]
+            results[f"{algo}/{name}_tokens_per_s"] = B * r["train/length"] / r["time/step"]
+        ratio = results[f"{algo}/ours_samples_per_s"] / results[f"{algo}/trl_samples_per_s"]
+        tok_ratio = results[f"{algo}/ours_tokens_per_s"] / results[f"{algo}/trl_tokens_per_s"]
+        results[f"{algo}/ratio"], results[f"{algo}/token_ratio"] = ratio, tok_ratio
+        for name, key, r in (("proxygap", "ours", ours), ("TRL 1.16", "trl", trl)):
+            mine = key == "ours"
             table.add_row(
                 algo.upper(),
                 name,
                 f"{r['time/step']:.3f}",
-                f"{B / r['time/step']:,.0f}",
+                f"{results[f'{algo}/{key}_samples_per_s']:,.0f}",
+                f"{results[f'{algo}/{key}_tokens_per_s']:,.0f}",
                 f"{r['train/length']:.1f}",
-                col,
+                f"{ratio:.2f}x" if mine else "",
+                f"{tok_ratio:.2f}x" if mine else "",
             )
 
     console = Console()

@@ -79,5 +79,38 @@ def version() -> None:
     typer.echo(__version__)
 
 
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="YAML sweep file (base config + grid)")],
+    runs_dir: Annotated[Path, typer.Option(help="folder that holds run folders")] = Path("runs"),
+    backend: Annotated[
+        str | None,
+        typer.Option(help="auto | ray | sequential (default: the sweep file's runtime.backend)"),
+    ] = None,
+) -> None:
+    """Run (or resume) every cell of a sweep and aggregate the results over seeds.
+
+    Exits 2 when the sweep cannot start (bad file, bad grid path or value, no Ray for
+    --backend ray) and 1 when some cells failed (the report covers the others).
+    """
+    from proxygap.config import ConfigError
+    from proxygap.store.run import RunFolderError
+    from proxygap.sweep import SweepError, run_sweep
+
+    try:
+        result = run_sweep(spec, runs_dir, backend=backend, log=console.print)
+    except (SweepError, ConfigError, RunFolderError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"[green]report:[/green] {result.dir}/report.html")
+    if result.failed:
+        console.print(
+            f"[red]{len(result.failed)} of {result.n_cells} cells failed:[/red] "
+            + ", ".join(result.failed)
+            + " (errors in sweep.json; run the sweep again to resume them)"
+        )
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

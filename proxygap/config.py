@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from proxygap.optimize.rl import RLConfig
 from proxygap.schema import SAFE_NAME, PosFloat, PosInt, Strict, safe_name
 
 __all__ = ["SAFE_NAME", "ConfigError", "PosFloat", "PosInt", "StudyConfig", "Strict"]
@@ -86,6 +87,23 @@ class BonConfig(Strict):
     examples_per_n: PosInt = 4
 
 
+class RLRunConfig(Strict):
+    """Online RL against one proxy, one run per KL coefficient (the rest shared)."""
+
+    proxy: str  # the name of one of the study's proxies
+    kl_coefs: list[Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=lambda: [0.0], min_length=1
+    )
+    settings: RLConfig = Field(default_factory=RLConfig)
+
+    @field_validator("kl_coefs")
+    @classmethod
+    def _distinct(cls, v: list[float]) -> list[float]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"kl_coefs must be distinct, got {v}")
+        return v
+
+
 class RuntimeConfig(Strict):
     device: str = "cpu"
     threads: PosInt | None = None  # torch threads; None: torch's default
@@ -102,6 +120,7 @@ class StudyConfig(Strict):
     preferences: PreferenceConfig = Field(default_factory=PreferenceConfig)
     proxies: list[ProxyConfig] = Field(min_length=1)
     bon: BonConfig | None = Field(default_factory=BonConfig)
+    rl: RLRunConfig | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("name")
@@ -115,6 +134,8 @@ class StudyConfig(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"proxy names must be unique; repeated: {dup}")
+        if self.rl is not None and self.rl.proxy not in names:
+            raise ValueError(f"rl.proxy {self.rl.proxy!r} is not one of the proxies {names}")
         for p in self.proxies:
             if p.n_pairs is not None and p.n_pairs > self.preferences.n_pairs:
                 raise ValueError(

@@ -1,5 +1,5 @@
-"""The direct-alignment recipe (proxygap/optimize/daa.py) and the likelihood indicators
-(proxygap/analysis/likelihood.py).
+"""The direct-alignment recipe (proxygap/optimize/daa.py), its beta sweep (daa_sweep.py) and the
+likelihood indicators (proxygap/analysis/likelihood.py).
 
 The recipe runs on a tiny random GPT-2 with the built-in task's word-level tokenizer, so every
 test takes well under a second or two.
@@ -21,14 +21,16 @@ from proxygap.data.preferences import Pairs
 from proxygap.models.loading import load_tokenizer
 from proxygap.optimize.daa import (
     DAAConfig,
-    beta_sweep,
     pair_logps,
     plan_schedule,
     prepare_pairs,
+    sample_likelihood,
     tokenize_pairs,
     train_daa,
 )
+from proxygap.optimize.daa_sweep import beta_sweep
 from proxygap.optimize.evaluate import PolicyEvaluator
+from proxygap.sampling.generate import sample
 from proxygap.tasks import get_task
 
 TASK = get_task("reviews")
@@ -130,6 +132,14 @@ def test_reference_cache_equals_fresh_computation(tok):
     np.testing.assert_allclose(prepared.ref_chosen.numpy(), fresh_c, rtol=0, atol=1e-5)
     np.testing.assert_allclose(prepared.ref_rejected.numpy(), fresh_r, rtol=0, atol=1e-5)
     assert not prepared.ref_chosen.requires_grad
+
+
+def test_pairs_longer_than_the_model_are_refused(tok):
+    short = tiny_gpt2(tok)
+    short.config.n_positions = 8
+    # longest: bos + "i liked the plot but" (6) + "the cast was dull and boring ." + eos (8)
+    with pytest.raises(ValueError, match="a pair needs 14 positions; the model has 8"):
+        prepare_pairs(short, tok, PAIRS)
 
 
 # --------------------------------------------------------------------------- config and schedule
@@ -247,6 +257,16 @@ def test_eval_points_fire_and_history_is_deterministic(tok):
     assert c.history[-1]["daa/heldout_margin"] != a.history[-1]["daa/heldout_margin"]
 
 
+def test_gradient_accumulation_matches_one_large_batch(tok):
+    # 8 pairs per step as 1 micro-batch of 8 or as 2 of 4: the same pairs, the same mean gradient
+    one = DAAConfig(lr=3e-3, batch_size=8, grad_accum=1, eval_at=[0, 1.0])
+    two = one.model_copy(update={"batch_size": 4, "grad_accum": 2})
+    a, b = _run(tok, one).history[-1], _run(tok, two).history[-1]
+    assert a["step"] == b["step"] == 4
+    for k in ("daa/heldout_margin", "daa/heldout_chosen_logp", "train/loss", "train/grad_norm"):
+        assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+
+
 def test_beta_sweep_hump_uses_the_final_checkpoints(tok):
     policy = tiny_gpt2(tok, seed=7)
     before = [p.detach().clone() for p in policy.parameters()]
@@ -324,3 +344,27 @@ def test_likelihood_indicators_hand_values():
     )
     with pytest.raises(ValueError, match="k must be an int"):
         topk_mass(logits, k=4)
+
+
+def test_indicators_on_own_samples_match_unpadded_forward_passes(tok):
+    # the recipe's batched, padded pass against one unpadded pass per sample, position by position
+    policy = tiny_gpt2(tok, seed=3)
+    ev = _evaluator(policy, tok)
+    got = sample_likelihood(policy, ev, k=5, n_per_prompt=3)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    s = sample(
+        policy, ev.prompt_ids, n_per_prompt=3, max_new_tokens=6, eos_id=eos, pad_id=pad, seed=3
+    )
+    per_token = []
+    for prompt, row, n in zip(s.prompt_ids_rows(), s.response_ids, s.lengths, strict=True):
+        ids = torch.tensor([prompt + row[: int(n)].tolist()])
+        with torch.no_grad():
+            logits = policy(input_ids=ids).logits[0]
+        per_token += [naive_indicators(logits[len(prompt) - 1 + t], 5) for t in range(int(n))]
+    assert len(per_token) == int(s.mask.sum()) > 6
+    assert got["likelihood/topk_entropy"] == pytest.approx(
+        np.mean([e for e, _ in per_token]), abs=1e-5
+    )
+    assert got["likelihood/topk_mass"] == pytest.approx(
+        np.mean([m for _, m in per_token]), abs=1e-5
+    )

@@ -69,3 +69,15 @@ def test_missing_metric_is_named():
     del rows[1]["reward/proxy"]
     with pytest.raises(ValueError, match="reward/proxy"):
         analyse_rl(rows)
+
+
+def test_max_d_restricts_the_fit_only():
+    d = np.linspace(0.0, 6.0, 13)
+    gold = law(d)
+    gold[-2:] = -5.0  # a collapse the law does not describe
+    full = analyse_rl(history(d, gold))
+    early = analyse_rl(history(d, gold), max_d=5.0)
+    assert early.fit is not None and early.fit.n_points == 10
+    assert early.fit.alpha == pytest.approx(ALPHA, abs=1e-9)
+    assert full.fit is not None and abs(full.fit.alpha - ALPHA) > 0.1
+    assert early.peak_step == full.peak_step == 50

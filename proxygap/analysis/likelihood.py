@@ -1,16 +1,18 @@
 """Likelihood over-optimisation indicators on a policy's next-token distributions.
 
 Shi et al. 2024 ("Understanding Likelihood Over-optimisation in Direct Alignment Algorithms")
-observe that better likelihood of preferred responses does not mean better generations: when a
-direct-alignment run over-optimises, the policy's next-token distributions on its own samples
-collapse onto few tokens. Two indicators track this, both computed per position from the logits
-``z`` (length ``V``) with ``p = softmax(z)`` and ``S_k`` the ``k`` most probable tokens:
+observe that a better likelihood of preferred responses does not mean better generations, and
+propose two indicators, computed on the policy's own outputs, whose decline signals that output
+diversity is being over-optimised: decreasing entropy over the top-k tokens and diminishing top-k
+probability mass (METHODS.md §5). Per position, with logits ``z`` (length ``V``),
+``p = softmax(z)`` and ``S_k`` the ``k`` most probable tokens:
 
-- top-k probability mass ``M_k = sum_{i in S_k} p_i`` in ``(0, 1]``; it rises towards 1 as the
-  distribution concentrates on ``k`` tokens (a uniform distribution gives ``k / V``);
+- top-k probability mass ``M_k = sum_{i in S_k} p_i`` in ``(0, 1]``: 1 when the policy puts all
+  its mass on ``k`` tokens, ``k / V`` for a uniform distribution; it falls as mass leaks into the
+  long tail;
 - top-k entropy ``H_k = -sum_{i in S_k} q_i log q_i`` with ``q_i = p_i / M_k``, the entropy of the
-  top-k distribution renormalised to sum to 1, in ``[0, log k]`` nats; it falls as the policy
-  becomes sure of one token among its top ``k`` (uniform gives ``log k``).
+  top-k distribution renormalised to sum to 1, in ``[0, log k]`` nats (``log k`` for uniform); it
+  falls as the policy becomes sure of one token among its top ``k``.
 
 Renormalising makes ``H_k`` depend only on the top-k logits: ``q = softmax(z[S_k])``.
 

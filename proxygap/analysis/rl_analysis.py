@@ -64,7 +64,9 @@ def _column(history: Sequence[Mapping[str, float]], key: str) -> np.ndarray:
     return np.array([float(row[key]) for row in history])
 
 
-def analyse_rl(history: Sequence[Mapping[str, float]], *, weighted: bool = False) -> RLAnalysis:
+def analyse_rl(
+    history: Sequence[Mapping[str, float]], *, weighted: bool = False, max_d: float | None = None
+) -> RLAnalysis:
     """Fit, gold peak and proxy-gold divergence of one RL run.
 
     Args:
@@ -73,6 +75,9 @@ def analyse_rl(history: Sequence[Mapping[str, float]], *, weighted: bool = False
             policy sample with an initial-policy sample drawn with the same random numbers, so
             near ``d = 0`` the samples coincide and the standard error shrinks towards 0, which
             would give the first points nearly all the weight.
+        max_d: fit the law only to points with ``d <= max_d`` (e.g. to leave out a collapse of
+            the policy, where the text stops being language and the law no longer applies); the
+            peak and divergence use every point.
     """
     if not history:
         raise ValueError("the history is empty")
@@ -84,6 +89,8 @@ def analyse_rl(history: Sequence[Mapping[str, float]], *, weighted: bool = False
     step, d, gold, se, proxy, kl = (x[order] for x in (step, d, gold, se, proxy, kl))
 
     keep = d > 0
+    if max_d is not None:
+        keep &= d <= max_d
     if weighted:
         keep &= se > 0
     fit = None

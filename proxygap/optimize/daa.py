@@ -6,8 +6,8 @@ rejected responses in one forward pass, the loss from :data:`proxygap.losses.daa
 backward, clip, step. Rafailov et al. 2024 ("Scaling Laws for Reward Model Overoptimization in
 Direct Alignment Algorithms") find that gold quality often peaks before one epoch ends, so the
 policy is evaluated at fractions of the first epoch (``eval_at``), after each further epoch and at
-the last step. :func:`beta_sweep` reruns the recipe for several ``beta`` (the KL budget) per loss
-and fits the Gao et al. 2023 laws to gold vs ``d``.
+the last step. :func:`proxygap.optimize.daa_sweep.beta_sweep` reruns the recipe for several
+``beta`` (the KL budget) per loss and fits the Gao et al. 2023 laws to gold vs ``d``.
 
 Each history entry holds ``step`` (optimizer steps done), ``epoch`` (fractional, pairs seen over
 the data size), ``samples_seen`` (pairs), ``time/wall_seconds`` (since the start of training,
@@ -17,8 +17,9 @@ evaluations included), ``time/train_seconds`` (in optimizer steps only) and thes
   prompts: ``reward/gold`` (+ ``_se``), ``reward/proxy`` (+ ``_se``, when the evaluator has a
   proxy), ``winrate/gold_vs_init``, ``kl/k1``, ``kl/k2``, ``kl/k3``, ``d``, ``length/mean``,
   ``diversity/*``; see that module.
-- ``likelihood/topk_entropy``, ``likelihood/topk_mass``: Shi et al. 2024 indicators on the
-  policy's own samples (the evaluator's prompts and seed), see :mod:`proxygap.analysis.likelihood`.
+- ``likelihood/topk_entropy``, ``likelihood/topk_mass``: Shi et al. 2024 indicators on
+  ``likelihood_samples_per_prompt`` of the policy's own samples per evaluation prompt, see
+  :mod:`proxygap.analysis.likelihood`.
 - on held-out pairs: ``daa/heldout_chosen_logp``, ``daa/heldout_rejected_logp`` (mean summed
   response log-probabilities under the policy), ``daa/heldout_loss``, ``daa/heldout_margin``
   (mean implicit-reward margin, ``beta * h`` for reference-based losses) and
@@ -30,12 +31,11 @@ evaluations included), ``time/train_seconds`` (in optimizer steps only) and thes
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import astuple, dataclass, field, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any
 
 import torch
@@ -44,15 +44,14 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-from proxygap.analysis.laws import LawFit, Overoptimization, fit_bon_law, fit_rl_law
-from proxygap.analysis.laws import overoptimization as hump_test
 from proxygap.analysis.likelihood import DEFAULT_K, likelihood_indicators
-from proxygap.config import PosFloat, PosInt, Strict
 from proxygap.data.preferences import Pairs
 from proxygap.losses.daa import DAA_LOSSES, PairBatchLogps, compute_daa_loss
 from proxygap.models.logprobs import build_inputs, response_logprobs
-from proxygap.optimize.evaluate import PolicyEvaluator
+from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.sampling.generate import sample
+from proxygap.schema import PosFloat, PosInt, Strict
+from proxygap.tasks.base import Task
 
 _LOSS_HYPER = ("label_smoothing", "gamma", "eta")
 
@@ -62,8 +61,9 @@ class DAAConfig(Strict):
     may be set only for a loss that takes them; unset ones keep the loss function's default.
 
     Deviations from the papers, for a small policy on CPU: AdamW instead of RMSprop (Rafailov et
-    al. 2023), a larger learning rate, and no dropout (the policy is trained in eval mode, as TRL
-    does by default).
+    al. 2023), a learning rate of 3e-4 instead of ~1e-6 (chosen on the built-in task, where 1e-4
+    barely leaves the initial policy within an epoch and 1e-3 degenerates at every beta), and no
+    dropout (the policy is trained in eval mode, as TRL does by default).
     """
 
     loss: str = "dpo"
@@ -71,7 +71,7 @@ class DAAConfig(Strict):
     label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)] | None = None
     gamma: Annotated[float, Field(ge=0.0)] | None = None
     eta: Annotated[float, Field(ge=0.0)] | None = None
-    lr: PosFloat = 1e-4
+    lr: PosFloat = 3e-4  # suits the built-in 0.6M-parameter policy; large models need ~1e-6
     batch_size: PosInt = 32  # pairs per micro-batch
     grad_accum: PosInt = 1  # micro-batches per optimizer step
     epochs: PosFloat = 1.0
@@ -80,9 +80,10 @@ class DAAConfig(Strict):
     eval_at: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=lambda: [0.0, 0.125, 0.25, 0.5, 0.75, 1.0]
     )  # fractions of the first epoch
-    eval_prompts: PosInt = 64  # for the caller that builds the PolicyEvaluator
-    eval_samples_per_prompt: PosInt = 4  # likewise
+    eval_prompts: PosInt = 64  # read by daa_evaluator
+    eval_samples_per_prompt: PosInt = 4  # read by daa_evaluator
     topk: PosInt = DEFAULT_K  # k of the likelihood indicators
+    likelihood_samples_per_prompt: PosInt = 1  # own samples per eval prompt for the indicators
     bf16: bool = False
     seed: int = 0
 
@@ -135,26 +136,27 @@ class PairTokens:
         return len(self.prompt)
 
 
-def tokenize_pairs(tokenizer: Tokenizer, pairs: Pairs) -> PairTokens:
-    """Tokenize once: ``[bos] + prompt`` and ``response + [eos]``, both without other special
-    tokens, so that a response is scored as the continuation the sampler would have produced."""
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos token: responses need an end marker")
-
-    def encode(texts: list[str]) -> list[list[int]]:
-        return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-    head = [bos] if bos is not None else []
-    prompts = [head + p for p in encode(pairs.prompt)]
-    if any(len(p) == 0 for p in prompts):
+def _encode(tokenizer: Tokenizer, texts: list[str], *, bos: bool) -> list[list[int]]:
+    """Token ids without special tokens, with the tokenizer's bos (if any) in front when asked."""
+    head = [tokenizer.bos_token_id] if bos and tokenizer.bos_token_id is not None else []
+    ids = [head + list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    if bos and any(len(x) == 0 for x in ids):
         raise ValueError(
             "an empty prompt with a tokenizer without bos leaves nothing to condition on"
         )
+    return ids
+
+
+def tokenize_pairs(tokenizer: Tokenizer, pairs: Pairs) -> PairTokens:
+    """Tokenize once: ``[bos] + prompt`` and ``response + [eos]``, both without other special
+    tokens, so that a response is scored as the continuation the sampler would have produced."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token: responses need an end marker")
     return PairTokens(
-        prompt=prompts,
-        chosen=[r + [eos] for r in encode(pairs.chosen)],
-        rejected=[r + [eos] for r in encode(pairs.rejected)],
+        prompt=_encode(tokenizer, pairs.prompt, bos=True),
+        chosen=[r + [eos] for r in _encode(tokenizer, pairs.chosen, bos=False)],
+        rejected=[r + [eos] for r in _encode(tokenizer, pairs.rejected, bos=False)],
     )
 
 
@@ -196,6 +198,13 @@ def prepare_pairs(
     if isinstance(pairs, PairTokens) and pairs.ref_chosen is not None:
         return pairs
     tokens = pairs if isinstance(pairs, PairTokens) else tokenize_pairs(tokenizer, pairs)
+    limit = getattr(ref.config, "n_positions", None) or getattr(
+        ref.config, "max_position_embeddings", None
+    )
+    rows = zip(tokens.prompt, tokens.chosen, tokens.rejected, strict=True)
+    longest = max(len(p) + max(len(c), len(r)) for p, c, r in rows)
+    if limit is not None and longest > limit:
+        raise ValueError(f"a pair needs {longest} positions; the model has {limit}: shorten it")
     pad_id = tokenizer.pad_token_id
     batches = [
         pair_logps(ref, tokens, range(s, min(s + batch_size, len(tokens))), pad_id=pad_id)
@@ -260,7 +269,7 @@ def heldout_metrics(
         for s in range(0, len(held), batch_size)
     ]
     batch = PairBatchLogps(
-        *(torch.cat(column) for column in zip(*map(astuple, parts), strict=True))
+        *(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(PairBatchLogps))
     )
     _, m = compute_daa_loss(cfg.loss, batch, **cfg.loss_hyper())
     return {
@@ -274,15 +283,16 @@ def heldout_metrics(
 
 @torch.no_grad()
 def sample_likelihood(
-    policy: PreTrainedModel, evaluator: PolicyEvaluator, *, k: int
+    policy: PreTrainedModel, evaluator: PolicyEvaluator, *, k: int, n_per_prompt: int = 1
 ) -> dict[str, float]:
-    """``likelihood/*`` (Shi et al. 2024) on the policy's own samples for the evaluator's prompts,
-    drawn with the evaluator's seed (the same samples it scores)."""
+    """``likelihood/*`` (Shi et al. 2024) on ``n_per_prompt`` fresh samples of the policy for each
+    of the evaluator's prompts, drawn with its seed, length and temperature (with the evaluator's
+    ``n_per_prompt`` these are the very samples it scores; fewer cost less)."""
     ev, tok = evaluator, evaluator.tokenizer
     s = sample(
         policy,
         ev.prompt_ids,
-        n_per_prompt=ev.n_per_prompt,
+        n_per_prompt=n_per_prompt,
         max_new_tokens=ev.max_new_tokens,
         temperature=ev.temperature,
         eos_id=tok.eos_token_id,
@@ -304,6 +314,35 @@ def _summary(h: dict[str, float]) -> str:
         f"step {h['step']} epoch {h['epoch']:.3f}: d {h['d']:.3f} gold {h['reward/gold']:+.3f}"
         f"±{h['reward/gold_se']:.3f} win {h['winrate/gold_vs_init']:.3f} "
         f"heldout acc {h['daa/heldout_accuracy']:.3f}"
+    )
+
+
+def daa_evaluator(
+    ref: PreTrainedModel,
+    tokenizer: Tokenizer,
+    *,
+    task: Task,
+    proxy: ScoreFn | None,
+    cfg: DAAConfig,
+    gold_scale: float = 1.0,
+    seed: int = 0,
+) -> PolicyEvaluator:
+    """A :class:`PolicyEvaluator` on ``cfg.eval_prompts`` prompts of ``task`` (drawn with
+    ``seed``; use one the training prompts do not), ``cfg.eval_samples_per_prompt`` samples each at
+    temperature 1, scored against samples of ``ref``, the initial policy."""
+    prompts = task.prompts(cfg.eval_prompts, seed=seed)
+    return PolicyEvaluator(
+        ref=ref,
+        tokenizer=tokenizer,
+        join=task.join,
+        prompts=prompts,
+        prompt_ids=_encode(tokenizer, prompts, bos=True),
+        gold=task.gold,
+        proxy=proxy,
+        n_per_prompt=cfg.eval_samples_per_prompt,
+        max_new_tokens=task.max_new_tokens,
+        seed=seed,
+        gold_scale=gold_scale,
     )
 
 
@@ -356,7 +395,9 @@ def train_daa(
         if step in plan.eval_steps:  # ---- evaluate
             metrics, ex = evaluator(policy)
             metrics |= heldout_metrics(policy, held, cfg=cfg, pad_id=pad)
-            metrics |= sample_likelihood(policy, evaluator, k=cfg.topk)
+            metrics |= sample_likelihood(
+                policy, evaluator, k=cfg.topk, n_per_prompt=cfg.likelihood_samples_per_prompt
+            )
             metrics |= {f"train/{k}": sum(v) / len(v) for k, v in running.items()}
             running = {}
             entry = {
@@ -393,73 +434,3 @@ def train_daa(
             running.setdefault(k, []).append(v)
         train_seconds += time.perf_counter() - t0
     return DAAResult(history, examples, cfg.model_dump(mode="json"))
-
-
-# --------------------------------------------------------------------------- beta sweep
-
-
-@dataclass
-class SweepResult:
-    """All runs of a beta sweep and, per loss, the law fits and the hump test.
-
-    ``fits[loss]`` holds ``{"bon": LawFit, "rl": LawFit}`` (Gao et al. 2023) fitted to gold vs
-    ``d`` over every checkpoint with ``d > 0`` of every beta, weighted by ``1 / gold_se^2``.
-    ``hump[loss]`` applies :func:`overoptimization` to the final checkpoints across betas sorted
-    by ``d``, the across-KL-budget curve of Rafailov et al. 2024.
-    """
-
-    runs: list[tuple[str, float, DAAResult]]
-    fits: dict[str, dict[str, LawFit | None]]
-    hump: dict[str, Overoptimization]
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One flat row per (loss, beta, checkpoint)."""
-        return [{"loss": loss, "beta": beta, **h} for loss, beta, r in self.runs for h in r.history]
-
-
-def _fit_or_none(fit: Callable[..., LawFit], d: list[float], g: list[float], se: list[float]):
-    try:
-        return fit(d, g, se if all(s > 0 for s in se) else None)
-    except ValueError:  # fewer than 2 distinct points
-        return None
-
-
-def beta_sweep(
-    policy: PreTrainedModel,
-    tokenizer: Tokenizer,
-    pairs_train: Pairs,
-    pairs_heldout: Pairs,
-    *,
-    cfg: DAAConfig,
-    betas: Mapping[str, Sequence[float]],
-    evaluator: PolicyEvaluator,
-    log: Callable[[str], None] = print,
-) -> SweepResult:
-    """Run :func:`train_daa` for every ``(loss, beta)`` in ``betas``, each from a fresh copy of
-    ``policy``, which stays untouched as the reference. Sweeping beta sweeps the KL budget
-    (Rafailov et al. 2024). Reference log-probs are computed once for all runs."""
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    train = prepare_pairs(ref, tokenizer, pairs_train)
-    held = prepare_pairs(ref, tokenizer, pairs_heldout)
-    runs: list[tuple[str, float, DAAResult]] = []
-    fits: dict[str, dict[str, LawFit | None]] = {}
-    hump: dict[str, Overoptimization] = {}
-    for loss, loss_betas in betas.items():
-        for beta in loss_betas:
-            run_cfg = DAAConfig.model_validate({**cfg.model_dump(), "loss": loss, "beta": beta})
-            policy_k = copy.deepcopy(ref).requires_grad_(True)
-            kw = {"cfg": run_cfg, "evaluator": evaluator, "log": log}
-            runs.append((loss, beta, train_daa(policy_k, ref, tokenizer, train, held, **kw)))
-        points = [h for lo, _, r in runs if lo == loss for h in r.history if h["d"] > 0]
-        d, g, se = ([p[k] for p in points] for k in ("d", "reward/gold", "reward/gold_se"))
-        fits[loss] = {
-            "bon": _fit_or_none(fit_bon_law, d, g, se),
-            "rl": _fit_or_none(fit_rl_law, d, g, se),
-        }
-        finals = sorted((r.history[-1] for lo, _, r in runs if lo == loss), key=lambda h: h["d"])
-        hump[loss] = hump_test(
-            [h["d"] for h in finals],
-            [h["reward/gold"] for h in finals],
-            [h["reward/gold_se"] for h in finals],
-        )
-    return SweepResult(runs, fits, hump)

@@ -62,7 +62,7 @@ import torch
 from pydantic import Field, model_validator
 from transformers import PreTrainedModel
 
-from proxygap.config import Strict
+from proxygap.schema import Strict
 from proxygap.estimators.kl import sequence_kl
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.kl_control import KLController, make_kl_controller
@@ -108,9 +108,16 @@ UnitFloat = Annotated[float, Field(ge=0, le=1)]
 
 
 class RLConfig(Strict):
-    """Hyperparameters of :func:`train_rl`. Defaults: RLOO (Ahmadian et al. 2024) with 32 prompts
-    x 4 samples, Adam lr 5e-5, no KL penalty; PPO settings from Ziegler et al. 2019 / Schulman et
-    al. 2017 (clip 0.2, GAE gamma 1, lambda 0.95, value clip 0.2)."""
+    """Hyperparameters of :func:`train_rl`, validated on construction (errors name the field).
+
+    Defaults: RLOO (Ahmadian et al. 2024) with 32 prompts x 4 samples, Adam lr 5e-5, no KL
+    penalty; PPO settings from Ziegler et al. 2019 / Schulman et al. 2017 (clip 0.2, GAE gamma 1,
+    lambda 0.95, value clip 0.2, adaptive KL horizon 10000). Deviations: the policy loss is a
+    token mean over the optimiser step (``loss_aggregation="token_mean"``, DAPO, TRL's default)
+    where GRPO as written averages per sequence first (``"seq_mean"``); for RLOO the token mean
+    gives REINFORCE's gradient ``sum_i A_i grad log pi(y_i)`` up to a constant factor per batch.
+    One optimiser step per rollout keeps RLOO and GRPO on-policy (ratio 1, no clipping).
+    """
 
     algo: Literal["ppo", "grpo", "rloo"] = "rloo"
     steps: PosInt = 200

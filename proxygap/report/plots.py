@@ -76,3 +76,36 @@ def plot_proxy_vs_gold(curves: Sequence[BonCurve], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_rl(runs: Sequence, bon: BonCurve | None, path: Path, *, proxy: str) -> None:
+    """RL runs (one per KL coefficient) as gold and proxy against d, with the best-of-n curve of
+    the same proxy for comparison; the fitted ``d(α − β log d)`` law is dashed."""
+    fig, (ax_g, ax_p) = plt.subplots(1, 2, figsize=(12, 4.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(runs):
+        col = colors[i % len(colors)]
+        d = np.array([h["d"] for h in r.history])
+        gold = np.array([h["reward/gold"] for h in r.history])
+        se = np.nan_to_num(np.array([h["reward/gold_se"] for h in r.history]))
+        proxy_v = np.array([h.get("reward/proxy", np.nan) for h in r.history])
+        fit = r.analysis.fit
+        label = f"RL β={r.kl_coef:g}" + (f" (R²={fit.r2:.2f})" if fit is not None else "")
+        ax_g.errorbar(d, gold, yerr=2 * se, fmt="o-", ms=3, lw=1, color=col, label=label)
+        if fit is not None and d.max() > 0:
+            dd = np.linspace(1e-3, d.max(), 200)
+            ax_g.plot(dd, fit.predict(dd), "--", lw=1, color=col)
+        ax_p.plot(d, proxy_v, "o-", ms=3, lw=1, color=col, label=f"RL β={r.kl_coef:g}")
+    if bon is not None:
+        ax_g.plot(bon.d, bon.gold, "k:", lw=1.5, label=f"best-of-n ({bon.name})")
+        ax_p.plot(bon.d, bon.proxy, "k:", lw=1.5, label=f"best-of-n ({bon.name})")
+    for ax, what in ((ax_g, "gold"), (ax_p, "proxy")):
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("d = sqrt(KL(π || π_init))  [nats^1/2]")
+        ax.set_ylabel(f"{what} − initial policy")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_g.set_title(f"RL against {proxy}: gold (±2 SE; dashed: d(α−β log d) fit)", fontsize=10)
+    ax_p.set_title(f"RL against {proxy}: proxy", fontsize=10)
+    _save(fig, path)

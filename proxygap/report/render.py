@@ -7,22 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 from proxygap.config import StudyConfig
 from proxygap.report.document import Document, Heading, Image, Paragraph, Table
+from proxygap.report.format import fmt
 from proxygap.report.plots import plot_bon, plot_proxy_vs_gold
+from proxygap.report.rl_section import rl_section
 from proxygap.store.atomic import atomic_write_text
 from proxygap.store.run import RunFolder
 
 if TYPE_CHECKING:
     from proxygap.study import ProxyResult
-
-
-def _f(x: float | None, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if x != x:  # nan
-        return "nan"
-    if abs(x) == float("inf"):
-        return "∞" if x > 0 else "−∞"
-    return f"{x:.{digits}f}"
+    from proxygap.study.rl import RLRunResult
 
 
 def _setup_section(doc: Document, cfg: StudyConfig, gold_scale: float) -> None:
@@ -45,7 +38,7 @@ def _setup_section(doc: Document, cfg: StudyConfig, gold_scale: float) -> None:
                 f"held-out prompts at temperature {bon.temperature}; for every n the exact "
                 "unbiased estimator gives the expected gold and proxy score of the proxy's pick, "
                 "and `KL_bon(n) = log n − (n−1)/n`. Gold is shown in units of its standard "
-                f"deviation over base-policy samples ({_f(gold_scale)} raw units), relative to "
+                f"deviation over base-policy samples ({fmt(gold_scale)} raw units), relative to "
                 "n = 1; proxies are centred on base-policy samples. Standard errors are over "
                 "prompts."
             )
@@ -87,18 +80,18 @@ def _proxy_table(results: list[ProxyResult], cfg: StudyConfig) -> Table:
                 str(r.n_params) if r.n_params else "–",
                 str(pc.n_pairs or cfg.preferences.n_pairs),
                 pc.labels,
-                _f(pc.label_noise, 2),
+                fmt(pc.label_noise, 2),
                 f"{pc.ensemble} ({pc.aggregation})" if pc.ensemble > 1 else "1",
-                _f(r.heldout_accuracy),
-                _f(r.spearman),
-                _f(c.fit.alpha),
-                _f(c.fit.beta),
-                _f(c.fit.r2),
-                _f(c.fit.d_peak, 2),
-                f"{int(c.ns[t.peak_index])} ({_f(t.d_peak, 2)})",
-                f"{_f(t.gold_peak)} ± {_f(float(c.gold_se[t.peak_index]))}",
-                f"{_f(t.gold_end)} ± {_f(float(c.gold_se[-1]))}",
-                _f(ratio, 1),
+                fmt(r.heldout_accuracy),
+                fmt(r.spearman),
+                fmt(c.fit.alpha),
+                fmt(c.fit.beta),
+                fmt(c.fit.r2),
+                fmt(c.fit.d_peak, 2),
+                f"{int(c.ns[t.peak_index])} ({fmt(t.d_peak, 2)})",
+                f"{fmt(t.gold_peak)} ± {fmt(float(c.gold_se[t.peak_index]))}",
+                f"{fmt(t.gold_end)} ± {fmt(float(c.gold_se[-1]))}",
+                fmt(ratio, 1),
                 verdict,
             ]
         )
@@ -128,7 +121,7 @@ def _reading(results: list[ProxyResult]) -> list[Paragraph]:
     if len(by_data) > 1:
         parts = [
             f"`{r.config.name}` peaks at n = {int(r.curve.ns[r.curve.turn.peak_index])} with "
-            f"gold {_f(r.curve.turn.gold_peak, 2)}"
+            f"gold {fmt(r.curve.turn.gold_peak, 2)}"
             for r in by_data
         ]
         out.append(Paragraph("**Scale.** In order of training data: " + "; ".join(parts) + "."))
@@ -152,6 +145,7 @@ def write_report(
     *,
     gold_scale: float,
     extra: dict[str, Any],
+    rl_runs: list[RLRunResult] | None = None,
 ) -> None:
     """Render plots, ``report.md`` and ``report.html`` into the run folder."""
     doc = Document(f"proxygap study `{cfg.name}`")
@@ -160,7 +154,7 @@ def write_report(
         Paragraph(
             f"proxygap {versions.get('proxygap')}, torch {versions.get('torch')}, "
             f"transformers {versions.get('transformers')}; git {versions.get('git_revision')}; "
-            f"wall time {_f(extra.get('wall_seconds'), 1)} s (this invocation)."
+            f"wall time {fmt(extra.get('wall_seconds'), 1)} s (this invocation)."
         )
     )
     _setup_section(doc, cfg, gold_scale)
@@ -200,19 +194,24 @@ def write_report(
                 [
                     str(p["n"]),
                     f"{p['prompt']} ‖ {p['response']}",
-                    _f(p["proxy_score"], 2),
-                    _f(p["gold"], 2),
+                    fmt(p["proxy_score"], 2),
+                    fmt(p["gold"], 2),
                 ]
                 for p in picks
                 if p["proxy"] == r.config.name
             ]
             doc.add(Table(["n", "prompt ‖ response", "proxy", "gold"], rows, caption=r.config.name))
+    if rl_runs:
+        bon = next((r.curve for r in results if cfg.rl and r.config.name == cfg.rl.proxy), None)
+        rl_section(doc, run, cfg, rl_runs, bon)
     doc.add(Heading("Files"))
     doc.add(
         Paragraph(
             "`config.yaml` (resolved config), `versions.json`, `preferences.jsonl`, "
             "`proxies/<name>/member-<k>/` (Hugging Face folders), `pool.jsonl`, `scores.npz`, "
-            "`bon_curves.csv`, `metrics.jsonl`, `summary.json`, `samples.json`, `plots/`."
+            "`bon_curves.csv`, `metrics.jsonl`, `summary.json`, `samples.json`, `plots/`, and "
+            "for RL `rl/<run>/history.json` (one row per evaluation), `steps.jsonl` (training "
+            "metrics of every step), `examples.json`, `rl/summary.json`."
         )
     )
     atomic_write_text(run.path("report.md"), doc.markdown())

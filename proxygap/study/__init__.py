@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from proxygap.config import StudyConfig
 from proxygap.store.atomic import atomic_write_json
 from proxygap.study.bon import (
@@ -33,7 +35,8 @@ from proxygap.study.bon import (
     write_results,
 )
 from proxygap.study.data import stage_preferences, stage_proxy
-from proxygap.study.env import Env, NonFiniteError, setup
+from proxygap.study.env import Env, NonFiniteError, reference_texts, setup
+from proxygap.study.rl import stage_rl
 
 __all__ = ["Env", "NonFiniteError", "ProxyResult", "normalised", "run_study"]
 
@@ -53,11 +56,11 @@ def run_study(
         stage_proxy(env, proxy, train)
     results: list[ProxyResult] = []
     picks: list[dict[str, Any]] = []
-    gold_scale = 1.0
+    ref_gold = np.concatenate([held.gold_chosen, held.gold_rejected])
+    gold_scale = float(ref_gold.std()) or 1.0
     if cfg.bon is not None:
         prompts, responses = stage_pool(env)
         scores = stage_scores(env, prompts, responses, held)
-        gold_scale = float(scores["ref_gold"].std()) or 1.0
         N = cfg.bon.pool_size
         pool_texts = env.task.join([prompts[i // N] for i in range(len(responses))], responses)
         results = analyse(env, scores, held, pool_texts)
@@ -65,9 +68,13 @@ def run_study(
         write_results(env, results, gold_scale)
         atomic_write_json(env.run.path("samples.json"), picks)
         if env.task.wellformed is not None:
-            ref_texts = env.task.join(held.prompt + held.prompt, held.chosen + held.rejected)
-            env.timings["wellformed_base"] = float(env.task.wellformed(ref_texts).mean())
+            env.timings["wellformed_base"] = float(
+                env.task.wellformed(reference_texts(env, held)).mean()
+            )
             env.timings["wellformed_pool"] = float(env.task.wellformed(pool_texts).mean())
+    rl_runs = stage_rl(env, held, gold_scale)
     env.timings["wall_seconds"] = time.perf_counter() - t_start
-    write_report(env.run, cfg, results, picks, gold_scale=gold_scale, extra=env.timings)
+    write_report(
+        env.run, cfg, results, picks, gold_scale=gold_scale, extra=env.timings, rl_runs=rl_runs
+    )
     return env.run.dir

@@ -24,7 +24,7 @@ from proxygap.rewards.reward_model import (
 )
 from proxygap.store.atomic import atomic_write, atomic_write_json, atomic_write_text
 from proxygap.study.data import proxy_members
-from proxygap.study.env import Env, NonFiniteError, sample_responses
+from proxygap.study.env import Env, NonFiniteError, reference_texts, sample_responses
 
 
 # ---------------------------------------------------------------- stage 3-4: pool and scores
@@ -71,7 +71,7 @@ def stage_scores(
     P, N = bon.n_prompts, bon.pool_size
     pool_prompts = [prompts[i // N] for i in range(P * N)]
     pool_texts = env.task.join(pool_prompts, responses)
-    ref_texts = env.task.join(held.prompt + held.prompt, held.chosen + held.rejected)
+    ref_texts = reference_texts(env, held)
     out: dict[str, np.ndarray] = {
         "gold": env.gold_fn(pool_texts).reshape(P, N),
         "ref_gold": np.concatenate([held.gold_chosen, held.gold_rejected]),

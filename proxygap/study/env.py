@@ -12,6 +12,7 @@ from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from proxygap.config import StudyConfig
+from proxygap.data.preferences import Pairs
 from proxygap.models.loading import (
     check_vocab_match,
     load_policy,
@@ -99,3 +100,8 @@ def sample_responses(
         progress=desc,
     )
     return decode_responses(s, env.tokenizer)
+
+
+def reference_texts(env: Env, held: Pairs) -> list[str]:
+    """The base-policy samples every score is normalised on: the held-out pair responses."""
+    return env.task.join(held.prompt + held.prompt, held.chosen + held.rejected)

@@ -1,0 +1,104 @@
+"""A beta sweep of the direct-alignment recipe: the KL budget against gold (Rafailov et al. 2024).
+
+Rafailov et al. 2024 ("Scaling Laws for Reward Model Overoptimization in Direct Alignment
+Algorithms") sweep ``beta`` to sweep the KL budget and plot gold quality against ``d = sqrt(KL)``
+for the final checkpoints of every ``beta``: the curve is hump-shaped for DPO, IPO and SLiC.
+:func:`beta_sweep` runs :func:`proxygap.optimize.daa.train_daa` once per ``(loss, beta)`` from
+the same initial policy and summarises each loss with
+
+- both Gao et al. 2023 laws, ``d (alpha - beta d)`` (best-of-n form) and ``d (alpha - beta log d)``
+  (RL form), fitted to gold vs ``d`` over every checkpoint with ``d > 0``; neither is assumed to
+  be the right one for DAAs, so both are reported with their R^2;
+- the hump test (:func:`proxygap.analysis.laws.overoptimization`) on the final checkpoints across
+  betas, sorted by ``d``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedModel
+from transformers import PreTrainedTokenizerBase as Tokenizer
+
+from proxygap.analysis.laws import LawFit, Overoptimization, fit_bon_law, fit_rl_law
+from proxygap.analysis.laws import overoptimization as hump_test
+from proxygap.data.preferences import Pairs
+from proxygap.optimize.daa import DAAConfig, DAAResult, PairTokens, prepare_pairs, train_daa
+from proxygap.optimize.evaluate import PolicyEvaluator
+
+
+@dataclass
+class SweepResult:
+    """All runs of a beta sweep and, per loss, the law fits and the hump test.
+
+    ``fits[loss]`` holds ``{"bon": LawFit, "rl": LawFit}`` (Gao et al. 2023) fitted to gold vs
+    ``d`` over every checkpoint with ``d > 0`` of every beta, weighted by ``1 / gold_se^2``.
+    ``hump[loss]`` applies :func:`overoptimization` to the final checkpoints across betas sorted
+    by ``d``, the across-KL-budget curve of Rafailov et al. 2024.
+    """
+
+    runs: list[tuple[str, float, DAAResult]]
+    fits: dict[str, dict[str, LawFit | None]]
+    hump: dict[str, Overoptimization]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per (loss, beta, checkpoint)."""
+        return [{"loss": loss, "beta": beta, **h} for loss, beta, r in self.runs for h in r.history]
+
+
+def _fit_or_none(
+    fit: Callable[..., LawFit], d: list[float], g: list[float], se: list[float]
+) -> LawFit | None:
+    """The fit, weighted by ``1 / se^2`` when every ``se > 0``; None with fewer than 2 points."""
+    try:
+        return fit(d, g, se if all(s > 0 for s in se) else None)
+    except ValueError:  # fewer than 2 distinct points
+        return None
+
+
+def beta_sweep(
+    policy: PreTrainedModel,
+    tokenizer: Tokenizer,
+    pairs_train: Pairs | PairTokens,
+    pairs_heldout: Pairs | PairTokens,
+    *,
+    cfg: DAAConfig,
+    betas: Mapping[str, Sequence[float]],
+    evaluator: PolicyEvaluator,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
+    """Run :func:`train_daa` for every ``(loss, beta)`` in ``betas`` (e.g. ``{"dpo": [0.05,
+    0.25, 1.0]}``), each from a fresh copy of ``policy``, which stays untouched as the reference.
+    ``cfg`` gives every other setting (its ``loss`` and ``beta`` are replaced); all runs share its
+    seed, so they see the pairs in the same order. Reference log-probs are computed once for all
+    runs. ``evaluator`` should score against ``policy`` (its ``ref``)."""
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    train = prepare_pairs(ref, tokenizer, pairs_train)
+    held = prepare_pairs(ref, tokenizer, pairs_heldout)
+    runs: list[tuple[str, float, DAAResult]] = []
+    fits: dict[str, dict[str, LawFit | None]] = {}
+    hump: dict[str, Overoptimization] = {}
+    for loss, loss_betas in betas.items():
+        for beta in loss_betas:
+            run_cfg = DAAConfig.model_validate({**cfg.model_dump(), "loss": loss, "beta": beta})
+            fresh = copy.deepcopy(ref).requires_grad_(True)
+            result = train_daa(
+                fresh, ref, tokenizer, train, held, cfg=run_cfg, evaluator=evaluator, log=log
+            )
+            runs.append((loss, beta, result))
+        points = [h for lo, _, r in runs if lo == loss for h in r.history if h["d"] > 0]
+        d, g, se = ([p[k] for p in points] for k in ("d", "reward/gold", "reward/gold_se"))
+        fits[loss] = {
+            "bon": _fit_or_none(fit_bon_law, d, g, se),
+            "rl": _fit_or_none(fit_rl_law, d, g, se),
+        }
+        finals = sorted((r.history[-1] for lo, _, r in runs if lo == loss), key=lambda h: h["d"])
+        hump[loss] = hump_test(
+            [h["d"] for h in finals],
+            [h["reward/gold"] for h in finals],
+            [h["reward/gold_se"] for h in finals],
+        )
+    return SweepResult(runs, fits, hump)

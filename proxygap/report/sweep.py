@@ -1,0 +1,265 @@
+"""A sweep's outputs: results aggregated over seeds, mean gold curves, and the report.
+
+Written into the sweep folder: ``sweep.json`` (the spec, every cell with its status, and the
+aggregates), ``aggregate.csv`` (one row per setting and proxy), ``plots/group-<k>.png`` (mean gold
+against ``d`` over seeds, with a pointwise 95% t band), ``report.md`` and a self-contained
+``report.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from proxygap.analysis.seeds import (  # noqa: E402
+    METRICS,
+    Interval,
+    ProxyAggregate,
+    aggregate_proxy,
+    group_cells,
+    is_seed_path,
+    t_band,
+)
+from proxygap.report.document import Document, Heading, Image, Paragraph, Table  # noqa: E402
+from proxygap.store.atomic import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
+
+LEVEL = 0.95
+METRIC_LABELS = {
+    "gold_peak": "gold at peak",
+    "d_peak": "d at peak",
+    "gold_end": "gold at n=N",
+    "drop": "drop",
+    "heldout_accuracy": "held-out acc",
+    "alpha": "α",
+    "beta": "β",
+    "r2": "R²",
+}
+
+
+@dataclass(frozen=True)
+class MeanCurve:
+    """Gold against d for one proxy of one group: per-seed rows (S, T) and their t band."""
+
+    ns: np.ndarray  # (T,)
+    d: np.ndarray  # (T,)
+    gold: np.ndarray  # (S, T)
+    mean: np.ndarray  # (T,)
+    lo: np.ndarray  # (T,)
+    hi: np.ndarray  # (T,)
+
+
+def read_curves(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``bon_curves.csv`` of one run: per proxy name, (n, d, gold) arrays sorted by n."""
+    rows: dict[str, list[tuple[int, float, float]]] = {}
+    with (run_dir / "bon_curves.csv").open(encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            rows.setdefault(r["name"], []).append((int(r["n"]), float(r["d"]), float(r["gold"])))
+    out = {}
+    for name, pts in rows.items():
+        pts.sort()
+        out[name] = tuple(np.array(col) for col in zip(*pts, strict=True))
+    return out  # type: ignore[return-value]
+
+
+def mean_curve(curves: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> MeanCurve:
+    """Average per-seed curves over the n values they all share."""
+    common = sorted(set.intersection(*(set(ns.tolist()) for ns, _, _ in curves)))
+    picks = [np.isin(ns, common) for ns, _, _ in curves]
+    gold = np.stack([g[pick] for (_, _, g), pick in zip(curves, picks, strict=True)])  # (S, T)
+    d = curves[0][1][picks[0]]  # d is a function of n alone
+    mean, lo, hi = t_band(gold, level=LEVEL)
+    return MeanCurve(np.array(common), d, gold, mean, lo, hi)
+
+
+def _label(values: dict[str, Any]) -> str:
+    shown = {k: v for k, v in values.items() if not is_seed_path(k)}
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in shown.items()) or "all cells"
+
+
+def plot_group(curves: dict[str, MeanCurve], path: Path, *, title: str) -> None:
+    """Mean gold (relative to n = 1) against d per proxy, a 95% t band, faint per-seed lines."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, c) in enumerate(curves.items()):
+        col = colors[i % len(colors)]
+        for row in c.gold:
+            ax.plot(c.d, row, "-", color=col, lw=0.6, alpha=0.35)
+        ax.plot(c.d, c.mean, "o-", ms=3, color=col, label=f"{name} (mean of {len(c.gold)})")
+        if np.isfinite(c.lo).all():
+            ax.fill_between(c.d, c.lo, c.hi, color=col, alpha=0.18)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("d = sqrt(KL_bon)  [nats^1/2]")
+    ax.set_ylabel("gold of the pick − pool mean")
+    ax.set_title(f"{title}\nmean over seeds, 95% t band (pointwise); thin: seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+@dataclass
+class Group:
+    """One setting: its grid values, its cells and what aggregated from them."""
+
+    key: int
+    values: dict[str, Any]
+    records: list[dict[str, Any]]
+    proxies: dict[str, ProxyAggregate]
+    curves: dict[str, MeanCurve]
+
+
+def build_groups(records: list[dict[str, Any]]) -> list[Group]:
+    """Group cell records by setting and aggregate each proxy over the successful seeds."""
+    groups = []
+    for k, idx in enumerate(group_cells([r["values"] for r in records]).values()):
+        recs = [records[i] for i in idx]
+        by_proxy: dict[str, list[dict[str, Any]]] = {}
+        curves: dict[str, list[Any]] = {}
+        for r in recs:
+            if not r["ok"]:
+                continue
+            run = Path(r["run_dir"])
+            for p in json.loads((run / "summary.json").read_text())["proxies"]:
+                by_proxy.setdefault(p["name"], []).append(p)
+            for name, curve in read_curves(run).items():
+                curves.setdefault(name, []).append(curve)
+        groups.append(
+            Group(
+                key=k,
+                values=recs[0]["values"],
+                records=recs,
+                proxies={n: aggregate_proxy(s, level=LEVEL) for n, s in by_proxy.items()},
+                curves={n: mean_curve(c) for n, c in curves.items()},
+            )
+        )
+    return groups
+
+
+def check_outputs(records: list[dict[str, Any]]) -> None:
+    """Mark a cell failed when it ran but left no ``summary.json`` / ``bon_curves.csv``."""
+    for r in records:
+        run = Path(r["run_dir"])
+        missing = [f for f in ("summary.json", "bon_curves.csv") if not (run / f).is_file()]
+        if r["ok"] and missing:
+            r.update(ok=False, error=f"the run left no {' or '.join(missing)} in {run}")
+
+
+def _csv(groups: list[Group], paths: list[str]) -> str:
+    header = ["group", *paths, "proxy", "n_seeds", "n_significant", "significant_fraction"]
+    header += [f"{m}_{s}" for m in METRICS for s in ("mean", "lo", "hi")]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for g in groups:
+        for name, agg in g.proxies.items():
+            row: list[Any] = [g.key, *(json.dumps(g.values[p]) for p in paths), name]
+            row += [agg.n_seeds, agg.n_significant, agg.significant_fraction]
+            for m in METRICS:
+                iv = agg.metrics[m]
+                row += [iv.mean, iv.lo, iv.hi]
+            w.writerow(row)
+    return buf.getvalue()
+
+
+def _ci(iv: Interval) -> str:
+    if not math.isfinite(iv.mean):
+        return "–"
+    if not math.isfinite(iv.lo):
+        return f"{iv.mean:.3f}"
+    return f"{iv.mean:.3f} [{iv.lo:.3f}, {iv.hi:.3f}]"
+
+
+def _document(
+    spec: dict[str, Any], groups: list[Group], records: list[dict[str, Any]], backend: str
+) -> Document:
+    doc = Document(f"Sweep {spec['name']}")
+    ok = sum(r["ok"] for r in records)
+    doc.add(
+        Paragraph(
+            f"Base config `{spec['base']}`; {len(records)} cells ({ok} finished, "
+            f"{len(records) - ok} failed) on the `{backend}` backend. Each cell is a study run "
+            "in `cells/<name>/`. Cells that differ only in a seed are grouped; every number below "
+            f"is the mean over the group's finished seeds with a {LEVEL:.0%} Student-t "
+            "confidence interval `mean ± t(S−1) · s / √S` in brackets (none with one seed)."
+        ),
+        Table(
+            ["grid path", "values"],
+            [[f"`{p}`", ", ".join(json.dumps(v) for v in vs)] for p, vs in spec["grid"].items()],
+            caption="Grid",
+        ),
+        Paragraph(
+            "Columns: **gold at peak** — the highest gold of the best-of-n curve (gold in units "
+            "of its base-policy standard deviation, relative to n = 1); **d at peak** — "
+            "`sqrt(KL_bon)` where it is reached; **gold at n=N** — gold at the largest n; "
+            "**drop** — peak minus end; **held-out acc** — pairwise accuracy against gold; "
+            "**α, β, R²** — the fit `R(d) = d(α − βd)`; **turned down** — the seeds whose drop "
+            "exceeds two standard errors."
+        ),
+    )
+    failed = [r for r in records if not r["ok"]]
+    if failed:
+        doc.add(Heading("Failed cells"))
+        doc.add(Table(["cell", "values", "error"], [
+            [f"`{r['name']}`", _label(r["values"]) or "–", (r["error"] or "").splitlines()[0]]
+            for r in failed
+        ]))  # fmt: skip
+    header = ["proxy", "seeds", *METRIC_LABELS.values(), "turned down"]
+    for g in groups:
+        doc.add(Heading(f"Setting {g.key}: {_label(g.values)}"))
+        if not g.proxies:
+            doc.add(Paragraph("No cell of this setting finished."))
+            continue
+        rows = []
+        for name, agg in g.proxies.items():
+            cis = [_ci(agg.metrics[m]) for m in METRIC_LABELS]
+            rows.append([name, str(agg.n_seeds), *cis, f"{agg.n_significant}/{agg.n_seeds}"])
+        doc.add(Table(header, rows))
+        doc.add(Image(f"plots/group-{g.key}.png", f"Gold against d, setting {g.key}"))
+    return doc
+
+
+def write_sweep_outputs(
+    sweep_dir: Path, spec: dict[str, Any], records: list[dict[str, Any]], *, backend: str
+) -> list[Group]:
+    """Aggregate the finished cells and write every sweep output; return the groups."""
+    check_outputs(records)
+    groups = build_groups(records)
+    for g in groups:
+        if g.curves:
+            plot_group(g.curves, sweep_dir / "plots" / f"group-{g.key}.png", title=_label(g.values))
+    paths = [p for p in spec["grid"] if not is_seed_path(p)]
+    atomic_write_text(sweep_dir / "aggregate.csv", _csv(groups, paths))
+    atomic_write_json(
+        sweep_dir / "sweep.json",
+        {
+            "spec": spec,
+            "backend": backend,
+            "confidence_level": LEVEL,
+            "cells": records,
+            "failed": [r["name"] for r in records if not r["ok"]],
+            "groups": [
+                {
+                    "group": g.key,
+                    "values": {p: g.values[p] for p in paths},
+                    "cells": [r["name"] for r in g.records],
+                    "proxies": {n: a.as_dict() for n, a in g.proxies.items()},
+                }
+                for g in groups
+            ],
+        },
+    )
+    doc = _document(spec, groups, records, backend)
+    atomic_write_text(sweep_dir / "report.md", doc.markdown())
+    atomic_write_text(sweep_dir / "report.html", doc.html(sweep_dir))
+    return groups
