@@ -96,11 +96,9 @@ class ElasticReset:
         ema_sq = 0.0
         for name, p in params.items():
             ema = self.ema[name]
-            if step % self.every:
-                ema.mul_(self.eta).add_(p.detach().to(ema.dtype), alpha=1.0 - self.eta)
+            ema.mul_(self.eta).add_(p.detach().to(ema.dtype), alpha=1.0 - self.eta)
             ema_sq += float((p.detach().to(ema.dtype) - ema).square().sum())
         reset = step % self.every == 0
-        reset = reset
         if reset:
             for name, p in params.items():
                 p.copy_(self.ema[name])  # theta <- theta_ema (first)
