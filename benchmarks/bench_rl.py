@@ -24,9 +24,11 @@ generation both gradients are ``sum_i A_i grad log pi(y_i)``, scaled by ``1 / B`
 ``1 / tokens`` (ours), a factor Adam removes. TRL samples with ``model.generate``, we with
 :func:`proxygap.sampling.generate.sample`. Lengths can drift apart as the policies learn, so
 the table gives generated tokens per second as well as samples per second. No evaluation runs
-during the timed steps. Time per step is the mean over the steps after ``--warmup`` warm-up
+during the timed steps. Time per step is the median over the steps after ``--warmup`` warm-up
 steps; throughput is samples (responses) per second. Our steps are also split into sampling,
 scoring, reference log-probs and the update (advantages, forward, backward, optimiser step).
+Medians rather than means, so that a step slowed by another process on a shared machine does not
+move the result.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def run_ours(algo: str, args: argparse.Namespace, prompts: list[str]) -> dict[st
     )
     timed = res.steps[args.warmup :]
     keys = ("time/step", "time/sample", "time/score", "time/ref", "time/update", "train/length")
-    return {k: float(np.mean([r[k] for r in timed])) for k in keys}
+    return {k: float(np.median([r[k] for r in timed])) for k in keys}
 
 
 class StepTimer:
@@ -190,6 +192,7 @@ def run_trl(algo: str, args: argparse.Namespace, prompts: list[str]) -> dict[str
             seed=0,
             dataloader_num_workers=0,
             disable_dropout=True,
+            disable_tqdm=True,
             model_init_kwargs={"dtype": torch.float32},
             **extra,
         )
@@ -201,12 +204,13 @@ def run_trl(algo: str, args: argparse.Namespace, prompts: list[str]) -> dict[str
             processing_class=tok,
             callbacks=[timer],
         )
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # no log lines
         torch.set_num_threads(args.threads)
         trainer.train()
     step_times = np.diff(timer.ends)[args.warmup :]
     return {
-        "time/step": float(step_times.mean()),
-        "train/length": float(np.mean(timer.lengths[args.warmup :])),
+        "time/step": float(np.median(step_times)),
+        "train/length": float(np.median(timer.lengths[args.warmup :])),
     }
 
 
@@ -218,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--beta", type=float, default=0.05)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps after the warm-up")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps after the warm-up")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -233,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     table = Table(
         title=f"RL step throughput: {args.prompts} prompts x {args.group} samples, "
         f"<= {args.max_new_tokens} new tokens, beta {args.beta}, fp32, CPU, "
-        f"{args.threads} thread(s), mean of {args.steps} steps after {args.warmup} warm-up"
+        f"{args.threads} thread(s), median of {args.steps} steps after {args.warmup} warm-up"
     )
     columns = (
         "algorithm",
@@ -270,9 +274,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                 f"{tok_ratio:.2f}x" if mine else "",
             )
 
-    console = Console()
+    console = Console(width=140)
     console.print(table)
-    console.print("where our step time goes (mean seconds per step, share of the step):")
+    console.print("where our step time goes (median seconds per step, share of the step):")
     for algo, p in profiles.items():
         parts = ", ".join(
             f"{k.removeprefix('time/')} {p[k]:.3f} s ({p[k] / p['time/step']:.0%})"

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from proxygap.optimize.daa import DAAConfig
 from proxygap.optimize.rl import RLConfig
 from proxygap.schema import SAFE_NAME, PosFloat, PosInt, Strict, safe_name
 
@@ -104,6 +105,36 @@ class RLRunConfig(Strict):
         return v
 
 
+class DAARunConfig(Strict):
+    """Direct alignment on the study's gold-labelled pairs: one run per (loss, beta).
+
+    The runs train on the first ``n_pairs`` training pairs with ``label_noise`` flips (the same
+    labels a proxy with that noise would see) and share ``settings`` otherwise; ``proxy``
+    optionally names a study proxy whose reward is tracked too, to compare with RLHF.
+    """
+
+    betas: dict[str, list[Annotated[float, Field(gt=0.0)]]] = Field(
+        default_factory=lambda: {"dpo": [0.05, 0.25, 1.0]}, min_length=1
+    )
+    n_pairs: PosInt | None = None  # None: all training pairs
+    label_noise: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    proxy: str | None = None
+    settings: DAAConfig = Field(default_factory=DAAConfig)
+
+    @field_validator("betas")
+    @classmethod
+    def _losses(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+        from proxygap.losses.daa import DAA_LOSSES
+
+        unknown = sorted(set(v) - set(DAA_LOSSES))
+        if unknown:
+            raise ValueError(f"unknown DAA loss(es) {unknown}; allowed: {sorted(DAA_LOSSES)}")
+        empty = sorted(k for k, b in v.items() if not b)
+        if empty:
+            raise ValueError(f"no betas given for {empty}")
+        return v
+
+
 class RuntimeConfig(Strict):
     device: str = "cpu"
     threads: PosInt | None = None  # torch threads; None: torch's default
@@ -121,6 +152,7 @@ class StudyConfig(Strict):
     proxies: list[ProxyConfig] = Field(min_length=1)
     bon: BonConfig | None = Field(default_factory=BonConfig)
     rl: RLRunConfig | None = None
+    daa: DAARunConfig | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("name")
@@ -136,6 +168,13 @@ class StudyConfig(Strict):
             raise ValueError(f"proxy names must be unique; repeated: {dup}")
         if self.rl is not None and self.rl.proxy not in names:
             raise ValueError(f"rl.proxy {self.rl.proxy!r} is not one of the proxies {names}")
+        if self.daa is not None and self.daa.proxy is not None and self.daa.proxy not in names:
+            raise ValueError(f"daa.proxy {self.daa.proxy!r} is not one of the proxies {names}")
+        if self.daa is not None and (self.daa.n_pairs or 0) > self.preferences.n_pairs:
+            raise ValueError(
+                f"daa.n_pairs ({self.daa.n_pairs}) exceeds preferences.n_pairs "
+                f"({self.preferences.n_pairs})"
+            )
         for p in self.proxies:
             if p.n_pairs is not None and p.n_pairs > self.preferences.n_pairs:
                 raise ValueError(

@@ -103,12 +103,9 @@ def settable_paths(tree: Any, prefix: str = "") -> list[str]:
             out.append(path)
             out += settable_paths(sub, path + ".")
     elif isinstance(tree, list) and tree and all(isinstance(x, dict) for x in tree):
-        for path in settable_paths(tree[0], prefix + "*."):
-            if path not in out:
-                out.append(path)
-        for item in tree[1:]:
-            out += [p for p in settable_paths(item, prefix + "*.") if p not in out]
-    return out
+        for item in tree:
+            out += settable_paths(item, prefix + "*.")
+    return list(dict.fromkeys(out))
 
 
 def _path_error(path: str, base: dict[str, Any], why: str) -> SweepError:
@@ -279,6 +276,16 @@ def choose_backend(requested: str, n_cells: int, log: Log) -> Literal["ray", "se
     return "sequential"
 
 
+def _failed(err: BaseException, seconds: float | None) -> dict[str, Any]:
+    """The outcome of a cell that raised ``err``."""
+    return {
+        "ok": False,
+        "seconds": seconds,
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": "".join(traceback.format_exception(err, limit=-8)),
+    }
+
+
 def run_cell(config: dict[str, Any], cells_dir: str) -> dict[str, Any]:
     """Run (or resume) one cell's study; never raises: a failure comes back as ``error``."""
     from proxygap.study import run_study
@@ -287,12 +294,7 @@ def run_cell(config: dict[str, Any], cells_dir: str) -> dict[str, Any]:
     try:
         run_study(parse_config(config), Path(cells_dir), log=lambda *_: None)
     except Exception as err:  # one failing cell must not stop the sweep
-        return {
-            "ok": False,
-            "seconds": time.perf_counter() - t0,
-            "error": f"{type(err).__name__}: {err}",
-            "traceback": traceback.format_exc(limit=-8),
-        }
+        return _failed(err, time.perf_counter() - t0)
     return {"ok": True, "seconds": time.perf_counter() - t0, "error": None, "traceback": None}
 
 
@@ -344,12 +346,7 @@ def run_ray(
                 try:
                     outs[i] = ray.get(ref)
                 except Exception as err:  # the worker itself died (killed, out of memory)
-                    outs[i] = {
-                        "ok": False,
-                        "seconds": None,
-                        "traceback": None,
-                        "error": f"{type(err).__name__}: {err}",
-                    }
+                    outs[i] = _failed(err, None)
                 _report(cells[i], outs[i], len(cells) - len(pending), len(cells), log)
         return outs
     finally:
@@ -394,14 +391,9 @@ def run_sweep(
     else:
         outs = run_sequential(cells, cells_dir, log)
     records = [
-        {
-            "index": c.index,
-            "name": c.name,
-            "values": c.values,
-            "run_dir": str(cells_dir / c.name),
-            **o,
-        }
-        for c, o in zip(cells, outs, strict=True)
+        {"index": c.index, "name": c.name, "values": c.values, "run_dir": str(cells_dir / c.name)}
+        | out
+        for c, out in zip(cells, outs, strict=True)
     ]
     write_sweep_outputs(sweep_dir, spec.model_dump(mode="json"), records, backend=chosen)
     failed = [r["name"] for r in records if not r["ok"]]

@@ -32,7 +32,7 @@ from proxygap.tasks import TASKS, get_task
 KILLED: dict[str, Any] = {
     "name": "killed",
     "seed": 5,
-    "preferences": {"n_pairs": 400, "n_heldout": 100},
+    "preferences": {"n_pairs": 300, "n_heldout": 80},
     "proxies": [
         {"name": "ens", "n_embd": 32, "n_head": 2, "n_layer": 1, "epochs": 4, "ensemble": 2}
     ],
@@ -46,22 +46,13 @@ SAME_BYTES = (
 TIMING_FIELDS = ("train_seconds",)  # wall-clock times recorded in summary.json
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted run of KILLED."""
-    root = tmp_path_factory.mktemp("reference")
-    return run_study(parse_config(KILLED), root, log=lambda *_: None)
-
-
 def _stages(run: Path) -> dict[str, Any]:
     p = run / "stages.json"
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-def _command(tmp: Path) -> list[str]:
-    cfg = tmp / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(KILLED))
-    return [sys.executable, "-m", "proxygap.cli", "run", str(cfg), "--runs-dir", str(tmp / "runs")]
+def _command(cfg: Path, runs: Path) -> list[str]:
+    return [sys.executable, "-m", "proxygap.cli", "run", str(cfg), "--runs-dir", str(runs)]
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -96,53 +87,57 @@ def killed_twice(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """`proxygap run` killed with SIGKILL twice, each time mid-stage, then resumed to the end.
 
     1. killed as soon as the ``preferences`` stage is recorded (inside proxy training);
-    2. resumed with the same command, killed once proxy member 0 is saved but the proxy stage
-       is not recorded (member 1 training);
+    2. resumed with the same command, killed once proxy member 0 is being saved or saved but
+       the proxy stage is not recorded (saving member 0 or training member 1);
     3. resumed with the same command to the end.
-    Returns what each kill left and the final run folder.
+    The uninterrupted reference runs the same command in another folder, alongside.
+    Returns what each kill left, the final run folder and the reference's.
     """
     tmp = tmp_path_factory.mktemp("killed")
-    cmd, log = _command(tmp), tmp / "run.log"
+    (tmp / "tiny.yaml").write_text(yaml.safe_dump(KILLED))
+    cmd, log = _command(tmp / "tiny.yaml", tmp / "runs"), tmp / "run.log"
+    reference = _start(_command(tmp / "tiny.yaml", tmp / "reference"), tmp / "reference.log")
     run = tmp / "runs" / "killed"
-    seen: dict[str, Any] = {"run": run}
-
-    _kill_when(_start(cmd, log), lambda: "preferences" in _stages(run), log)
-    seen["first"] = {"stages": set(_stages(run)), "summary": (run / "summary.json").exists(),
-                     "pairs": (run / "preferences.jsonl").read_bytes()}  # fmt: skip
-
+    seen: dict[str, Any] = {"run": run, "reference": tmp / "reference" / "killed"}
     member0 = run / "proxies" / "ens" / "member-0"
 
+    def member0_written() -> bool:
+        return member0.exists() or member0.with_name("member-0.tmp").exists()
+
     def mid_proxy() -> bool:
-        saved = member0.exists() or member0.with_name("member-0.tmp").exists()
-        return saved and "proxy:ens" not in _stages(run)
+        return member0_written() and "proxy:ens" not in _stages(run)
 
-    _kill_when(_start(cmd, log), mid_proxy, log)
-    seen["second"] = {"stages": set(_stages(run)), "member0": member0.exists()}
-
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)  # fmt: skip
-    seen["rc"], seen["output"] = done.returncode, log.read_text() + done.stdout.decode()
+    try:
+        _kill_when(_start(cmd, log), lambda: "preferences" in _stages(run), log)
+        seen["first"] = {"stages": set(_stages(run)), "summary": (run / "summary.json").exists(),
+                         "pairs": (run / "preferences.jsonl").read_bytes()}  # fmt: skip
+        _kill_when(_start(cmd, log), mid_proxy, log)
+        seen["second"] = {"stages": set(_stages(run)), "member0": member0_written()}
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)  # fmt: skip
+        seen["rc"], seen["output"] = done.returncode, log.read_text() + done.stdout.decode()
+        assert reference.wait(timeout=300) == 0, (tmp / "reference.log").read_text()[-3000:]
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
     return seen
 
 
-def test_first_kill_lands_inside_proxy_training(
-    killed_twice: dict[str, Any], reference: Path
-) -> None:
-    first = killed_twice["first"]
+def test_first_kill_lands_inside_proxy_training(killed_twice: dict[str, Any]) -> None:
+    first, reference = killed_twice["first"], killed_twice["reference"]
     assert first["stages"] == {"preferences"} and not first["summary"]
     assert first["pairs"] == (reference / "preferences.jsonl").read_bytes()  # kept intact
 
 
-def test_second_kill_lands_between_ensemble_members(killed_twice: dict[str, Any]) -> None:
+def test_second_kill_lands_inside_proxy_training(killed_twice: dict[str, Any]) -> None:
     second = killed_twice["second"]
     assert second["stages"] == {"preferences"}  # proxy:ens was cut before it was recorded
-    assert second["member0"]  # ... with member 0 already on disk
+    assert second["member0"]  # ... with member 0 (or its temporary folder) already on disk
 
 
-def test_resumed_run_is_identical_to_an_uninterrupted_one(
-    killed_twice: dict[str, Any], reference: Path
-) -> None:
-    run = killed_twice["run"]
+def test_resumed_run_is_identical_to_an_uninterrupted_one(killed_twice: dict[str, Any]) -> None:
+    run, reference = killed_twice["run"], killed_twice["reference"]
     assert killed_twice["rc"] == 0, killed_twice["output"][-3000:]
     assert killed_twice["output"].count("resuming") == 2
     for name in SAME_BYTES:
@@ -159,10 +154,8 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(
     reason="summary.json records train_seconds (wall-clock time of proxy training), so a "
     "resumed run's summary differs from an uninterrupted one in that field alone",
 )
-def test_summary_json_is_byte_identical_after_resume(
-    killed_twice: dict[str, Any], reference: Path
-) -> None:
-    run = killed_twice["run"]
+def test_summary_json_is_byte_identical_after_resume(killed_twice: dict[str, Any]) -> None:
+    run, reference = killed_twice["run"], killed_twice["reference"]
     assert (run / "summary.json").read_bytes() == (reference / "summary.json").read_bytes()
 
 

@@ -131,3 +131,52 @@ def test_changed_config_on_existing_folder_is_refused(tiny_run: Path) -> None:
     with pytest.raises(RunFolderError, match="different config"):
         run_study(changed, tiny_run.parent, log=lambda *_: None)
     assert (tiny_run / "summary.json").is_file()  # nothing was lost
+
+
+TINY_RL_DAA = {
+    "name": "tiny-rl-daa",
+    "seed": 5,
+    "preferences": {"n_pairs": 300, "n_heldout": 64},
+    "proxies": [{"name": "rm", "n_embd": 32, "n_head": 2, "n_layer": 1, "epochs": 1}],
+    "bon": None,
+    "rl": {
+        "proxy": "rm",
+        "kl_coefs": [0.0, 0.5],
+        "settings": {
+            "steps": 4, "prompts_per_step": 4, "group_size": 2, "eval_every": 2,
+            "eval_prompts": 4, "eval_samples_per_prompt": 2, "lr": 1e-3,
+        },
+    },
+    "daa": {
+        "betas": {"dpo": [0.1], "slic": [0.1]},
+        "proxy": "rm",
+        "settings": {"batch_size": 32, "eval_at": [0, 0.5, 1.0], "eval_prompts": 4,
+                     "eval_samples_per_prompt": 2},
+    },
+    "runtime": {"threads": 1},
+}  # fmt: skip
+
+
+def test_rl_and_daa_stages_write_histories_and_report(tmp_path: Path) -> None:
+    cfg = parse_config(TINY_RL_DAA)
+    run = run_study(cfg, tmp_path, log=lambda *_: None)
+    for kl in ("kl-0", "kl-0.5"):
+        history = json.loads((run / "rl" / kl / "history.json").read_text())
+        assert [h["step"] for h in history] == [0, 2, 4]
+        first = history[0]
+        # step 0 is the initial policy itself: no KL, no gold or proxy change
+        assert first["kl/k1"] == pytest.approx(0.0, abs=1e-6)
+        assert first["reward/gold"] == 0.0 and first["winrate/gold_vs_init"] == 0.5
+    for name in ("dpo-0.1", "slic-0.1"):
+        result = json.loads((run / "daa" / name / "result.json").read_text())
+        # 300 pairs / batch 32: one epoch is 9.4 steps, run as 10; evaluations at step 0,
+        # half an epoch (round(4.7) = 5), one epoch (round(9.4) = 9) and the last step
+        assert [h["step"] for h in result["history"]] == [0, 5, 9, 10]
+        assert all(math.isfinite(h["reward/gold"]) for h in result["history"])
+    md = (run / "report.md").read_text()
+    assert "## Online RL" in md and "## Direct alignment" in md and "## Best-of-n" not in md
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2  # the RL and the DAA plot
+    stamp = (run / "rl" / "kl-0" / "history.json").stat().st_mtime_ns
+    run_study(cfg, tmp_path, log=lambda *_: None)  # resume: every stage is read back
+    assert (run / "rl" / "kl-0" / "history.json").stat().st_mtime_ns == stamp

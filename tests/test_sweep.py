@@ -25,7 +25,7 @@ from proxygap.sweep import SweepError, choose_backend, expand, load_sweep, parse
 BASE: dict[str, Any] = {
     "name": "tiny",
     "seed": 1,
-    "preferences": {"n_pairs": 300, "n_heldout": 100},
+    "preferences": {"n_pairs": 200, "n_heldout": 80},
     "proxies": [{"name": "rm", "n_embd": 32, "n_head": 2, "n_layer": 1, "epochs": 1}],
     "bon": {"n_prompts": 8, "pool_size": 32, "n_points": 8, "examples_at": [1, 8, 32]},
     "runtime": {"threads": 1},
@@ -81,7 +81,7 @@ def test_cell_names_are_deterministic_safe_and_distinct() -> None:
     assert len({c.name for c in a}) == 4
     assert all(re.fullmatch(r"sw-\d{3}-[0-9a-f]{8}", c.name) for c in a)
     # the hash follows the config: another base gives other names at the same indices
-    other = expand(spec, _resolved({**BASE, "preferences": {"n_pairs": 301, "n_heldout": 100}}))
+    other = expand(spec, _resolved({**BASE, "preferences": {"n_pairs": 201, "n_heldout": 80}}))
     assert [c.name[:6] for c in other] == [c.name[:6] for c in a]
     assert not {c.name for c in other} & {c.name for c in a}
 
@@ -164,7 +164,7 @@ def test_base_is_a_path_beside_the_sweep_file_or_a_builtin(tmp_path: Path) -> No
     (tmp_path / "a.yaml").write_text("name: a\nbase: base.yaml\ngrid: {seed: [1, 2]}\n")
     spec, cells = load_sweep(tmp_path / "a.yaml")
     assert spec.runtime.backend == "auto" and spec.runtime.num_workers == 2
-    assert [c.config["preferences"]["n_pairs"] for c in cells] == [300, 300]
+    assert [c.config["preferences"]["n_pairs"] for c in cells] == [200, 200]
     (tmp_path / "b.yaml").write_text("name: b\nbase: demo\ngrid: {seed: [1]}\n")
     _, cells = load_sweep(tmp_path / "b.yaml")
     assert cells[0].config["proxies"][0]["name"] == "rm-1k"  # the shipped demo config
@@ -326,6 +326,57 @@ def test_backend_choice_without_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     assert choose_backend("sequential", 4, said.append) == "sequential"
     with pytest.raises(SweepError, match="unknown backend 'dask'"):
         choose_backend("dask", 4, said.append)
+
+
+class _Ref:
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+
+class _FakeRay:
+    """Just enough of Ray's API to drive :func:`run_ray`: tasks run on ``get``, seed 2 dies."""
+
+    def __init__(self) -> None:
+        self.init_kwargs: dict[str, Any] | None = None
+        self.task_options: dict[str, Any] = {}
+        self.shut_down = False
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs: Any) -> None:
+        self.init_kwargs = kwargs
+
+    def remote(self, **options: Any) -> Any:
+        self.task_options = options
+        return lambda fn: type("Task", (), {"remote": staticmethod(_Ref)})
+
+    def wait(self, refs: list[Any], num_returns: int) -> tuple[list[Any], list[Any]]:
+        return refs[-num_returns:], refs[:-num_returns]  # finish in reverse order
+
+    def get(self, ref: _Ref) -> dict[str, Any]:
+        config, _ = ref.args
+        if config["seed"] == 2:
+            raise RuntimeError("worker died")
+        return {"ok": True, "seconds": 1.0, "error": None, "traceback": None}
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+
+
+def test_ray_backend_records_a_dead_worker_and_keeps_the_rest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = _FakeRay()
+    monkeypatch.setattr(sweep_mod, "_import_ray", lambda: fake)
+    cells = [sweep_mod.Cell(i, f"c{i}", {"seed": s}, {"seed": s}) for i, s in enumerate((1, 2, 3))]
+    said: list[str] = []
+    outs = sweep_mod.run_ray(cells, tmp_path, sweep_mod.SweepRuntime(num_workers=2), said.append)
+    assert fake.init_kwargs == {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}
+    assert fake.task_options["num_cpus"] == 1 and fake.shut_down
+    assert [o["ok"] for o in outs] == [True, False, True]  # in cell order, whatever finished first
+    assert outs[1]["error"] == "RuntimeError: worker died"
+    assert len(said) == 3 and said[0].startswith("[1/3] cell c2") and "FAILED" in said[1]
 
 
 def _write_sweep(folder: Path, name: str, grid: dict[str, list[Any]], backend: str) -> Path:

@@ -63,5 +63,6 @@ def response_logprobs(
         ).logits
         T = response_ids.shape[1]
         lp = token_logprobs(logits[:, P - 1 : P - 1 + T], ids[:, P:].to(device))
-        parts.append(lp * mask[s : s + step].to(device))
+        keep = mask[s : s + step].to(device) > 0
+        parts.append(torch.where(keep, lp, torch.zeros_like(lp)))
     return torch.cat(parts)

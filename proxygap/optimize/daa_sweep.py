@@ -79,8 +79,6 @@ def beta_sweep(
     train = prepare_pairs(ref, tokenizer, pairs_train)
     held = prepare_pairs(ref, tokenizer, pairs_heldout)
     runs: list[tuple[str, float, DAAResult]] = []
-    fits: dict[str, dict[str, LawFit | None]] = {}
-    hump: dict[str, Overoptimization] = {}
     for loss, loss_betas in betas.items():
         for beta in loss_betas:
             run_cfg = DAAConfig.model_validate({**cfg.model_dump(), "loss": loss, "beta": beta})
@@ -89,6 +87,15 @@ def beta_sweep(
                 fresh, ref, tokenizer, train, held, cfg=run_cfg, evaluator=evaluator, log=log
             )
             runs.append((loss, beta, result))
+    return summarise_sweep(runs)
+
+
+def summarise_sweep(runs: list[tuple[str, float, DAAResult]]) -> SweepResult:
+    """Per loss: both Gao et al. laws fitted to every checkpoint with ``d > 0``, and the hump
+    test across the final checkpoints of its betas (Rafailov et al. 2024)."""
+    fits: dict[str, dict[str, LawFit | None]] = {}
+    hump: dict[str, Overoptimization] = {}
+    for loss in dict.fromkeys(lo for lo, _, _ in runs):
         points = [h for lo, _, r in runs if lo == loss for h in r.history if h["d"] > 0]
         d, g, se = ([p[k] for p in points] for k in ("d", "reward/gold", "reward/gold_se"))
         fits[loss] = {

@@ -15,7 +15,8 @@ One linear loop (:func:`train_rl`), CleanRL style. Every step:
    ``+ beta * k3`` in the loss when ``kl_mode = "loss"`` (GRPO), clipped value loss (PPO),
    gradient clipping, learning-rate schedule;
 6. **KL controller** update with the rollout's measured KL (fixed or adaptive, Ziegler et al.);
-7. the ``post_step`` hook (e.g. Elastic Reset), then a checkpoint every ``checkpoint_every``;
+7. the ``post_step`` hook (e.g. Elastic Reset), the step's metrics, and a checkpoint every
+   ``checkpoint_every`` steps;
 8. every ``eval_every`` steps (step 0 and the last step included) a :class:`PolicyEvaluator`
    samples fresh responses on held-out prompts and the point is logged.
 
@@ -62,7 +63,6 @@ import torch
 from pydantic import Field, model_validator
 from transformers import PreTrainedModel
 
-from proxygap.schema import Strict
 from proxygap.estimators.kl import sequence_kl
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.kl_control import KLController, make_kl_controller
@@ -88,6 +88,7 @@ from proxygap.optimize.rl_update import (
     update,
 )
 from proxygap.sampling.generate import decode_responses, sample
+from proxygap.schema import Strict
 
 __all__ = [
     "NonFiniteError",
@@ -385,28 +386,9 @@ def train_rl(
         scheduler.step()
         t_update = time.perf_counter()
 
-        # ---- 6. KL controller, post-step hook, checkpoint
+        # ---- 6. KL controller and post-step hook
         controller.update(kl_metrics[f"kl/{cfg.estimator}"], n_steps=B)
         hook_metrics = hooks.post_step(policy=policy, ref=ref, optimizer=optimizer, step=step + 1)
-        if (
-            checkpoint_dir is not None
-            and cfg.checkpoint_every
-            and (step + 1) % cfg.checkpoint_every == 0
-        ):
-            save_checkpoint(
-                checkpoint_dir,
-                step=step + 1,
-                policy=policy,
-                critic=critic,
-                tokenizer=tokenizer,
-                config=result.config,
-                state={
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "kl_controller": controller.state_dict(),
-                    "prompt_position": stream.position,
-                },
-            )
 
         # ---- 7. log this step
         row = {
@@ -429,4 +411,27 @@ def train_rl(
         }
         result.steps.append({"step": float(step + 1), **row})
         window.append(row)
+
+        # ---- 8. checkpoint (the step's row included)
+        if (
+            checkpoint_dir is not None
+            and cfg.checkpoint_every
+            and (step + 1) % cfg.checkpoint_every == 0
+        ):
+            save_checkpoint(
+                checkpoint_dir,
+                step=step + 1,
+                policy=policy,
+                critic=critic,
+                tokenizer=tokenizer,
+                config=result.config,
+                state={
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "kl_controller": controller.state_dict(),
+                    "prompt_position": stream.position,
+                    "history": result.history,
+                    "steps": result.steps,
+                },
+            )
     return result

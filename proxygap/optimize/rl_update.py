@@ -281,7 +281,9 @@ def save_checkpoint(
     """Write ``folder/step-{step:06d}`` atomically: into a temporary folder beside it, renamed
     when complete. Holds ``policy/`` (and ``critic/``) as safetensors model folders, the
     tokenizer, ``trainer_state.pt`` (``state``: optimiser, scheduler, KL controller, prompt
-    position, ...; loadable with ``torch.load(..., weights_only=True)``) and ``rl_config.json``.
+    position, history so far, ...; loadable with ``torch.load(..., weights_only=True)``) and
+    ``rl_config.json``. Sampling and shuffling seeds derive from ``(seed, step)``, so a run
+    resumed from this state can continue exactly.
     """
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -108,4 +109,38 @@ def plot_rl(runs: Sequence, bon: BonCurve | None, path: Path, *, proxy: str) -> 
         ax.legend(fontsize=8)
     ax_g.set_title(f"RL against {proxy}: gold (±2 SE; dashed: d(α−β log d) fit)", fontsize=10)
     ax_p.set_title(f"RL against {proxy}: proxy", fontsize=10)
+    _save(fig, path)
+
+
+def plot_daa(sweep: Any, bon: Sequence[BonCurve], rl_runs: Sequence, path: Path) -> None:
+    """Gold against d for every DAA loss (one panel per loss: each beta's checkpoints joined,
+    final checkpoints starred), with RL runs and best-of-n curves of the same study overlaid."""
+    losses = list(dict.fromkeys(lo for lo, _, _ in sweep.runs))
+    fig, axes = plt.subplots(1, len(losses), figsize=(5.2 * len(losses), 4.4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, loss in zip(axes[0], losses, strict=True):
+        runs = [(b, r) for lo, b, r in sweep.runs if lo == loss]
+        for i, (beta, r) in enumerate(runs):
+            d = np.array([h["d"] for h in r.history])
+            g = np.array([h["reward/gold"] for h in r.history])
+            se = np.nan_to_num(np.array([h["reward/gold_se"] for h in r.history]))
+            col = colors[i % len(colors)]
+            ax.errorbar(d, g, yerr=2 * se, fmt="o-", ms=3, lw=1, color=col, label=f"β={beta:g}")
+            ax.plot(d[-1:], g[-1:], "*", ms=12, color=col, mec="k")
+        for c in bon:
+            ax.plot(c.d, c.gold, ":", color="grey", lw=1.2)
+        if bon:
+            ax.plot([], [], ":", color="grey", label="best-of-n")
+        for r in rl_runs:
+            d = [h["d"] for h in r.history]
+            ax.plot(d, [h["reward/gold"] for h in r.history], "-.", color="k", lw=1)
+        if rl_runs:
+            ax.plot([], [], "-.", color="k", label="RL")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("d = sqrt(KL(π || π_init))")
+        ax.set_ylabel("gold − initial policy")
+        ax.set_title(f"{loss.upper()}: checkpoints inside epoch 1 (★ final)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     _save(fig, path)

@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from proxygap.config import StudyConfig
+from proxygap.report.daa_section import daa_section
 from proxygap.report.document import Document, Heading, Image, Paragraph, Table
 from proxygap.report.format import fmt
 from proxygap.report.plots import plot_bon, plot_proxy_vs_gold
@@ -14,6 +15,7 @@ from proxygap.store.atomic import atomic_write_text
 from proxygap.store.run import RunFolder
 
 if TYPE_CHECKING:
+    from proxygap.optimize.daa_sweep import SweepResult
     from proxygap.study import ProxyResult
     from proxygap.study.rl import RLRunResult
 
@@ -146,6 +148,7 @@ def write_report(
     gold_scale: float,
     extra: dict[str, Any],
     rl_runs: list[RLRunResult] | None = None,
+    daa: SweepResult | None = None,
 ) -> None:
     """Render plots, ``report.md`` and ``report.html`` into the run folder."""
     doc = Document(f"proxygap study `{cfg.name}`")
@@ -204,6 +207,8 @@ def write_report(
     if rl_runs:
         bon = next((r.curve for r in results if cfg.rl and r.config.name == cfg.rl.proxy), None)
         rl_section(doc, run, cfg, rl_runs, bon)
+    if daa is not None:
+        daa_section(doc, run, cfg, daa, [r.curve for r in results], rl_runs or [])
     doc.add(Heading("Files"))
     doc.add(
         Paragraph(
@@ -211,7 +216,8 @@ def write_report(
             "`proxies/<name>/member-<k>/` (Hugging Face folders), `pool.jsonl`, `scores.npz`, "
             "`bon_curves.csv`, `metrics.jsonl`, `summary.json`, `samples.json`, `plots/`, and "
             "for RL `rl/<run>/history.json` (one row per evaluation), `steps.jsonl` (training "
-            "metrics of every step), `examples.json`, `rl/summary.json`."
+            "metrics of every step), `examples.json`, `rl/summary.json`; for direct alignment "
+            "`daa/<loss>-<beta>/result.json` and `daa/summary.json`."
         )
     )
     atomic_write_text(run.path("report.md"), doc.markdown())

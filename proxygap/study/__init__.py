@@ -34,6 +34,7 @@ from proxygap.study.bon import (
     stage_scores,
     write_results,
 )
+from proxygap.study.daa import stage_daa
 from proxygap.study.data import stage_preferences, stage_proxy
 from proxygap.study.env import Env, NonFiniteError, reference_texts, setup
 from proxygap.study.rl import stage_rl
@@ -73,8 +74,16 @@ def run_study(
             )
             env.timings["wellformed_pool"] = float(env.task.wellformed(pool_texts).mean())
     rl_runs = stage_rl(env, held, gold_scale)
+    daa = stage_daa(env, train, held, gold_scale)
     env.timings["wall_seconds"] = time.perf_counter() - t_start
     write_report(
-        env.run, cfg, results, picks, gold_scale=gold_scale, extra=env.timings, rl_runs=rl_runs
+        env.run,
+        cfg,
+        results,
+        picks,
+        gold_scale=gold_scale,
+        extra=env.timings,
+        rl_runs=rl_runs,
+        daa=daa,
     )
     return env.run.dir

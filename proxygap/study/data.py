@@ -42,7 +42,7 @@ def stage_preferences(env: Env) -> tuple[Pairs, Pairs]:
     else:
         t0 = time.perf_counter()
         need = n_train + n_held
-        # identical responses make no pair (gold cannot prefer either): sample spares, drop them
+        # sample spare prompts: a few pairs are dropped below
         prompts = env.task.prompts(int(need * 1.05) + 64, seed=cfg.seed * 1000 + 1)
         responses = sample_responses(
             env,
@@ -53,7 +53,15 @@ def stage_preferences(env: Env) -> tuple[Pairs, Pairs]:
             seed=cfg.seed * 1000 + 2,
             desc="sample preference pairs",
         )
-        keep = [i for i in range(len(prompts)) if responses[2 * i] != responses[2 * i + 1]]
+        # identical or empty responses make no usable pair: gold cannot prefer either, and a
+        # preference file may not hold empty texts
+        keep = [
+            i
+            for i in range(len(prompts))
+            if responses[2 * i] != responses[2 * i + 1]
+            and responses[2 * i].strip()
+            and responses[2 * i + 1].strip()
+        ]
         if len(keep) < need:
             raise RuntimeError(
                 f"only {len(keep)} of {len(prompts)} sampled pairs differ; need {need}: the base "
