@@ -34,20 +34,17 @@ def run(
     from proxygap.data.preferences import PreferenceFileError
     from proxygap.models.loading import ModelLoadError
     from proxygap.store.run import RunFolderError
-    from proxygap.study import NonFiniteError, run_study
+    from proxygap.study import run_study
 
     try:
         path = Path(config) if config and Path(config).exists() else None
         cfg = load_config(path or builtin_config_path(config or "demo"))
         out = run_study(cfg, runs_dir, restart=restart, log=console.print)
-    except (
-        ConfigError,
-        PreferenceFileError,
-        ModelLoadError,
-        RunFolderError,
-        NonFiniteError,
-    ) as err:
+    except (ConfigError, PreferenceFileError, ModelLoadError, RunFolderError) as err:
         console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    except FloatingPointError as err:  # NaN or inf in scores, rewards or losses
+        console.print(f"[red]error:[/red] {err} (finished stages are kept)")
         raise typer.Exit(2) from None
     console.print(f"[green]done:[/green] {out}/report.html")
 

@@ -96,7 +96,17 @@ def test_dump_config_round_trips(cfg: dict[str, Any]) -> None:
     assert dump_config(again) == text
     # every default is written out
     dumped = yaml.safe_load(text)
-    assert set(dumped) == {"name", "seed", "task", "preferences", "proxies", "bon", "runtime"}
+    assert set(dumped) == {
+        "name",
+        "seed",
+        "task",
+        "preferences",
+        "proxies",
+        "bon",
+        "rl",
+        "daa",
+        "runtime",
+    }
     assert set(dumped["proxies"][0]) == set(ProxyConfig.model_fields)
 
 
@@ -353,3 +363,9 @@ def test_run_name_through_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -
     with pytest.raises(RunFolderError, match="escapes the runs folder"):
         RunFolder(root, cfg)
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["demo", "daa"])
+def test_every_shipped_config_loads(name: str) -> None:
+    cfg = load_config(builtin_config_path(name))
+    assert cfg.name == name

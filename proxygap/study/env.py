@@ -27,7 +27,7 @@ from proxygap.store.run import RunFolder
 from proxygap.tasks import Task, get_task
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(FloatingPointError):
     """NaN or inf in rewards, losses or KL; the message names the stage or step."""
 
 
