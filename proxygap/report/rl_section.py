@@ -67,12 +67,39 @@ def _reading(runs: list[RLRunResult]) -> Paragraph:
         for r in by_beta
     )
     parts.append(f"Larger penalties end at smaller KL ({finals}).")
-    parts.append(
-        "Read the left plot to judge the frontier: if the penalised runs' points lie on the "
-        "unpenalised run's gold-vs-d curve, the penalty acts like early stopping (Gao et al. "
-        "2023); if they lie above it at the same d, it moves the frontier."
-    )
+    base = next((r for r in by_beta if r.kl_coef == 0), None)
+    if base is not None:
+        parts += [_frontier_verdict(r, base) for r in by_beta if r.kl_coef > 0]
     return Paragraph("**Reading.** " + " ".join(parts))
+
+
+def _frontier_verdict(run: RLRunResult, base: RLRunResult) -> str:
+    """Does ``run`` (a KL penalty) beat the unpenalised ``base`` at the same KL budget?
+
+    The frontier of ``base`` at distance d is the best gold it reached at any point with
+    ``d' <= d``; the penalised run's best point is compared with it, against the standard error
+    of the difference (Gao et al. 2023 found the penalty only stops earlier on the frontier).
+    """
+    best = max(run.history, key=lambda h: h["reward/gold"])
+    reach = [h for h in base.history if h["d"] <= best["d"]]
+    if not reach:
+        return f"β = {run.kl_coef:g}: no unpenalised point at d ≤ {fmt(best['d'], 2)} to compare."
+    ref = max(reach, key=lambda h: h["reward/gold"])
+    diff = best["reward/gold"] - ref["reward/gold"]
+    se = (best["reward/gold_se"] ** 2 + ref["reward/gold_se"] ** 2) ** 0.5
+    where = (
+        f"at d ≤ {fmt(best['d'], 2)} (gold {fmt(best['reward/gold'], 2)} vs "
+        f"{fmt(ref['reward/gold'], 2)}, difference {fmt(diff / se if se else 0.0, 1)} SE)"
+    )
+    if diff > 2 * se:
+        return (
+            f"β = {run.kl_coef:g} beats the unpenalised run's frontier {where}: here the "
+            "penalty moves the frontier."
+        )
+    return (
+        f"β = {run.kl_coef:g} stays on the unpenalised run's frontier {where}: here the "
+        "penalty acts like early stopping."
+    )
 
 
 def rl_section(
