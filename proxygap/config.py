@@ -135,6 +135,79 @@ class DAARunConfig(Strict):
         return v
 
 
+class MitigationHookConfig(Strict):
+    """One mitigation hook by its registry name (:data:`proxygap.mitigations.MITIGATIONS`) and
+    its hyperparameters; inputs the study supplies (reference rewards, group size, the policy)
+    are not given here."""
+
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class MitigationRunConfig(Strict):
+    """One RL arm of the mitigation study: how the ensemble members make the reward
+    (``single``: one member, the unmitigated baseline), reward transforms applied in order, an
+    optional post-step hook and a KL coefficient."""
+
+    name: str
+    aggregation: Literal["single", "mean", "wco", "uwo"] = "single"
+    uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.1  # Coste et al. use ~0.1 with PPO
+    transforms: list[MitigationHookConfig] = Field(default_factory=list)
+    post_step: MitigationHookConfig | None = None
+    kl_coef: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return safe_name(v, "mitigation name")
+
+    @model_validator(mode="after")
+    def _hooks(self) -> MitigationRunConfig:
+        from proxygap.study.mitigation_hooks import check_hook
+
+        for i, t in enumerate(self.transforms):
+            check_hook(t.method, t.params, kind="transform", where=f"transforms.{i}")
+        if self.post_step is not None:
+            check_hook(
+                self.post_step.method,
+                self.post_step.params,
+                kind="weight_update",
+                where="post_step",
+            )
+        return self
+
+
+class MitigationStudyConfig(Strict):
+    """The mitigation comparison (METHODS.md §4): best-of-n selection variants from the members
+    of one ensemble proxy, and RL arms each run with every seed, on the same prompts, proxy and
+    settings. ``member`` is the single reward model of the baseline."""
+
+    proxy: str  # an ensemble proxy of the study (Coste et al.: 5 members, 25% label noise)
+    member: Annotated[int, Field(ge=0)] = 0
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=3)
+    bon: list[Literal["mean", "wco", "uwo"]] = Field(default_factory=lambda: ["mean", "wco", "uwo"])
+    bon_uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.5  # Coste et al.'s best-of-n value
+    rl: list[MitigationRunConfig] = Field(default_factory=list)
+    reference_samples: PosInt = 4  # pi0 samples per training prompt for LSC and PAR
+    settings: RLConfig = Field(default_factory=RLConfig)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
+
+    @field_validator("rl")
+    @classmethod
+    def _names(cls, v: list[MitigationRunConfig]) -> list[MitigationRunConfig]:
+        names = [r.name for r in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"mitigation names must be unique; repeated: {dup}")
+        return v
+
+
 class RuntimeConfig(Strict):
     device: str = "cpu"
     threads: PosInt | None = None  # torch threads; None: torch's default
@@ -153,6 +226,7 @@ class StudyConfig(Strict):
     bon: BonConfig | None = Field(default_factory=BonConfig)
     rl: RLRunConfig | None = None
     daa: DAARunConfig | None = None
+    mitigations: MitigationStudyConfig | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("name")
@@ -175,6 +249,8 @@ class StudyConfig(Strict):
                 f"daa.n_pairs ({self.daa.n_pairs}) exceeds preferences.n_pairs "
                 f"({self.preferences.n_pairs})"
             )
+        if self.mitigations is not None:
+            _check_mitigations(self.mitigations, self.proxies)
         for p in self.proxies:
             if p.n_pairs is not None and p.n_pairs > self.preferences.n_pairs:
                 raise ValueError(
@@ -182,6 +258,22 @@ class StudyConfig(Strict):
                     f"{self.preferences.n_pairs}"
                 )
         return self
+
+
+def _check_mitigations(m: MitigationStudyConfig, proxies: list[ProxyConfig]) -> None:
+    names = [p.name for p in proxies]
+    proxy = next((p for p in proxies if p.name == m.proxy), None)
+    if proxy is None:
+        raise ValueError(f"mitigations.proxy {m.proxy!r} is not one of the proxies {names}")
+    k = proxy.ensemble
+    if m.member >= k:
+        raise ValueError(f"mitigations.member {m.member} must be < the ensemble size {k}")
+    needs = [r.name for r in m.rl if r.aggregation != "single"]
+    if k < 2 and (m.bon or needs):
+        raise ValueError(
+            f"mitigations.proxy {m.proxy!r} has ensemble: {k}, but mitigations.bon "
+            f"{m.bon} and mitigations.rl {needs} aggregate members: it needs ensemble >= 2"
+        )
 
 
 def _format(err: ValidationError, source: str) -> str:

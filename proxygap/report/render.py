@@ -9,6 +9,7 @@ from proxygap.config import StudyConfig
 from proxygap.report.daa_section import daa_section
 from proxygap.report.document import Document, Heading, Image, Paragraph, Table
 from proxygap.report.format import fmt
+from proxygap.report.mitigation_section import mitigation_section
 from proxygap.report.plots import plot_bon, plot_proxy_vs_gold
 from proxygap.report.rl_section import rl_section
 from proxygap.store.atomic import atomic_write_text
@@ -17,6 +18,7 @@ from proxygap.store.run import RunFolder
 if TYPE_CHECKING:
     from proxygap.optimize.daa_sweep import SweepResult
     from proxygap.study import ProxyResult
+    from proxygap.study.mitigations import MitigationResult
     from proxygap.study.rl import RLRunResult
 
 
@@ -149,6 +151,7 @@ def write_report(
     extra: dict[str, Any],
     rl_runs: list[RLRunResult] | None = None,
     daa: SweepResult | None = None,
+    mitigations: MitigationResult | None = None,
 ) -> None:
     """Render plots, ``report.md`` and ``report.html`` into the run folder."""
     doc = Document(f"proxygap study `{cfg.name}`")
@@ -209,6 +212,8 @@ def write_report(
         rl_section(doc, run, cfg, rl_runs, bon)
     if daa is not None:
         daa_section(doc, run, cfg, daa, [r.curve for r in results], rl_runs or [])
+    if mitigations is not None:
+        mitigation_section(doc, run, cfg, mitigations)
     doc.add(Heading("Files"))
     doc.add(
         Paragraph(

@@ -67,9 +67,9 @@ def read_curves(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.nda
             rows.setdefault(r["name"], []).append((int(r["n"]), float(r["d"]), float(r["gold"])))
     out = {}
     for name, pts in rows.items():
-        pts.sort()
-        out[name] = tuple(np.array(col) for col in zip(*pts, strict=True))
-    return out  # type: ignore[return-value]
+        ns, d, gold = (np.array(col) for col in zip(*sorted(pts), strict=True))
+        out[name] = (ns, d, gold)
+    return out
 
 
 def mean_curve(curves: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> MeanCurve:

@@ -37,6 +37,7 @@ from proxygap.study.bon import (
 from proxygap.study.daa import stage_daa
 from proxygap.study.data import stage_preferences, stage_proxy
 from proxygap.study.env import Env, NonFiniteError, reference_texts, setup
+from proxygap.study.mitigations import stage_mitigations
 from proxygap.study.rl import stage_rl
 
 __all__ = ["Env", "NonFiniteError", "ProxyResult", "normalised", "run_study"]
@@ -74,6 +75,7 @@ def run_study(
             )
             env.timings["wellformed_pool"] = float(env.task.wellformed(pool_texts).mean())
     rl_runs = stage_rl(env, held, gold_scale)
+    mitigations = stage_mitigations(env, held, gold_scale)
     daa = stage_daa(env, train, held, gold_scale)
     env.timings["wall_seconds"] = time.perf_counter() - t_start
     write_report(
@@ -85,5 +87,6 @@ def run_study(
         extra=env.timings,
         rl_runs=rl_runs,
         daa=daa,
+        mitigations=mitigations,
     )
     return env.run.dir

@@ -194,7 +194,6 @@ def write_results(env: Env, results: list[ProxyResult], gold_scale: float) -> No
                 "ensemble": r.config.ensemble,
                 "aggregation": r.config.aggregation,
                 "n_params": r.n_params,
-                "train_seconds": r.train_seconds,
                 "heldout_accuracy": r.heldout_accuracy,
                 "spearman_gold": r.spearman,
                 "fit": r.curve.fit.as_dict(),

@@ -21,7 +21,7 @@ from proxygap.rewards.reward_model import (
     new_reward_model,
     train_reward_model,
 )
-from proxygap.study.env import Env, sample_responses
+from proxygap.study.env import Env, NonFiniteError, sample_responses
 
 
 # ---------------------------------------------------------------- stage 1: preferences
@@ -73,6 +73,14 @@ def stage_preferences(env: Env) -> tuple[Pairs, Pairs]:
         b = [responses[2 * i + 1] for i in keep]
         gold_a = env.gold_fn(env.task.join(prompts, a))
         gold_b = env.gold_fn(env.task.join(prompts, b))
+        for side, gold in (("a", gold_a), ("b", gold_b)):
+            bad = ~np.isfinite(gold)
+            if bad.any():
+                raise NonFiniteError(
+                    f"stage 'preferences': {int(bad.sum())} non-finite gold score(s) for "
+                    f"response {side} (first: pair {int(np.flatnonzero(bad)[0])}); nothing was "
+                    "written for this stage"
+                )
         pairs = label_pairs(prompts, a, b, gold_a, gold_b, seed=cfg.seed)
         write_jsonl(pairs, path)
         run.mark_done("preferences", {"seconds": time.perf_counter() - t0})

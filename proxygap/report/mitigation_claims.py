@@ -1,0 +1,190 @@
+"""Whether each published claim about mitigations (METHODS.md §4) reproduced in this study.
+
+Every verdict is computed from the mitigation summary (means and 95% intervals over seeds or
+prompts, see :mod:`proxygap.study.mitigation_stats`) and the saved histories; a claim whose arms
+are missing from the config says so. "Overoptimizes" means the turn-down test (gold falls from
+its peak by more than twice the standard error of the drop) fires for most seeds (RL) or on the
+prompt-mean curve (best-of-n).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from proxygap.config import MitigationRunConfig
+from proxygap.report.format import fmt
+from proxygap.study.mitigation_stats import t_interval
+
+Summary = Mapping[str, Mapping[str, float]]
+
+
+def _ci(q: Mapping[str, float], digits: int = 2) -> str:
+    return f"{fmt(q['mean'], digits)} [{fmt(q['lo'], digits)}, {fmt(q['hi'], digits)}]"
+
+
+def _verdict(ok: Sequence[bool]) -> str:
+    return "reproduced" if all(ok) else ("partly reproduced" if any(ok) else "not reproduced")
+
+
+def overoptimizes(s: Summary) -> bool:
+    return s["turned_down"]["mean"] > 0.5
+
+
+def _plain(arm: MitigationRunConfig) -> bool:
+    return not arm.transforms and arm.post_step is None
+
+
+def _find(arms: Sequence[MitigationRunConfig], pred: Any) -> list[MitigationRunConfig]:
+    return [a for a in arms if pred(a)]
+
+
+def frontier_gain(
+    arm: Sequence[Sequence[Mapping[str, float]]], base: Sequence[Sequence[Mapping[str, float]]]
+) -> dict[str, float]:
+    """Per seed (paired by position): the arm's best gold minus the best gold ``base`` reached
+    at ``d`` no larger than the arm's at that best point (``base``'s frontier there); the
+    t-interval over seeds. Positive: the arm reaches more gold for the same drift (Noukhovitch et
+    al. 2023's reward-vs-drift Pareto comparison)."""
+    gains = []
+    for h, b in zip(arm, base, strict=True):
+        best = max(h, key=lambda r: r["reward/gold"])
+        reach = [r["reward/gold"] for r in b if r["d"] <= best["d"]]
+        gains.append(best["reward/gold"] - (max(reach) if reach else 0.0))
+    return t_interval(gains)
+
+
+def paired(arm: Sequence[Mapping[str, float]], base: Sequence[Mapping[str, float]]) -> dict:
+    """t-interval of a per-seed difference (``arm[i] - base[i]``)."""
+    return t_interval(np.asarray(arm, dtype=float) - np.asarray(base, dtype=float))
+
+
+def bon_claim(bon: Mapping[str, Summary]) -> str:
+    """Coste et al. 2023, best-of-n: WCO/UWO show no overoptimization, up to ~70% more gold."""
+    head = "**Coste et al., best-of-n (WCO/UWO do not overoptimize; up to ~70% more gold).** "
+    if "single" not in bon or not {"wco", "uwo"} & set(bon):
+        return head + "Not tested: the config has no WCO/UWO best-of-n variant."
+    single = bon["single"]
+    parts, ok = [], []
+    g0 = single["gold_end"]["mean"]
+    parts.append(
+        f"The single member {'overoptimizes' if overoptimizes(single) else 'does not overoptimize'}"
+        f" (gold at n = N {_ci(single['gold_end'])}, peak {_ci(single['gold_peak'])})."
+    )
+    for v in ("wco", "uwo"):
+        if v not in bon:
+            continue
+        s = bon[v]
+        gain = (s["gold_end"]["mean"] - g0) / abs(g0) if g0 else float("nan")
+        no_over = not overoptimizes(s)
+        ok.append(no_over and gain > 0)
+        parts.append(
+            f"{v.upper()}: {'no' if no_over else 'a'} significant turn-down, gold at n = N "
+            f"{_ci(s['gold_end'])} ({fmt(100 * gain, 0)}% relative to the single member)."
+        )
+    if not overoptimizes(single):
+        ok.append(False)  # nothing to prevent: the contrast with a single model is untested
+        parts.append("Without a turn-down of the single member the contrast is not shown.")
+    verdict = _verdict(ok)
+    return head + " ".join(parts) + f" Verdict: **{verdict}** here."
+
+
+def ppo_claim(arms: Sequence[MitigationRunConfig], summary: Mapping[str, Summary]) -> str:
+    """Coste et al. 2023, RL: with a small KL penalty WCO/UWO avoid overoptimization where a
+    single reward model (same penalty) does not."""
+    head = "**Coste et al., RL (WCO/UWO with a small KL penalty avoid overoptimization).** "
+    ens = _find(arms, lambda a: _plain(a) and a.aggregation in ("wco", "uwo"))
+    if not ens:
+        return head + "Not tested: the config has no plain WCO/UWO arm."
+    parts, ok = [], []
+    for a in ens:
+        same = _find(
+            arms, lambda b, a=a: _plain(b) and b.aggregation == "single" and b.kl_coef == a.kl_coef
+        )
+        s = summary[a.name]
+        verdict = not overoptimizes(s)
+        text = (
+            f"`{a.name}` (KL {a.kl_coef:g}) turns down in "
+            f"{int(round(s['turned_down']['mean'] * s['turned_down']['n']))}/"
+            f"{s['turned_down']['n']} seeds, end gold {_ci(s['gold_end'])}"
+        )
+        if same:
+            b = summary[same[0].name]
+            verdict = verdict and overoptimizes(b)
+            text += (
+                f"; the single member at the same KL (`{same[0].name}`) turns down in "
+                f"{int(round(b['turned_down']['mean'] * b['turned_down']['n']))}/"
+                f"{b['turned_down']['n']}, end gold {_ci(b['gold_end'])}"
+            )
+        ok.append(verdict)
+        parts.append(text + ".")
+    verdict = _verdict(ok)
+    return head + " ".join(parts) + f" Verdict: **{verdict}** here."
+
+
+def variance_claim(arms: Sequence[MitigationRunConfig], summary: Mapping[str, Summary]) -> str:
+    """Coste et al. 2023: member variance grows several-fold under mean optimisation and stays
+    nearly flat under UWO (read here as: growth >= 2 under mean, <= 1.5 under UWO)."""
+    head = "**Coste et al., ensemble variance (grows under mean, flat under UWO).** "
+    mean = _find(arms, lambda a: _plain(a) and a.aggregation == "mean")
+    uwo = _find(arms, lambda a: _plain(a) and a.aggregation == "uwo")
+    if not mean or not uwo:
+        return head + "Not tested: the config needs a plain mean arm and a plain UWO arm."
+    gm, gu = summary[mean[0].name]["std_growth"], summary[uwo[0].name]["std_growth"]
+    grows, flat = gm["mean"] >= 2.0, gu["mean"] <= 1.5
+    verdict = _verdict([grows, flat])
+    return head + (
+        f"Member std at the end over step 0: mean {_ci(gm)}, UWO {_ci(gu)} (criteria: ≥ 2 under "
+        f"mean, ≤ 1.5 under UWO). Verdict: **{verdict}** here."
+    )
+
+
+def frontier_claim(
+    arms: Sequence[MitigationRunConfig],
+    histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
+) -> str:
+    """Noukhovitch et al. 2023: Elastic Reset has a better reward-vs-drift Pareto front than the
+    unpenalised run and than a KL penalty."""
+    head = "**Noukhovitch et al., Elastic Reset (better gold-vs-drift front).** "
+    er = _find(arms, lambda a: a.post_step is not None and a.post_step.method == "elastic_reset")
+    bases = _find(arms, lambda a: _plain(a) and a.aggregation == "single")
+    if not er or not bases:
+        return head + "Not tested: the config needs an Elastic Reset arm and a single-member arm."
+    parts, ok = [], []
+    for b in bases:
+        g = frontier_gain(histories[er[0].name], histories[b.name])
+        ok.append(g["lo"] > 0)
+        parts.append(f"best gold minus `{b.name}`'s frontier at the same d: {_ci(g)}")
+    verdict = _verdict(ok)
+    return head + f"`{er[0].name}`: " + "; ".join(parts) + f". Verdict: **{verdict}** here."
+
+
+def transform_claim(
+    arms: Sequence[MitigationRunConfig],
+    summary: Mapping[str, Summary],
+    histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
+) -> str:
+    """Wang et al. 2024 (LSC) and Fu et al. 2025 (PAR): the transform mitigates reward hacking
+    (read here as: end gold above the unmitigated baseline's, paired over seeds, and no
+    turn-down in most seeds)."""
+    head = "**Wang et al. (LSC) and Fu et al. (PAR) mitigate hacking.** "
+    base = _find(arms, lambda a: _plain(a) and a.aggregation == "single" and a.kl_coef == 0)
+    tr = _find(arms, lambda a: any(t.method in ("lsc", "par") for t in a.transforms))
+    if not base or not tr:
+        return head + "Not tested: the config needs an LSC or PAR arm and the plain baseline."
+    b = base[0].name
+    end_b = [h[-1]["reward/gold"] for h in histories[b]]
+    parts, ok = [], []
+    for a in tr:
+        diff = paired([h[-1]["reward/gold"] for h in histories[a.name]], end_b)
+        good = diff["lo"] > 0 and not overoptimizes(summary[a.name])
+        ok.append(good)
+        parts.append(
+            f"`{a.name}`: end gold minus baseline {_ci(diff)}, turns down in "
+            f"{int(round(summary[a.name]['turned_down']['mean'] * len(end_b)))}/{len(end_b)} "
+            f"seeds ({'mitigates' if good else 'does not clearly mitigate'})"
+        )
+    verdict = _verdict(ok)
+    return head + "; ".join(parts) + f". Verdict: **{verdict}** here."
