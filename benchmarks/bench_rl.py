@@ -54,7 +54,7 @@ from rich.table import Table  # noqa: E402
 from proxygap.models.loading import load_policy, load_tokenizer  # noqa: E402
 from proxygap.optimize.evaluate import PolicyEvaluator  # noqa: E402
 from proxygap.optimize.rl import RLConfig, train_rl  # noqa: E402
-from proxygap.optimize.rl_rollout import encode_prompts  # noqa: E402
+from proxygap.sampling.generate import encode_prompts  # noqa: E402
 from proxygap.tasks import get_task  # noqa: E402
 
 

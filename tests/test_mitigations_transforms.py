@@ -29,8 +29,7 @@ from proxygap.mitigations.transforms import (
     sigmoid,
     whiten,
 )
-from proxygap.optimize.rl_rollout import encode_prompts
-from proxygap.sampling.generate import decode_responses, sample
+from proxygap.sampling.generate import decode_responses, encode_prompts, sample
 from proxygap.tasks.reviews.build import build_tokenizer, tiny_gpt2_config
 
 LOG3 = math.log(3.0)

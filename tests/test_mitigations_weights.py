@@ -15,7 +15,7 @@ from proxygap.mitigations.elastic_reset import ElasticReset
 from proxygap.mitigations.soup import weight_average
 from proxygap.optimize.evaluate import PolicyEvaluator
 from proxygap.optimize.rl import RLConfig, RLHooks, train_rl
-from proxygap.optimize.rl_rollout import encode_prompts
+from proxygap.sampling.generate import encode_prompts
 from proxygap.tasks.reviews.build import build_tokenizer, tiny_gpt2_config
 
 TOK = build_tokenizer()

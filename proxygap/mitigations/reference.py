@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel
 
-from proxygap.optimize.rl_rollout import encode_prompts
-from proxygap.sampling.generate import decode_responses, sample
+from proxygap.sampling.generate import decode_responses, encode_prompts, sample
 
 
 def reference_rewards(

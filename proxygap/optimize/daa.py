@@ -330,19 +330,15 @@ def daa_evaluator(
     """A :class:`PolicyEvaluator` on ``cfg.eval_prompts`` prompts of ``task`` (drawn with
     ``seed``; use one the training prompts do not), ``cfg.eval_samples_per_prompt`` samples each at
     temperature 1, scored against samples of ``ref``, the initial policy."""
-    prompts = task.prompts(cfg.eval_prompts, seed=seed)
-    return PolicyEvaluator(
-        ref=ref,
-        tokenizer=tokenizer,
-        join=task.join,
-        prompts=prompts,
-        prompt_ids=_encode(tokenizer, prompts, bos=True),
-        gold=task.gold,
+    return PolicyEvaluator.for_task(
+        ref,
+        tokenizer,
+        task,
         proxy=proxy,
+        n_prompts=cfg.eval_prompts,
         n_per_prompt=cfg.eval_samples_per_prompt,
-        max_new_tokens=task.max_new_tokens,
-        seed=seed,
         gold_scale=gold_scale,
+        seed=seed,
     )
 
 

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from proxygap.analysis.diversity import distinct_n
 from proxygap.estimators.kl import sequence_kl
 from proxygap.models.logprobs import response_logprobs
-from proxygap.sampling.generate import Samples, decode_responses, sample
+from proxygap.sampling.generate import Samples, decode_responses, encode_prompts, sample
 
 ScoreFn = Callable[[list[str]], np.ndarray]
 
@@ -55,6 +55,39 @@ class PolicyEvaluator:
     seed: int = 0
     batch_size: int = 512
     gold_scale: float = 1.0
+
+    @classmethod
+    def for_task(
+        cls,
+        ref: PreTrainedModel,
+        tokenizer: Any,
+        task: Any,
+        *,
+        proxy: ScoreFn | None,
+        n_prompts: int,
+        n_per_prompt: int,
+        max_new_tokens: int | None = None,
+        temperature: float = 1.0,
+        gold_scale: float = 1.0,
+        seed: int = 0,
+    ) -> PolicyEvaluator:
+        """An evaluator on ``n_prompts`` prompts of a task, drawn with ``seed`` (use a seed the
+        training prompts do not), scored by the task's gold."""
+        prompts = task.prompts(n_prompts, seed=seed)
+        return cls(
+            ref=ref,
+            tokenizer=tokenizer,
+            join=task.join,
+            prompts=prompts,
+            prompt_ids=encode_prompts(tokenizer, prompts),
+            gold=task.gold,
+            proxy=proxy,
+            n_per_prompt=n_per_prompt,
+            max_new_tokens=max_new_tokens or task.max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            gold_scale=gold_scale,
+        )
 
     def __post_init__(self) -> None:
         self._init: dict[str, np.ndarray] | None = None

@@ -72,7 +72,6 @@ from proxygap.optimize.rl_rollout import (
     ADVANTAGES,
     PromptStream,
     Rollout,
-    encode_prompts,
     per_token_kl,
     token_rewards,
 )
@@ -87,7 +86,7 @@ from proxygap.optimize.rl_update import (
     save_checkpoint,
     update,
 )
-from proxygap.sampling.generate import decode_responses, sample
+from proxygap.sampling.generate import decode_responses, encode_prompts, sample
 from proxygap.schema import Strict
 
 __all__ = [
@@ -197,20 +196,17 @@ def rl_evaluator(
     """A :class:`PolicyEvaluator` on ``cfg.eval_prompts`` held-out prompts of ``task`` (drawn
     with ``seed``; use a seed the training prompts do not), ``cfg.eval_samples_per_prompt``
     samples each, at the training temperature and length."""
-    prompts = task.prompts(cfg.eval_prompts, seed=seed)
-    return PolicyEvaluator(
-        ref=ref,
-        tokenizer=tokenizer,
-        join=task.join,
-        prompts=prompts,
-        prompt_ids=encode_prompts(tokenizer, prompts),
-        gold=task.gold,
+    return PolicyEvaluator.for_task(
+        ref,
+        tokenizer,
+        task,
         proxy=proxy,
+        n_prompts=cfg.eval_prompts,
         n_per_prompt=cfg.eval_samples_per_prompt,
-        max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
+        max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
-        seed=seed,
         gold_scale=gold_scale,
+        seed=seed,
     )
 
 

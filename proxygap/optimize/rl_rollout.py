@@ -3,7 +3,6 @@
 Pure pieces used by the recipe in :mod:`proxygap.optimize.rl`:
 
 - :class:`PromptStream` walks through the training prompts in seeded shuffled epochs;
-- :func:`encode_prompts` gives ``[bos] + tokens`` ids for a list of prompts;
 - :func:`token_rewards` puts the KL penalty in the per-token reward (Ziegler et al. 2019);
 - :data:`ADVANTAGES` maps an algorithm name to its advantage estimator: GAE with a learned value
   (PPO, Schulman et al. 2017), group-normalised (GRPO, Shao et al. 2024) or leave-one-out
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from proxygap.estimators.advantages import (
     gae,
@@ -29,14 +27,6 @@ from proxygap.estimators.advantages import (
     rloo_advantages,
 )
 from proxygap.losses.ppo import KL_ESTIMATORS
-
-
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
-    """``[bos] + tokenizer(prompt, add_special_tokens=False)`` for every prompt (no bos if the
-    tokenizer has none)."""
-    bos = tokenizer.bos_token_id
-    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    return [([bos] if bos is not None else []) + list(x) for x in ids]
 
 
 class PromptStream:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedModel
+from transformers import GPT2ForSequenceClassification, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from proxygap.losses.bradley_terry import bradley_terry_loss
+from proxygap.models.tiny import tiny_gpt2_config
 
 
 def new_reward_model(
@@ -34,20 +35,10 @@ def new_reward_model(
     """A freshly initialised GPT-2 reward model (no dropout) for ``tokenizer``'s vocabulary."""
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-    cfg = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=n_positions,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    cfg = tiny_gpt2_config(
+        tokenizer, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions
     )
+    cfg.num_labels = 1
     torch.manual_seed(seed)
     return GPT2ForSequenceClassification(cfg).eval()
 

@@ -45,6 +45,14 @@ class Samples:
         return [self.prompt_ids[i] for i in self.prompt_index.tolist()]
 
 
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
+    """``[bos] + tokenizer(prompt, add_special_tokens=False)`` for every prompt (no bos if the
+    tokenizer has none)."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    return [([bos] if bos is not None else []) + list(x) for x in ids]
+
+
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, P) left-padded ids and their attention mask."""
     width = max(len(r) for r in rows)

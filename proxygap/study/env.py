@@ -22,7 +22,7 @@ from proxygap.models.loading import (
 from proxygap.rewards.reward_model import (
     score_texts,
 )
-from proxygap.sampling.generate import decode_responses, sample
+from proxygap.sampling.generate import decode_responses, encode_prompts, sample
 from proxygap.store.run import RunFolder
 from proxygap.tasks import Task, get_task
 
@@ -70,12 +70,6 @@ def setup(cfg: StudyConfig, runs_root: Path, *, restart: bool = False, log: Any 
     return Env(cfg, run, task, tokenizer, policy, gold_fn, log)
 
 
-def _encode_prompts(tokenizer: Tokenizer, prompts: list[str]) -> list[list[int]]:
-    bos = tokenizer.bos_token_id
-    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    return [([bos] if bos is not None else []) + list(x) for x in ids]
-
-
 def sample_responses(
     env: Env,
     prompts: list[str],
@@ -89,7 +83,7 @@ def sample_responses(
     """``n`` responses per prompt (grouped by prompt) from the base policy, as texts."""
     s = sample(
         env.policy,
-        _encode_prompts(env.tokenizer, prompts),
+        encode_prompts(env.tokenizer, prompts),
         n_per_prompt=n,
         max_new_tokens=max_new or env.task.max_new_tokens,
         temperature=temperature,

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from tqdm.auto import tqdm
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from proxygap.models.tiny import tiny_gpt2_config
 from proxygap.tasks.reviews.grammar import BOS, EOS, PAD, UNK, sample_corpus, vocabulary
 
 ASSETS = Path(__file__).parent / "assets"
@@ -30,25 +31,6 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK
-    )
-
-
-def tiny_gpt2_config(
-    tokenizer: PreTrainedTokenizerFast, *, n_embd: int, n_layer: int, n_head: int, n_positions: int
-) -> GPT2Config:
-    """A GPT-2 config sized for the task, without dropout (train and eval behave the same)."""
-    return GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=n_positions,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
 
 
