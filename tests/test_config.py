@@ -355,7 +355,7 @@ def test_run_name_through_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -
     assert list(outside.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["demo", "daa"])
+@pytest.mark.parametrize("name", ["demo", "daa", "mitigations"])
 def test_every_shipped_config_loads(name: str) -> None:
     cfg = load_config(builtin_config_path(name))
     assert cfg.name == name

@@ -29,6 +29,11 @@ def _verdict(ok: Sequence[bool]) -> str:
     return "reproduced" if all(ok) else ("partly reproduced" if any(ok) else "not reproduced")
 
 
+def _downs(s: Summary) -> str:
+    td = s["turned_down"]
+    return f"{int(round(td['mean'] * td['n']))}/{td['n']}"
+
+
 def overoptimizes(s: Summary) -> bool:
     return s["turned_down"]["mean"] > 0.5
 
@@ -134,7 +139,8 @@ def variance_claim(arms: Sequence[MitigationRunConfig], summary: Mapping[str, Su
         return head + "Not tested: the config needs a plain mean arm and a plain UWO arm."
     gm, gu = summary[mean[0].name]["std_growth"], summary[uwo[0].name]["std_growth"]
     grows, flat = gm["mean"] >= 2.0, gu["mean"] <= 1.5
-    verdict = _verdict([grows, flat])
+    # flat under UWO only means something if the variance grows under mean optimisation
+    verdict = _verdict([grows, flat]) if grows else "not reproduced"
     return head + (
         f"Member std at the end over step 0: mean {_ci(gm)}, UWO {_ci(gu)} (criteria: ≥ 2 under "
         f"mean, ≤ 1.5 under UWO). Verdict: **{verdict}** here."
@@ -143,6 +149,7 @@ def variance_claim(arms: Sequence[MitigationRunConfig], summary: Mapping[str, Su
 
 def frontier_claim(
     arms: Sequence[MitigationRunConfig],
+    summary: Mapping[str, Summary],
     histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
 ) -> str:
     """Noukhovitch et al. 2023: Elastic Reset has a better reward-vs-drift Pareto front than the
@@ -158,7 +165,15 @@ def frontier_claim(
         ok.append(g["lo"] > 0)
         parts.append(f"best gold minus `{b.name}`'s frontier at the same d: {_ci(g)}")
     verdict = _verdict(ok)
-    return head + f"`{er[0].name}`: " + "; ".join(parts) + f". Verdict: **{verdict}** here."
+    counts = ", ".join(
+        f"`{a.name}` {_downs(summary[a.name])}" for a in [er[0], *bases] if a.name in summary
+    )
+    return (
+        head
+        + f"`{er[0].name}`: "
+        + "; ".join(parts)
+        + f" (seeds turning down: {counts}). Verdict: **{verdict}** here."
+    )
 
 
 def transform_claim(
@@ -168,23 +183,42 @@ def transform_claim(
 ) -> str:
     """Wang et al. 2024 (LSC) and Fu et al. 2025 (PAR): the transform mitigates reward hacking
     (read here as: end gold above the unmitigated baseline's, paired over seeds, and no
-    turn-down in most seeds)."""
+    turn-down in most seeds where the baseline turns down in most; one of the two: partly)."""
     head = "**Wang et al. (LSC) and Fu et al. (PAR) mitigate hacking.** "
     base = _find(arms, lambda a: _plain(a) and a.aggregation == "single" and a.kl_coef == 0)
-    tr = _find(arms, lambda a: any(t.method in ("lsc", "par") for t in a.transforms))
+    tr = _find(
+        arms, lambda a: a.transforms and all(t.method in ("lsc", "par") for t in a.transforms)
+    )
     if not base or not tr:
         return head + "Not tested: the config needs an LSC or PAR arm and the plain baseline."
     b = base[0].name
     end_b = [h[-1]["reward/gold"] for h in histories[b]]
-    parts, ok = [], []
+    parts, ok, partial = [], [], []
+    base_down = overoptimizes(summary[b])
+    n_b = int(round(summary[b]["turned_down"]["mean"] * len(end_b)))
     for a in tr:
         diff = paired([h[-1]["reward/gold"] for h in histories[a.name]], end_b)
-        good = diff["lo"] > 0 and not overoptimizes(summary[a.name])
-        ok.append(good)
+        higher, kept = diff["lo"] > 0, base_down and not overoptimizes(summary[a.name])
+        ok.append(higher and kept)
+        partial.append(higher or kept)
+        what = (
+            "mitigates"
+            if higher and kept
+            else "prevents the turn-down, end gold not significantly higher"
+            if kept
+            else "end gold higher, still turns down"
+            if higher
+            else "does not clearly mitigate"
+        )
         parts.append(
             f"`{a.name}`: end gold minus baseline {_ci(diff)}, turns down in "
             f"{int(round(summary[a.name]['turned_down']['mean'] * len(end_b)))}/{len(end_b)} "
-            f"seeds ({'mitigates' if good else 'does not clearly mitigate'})"
+            f"seeds ({what})"
         )
-    verdict = _verdict(ok)
-    return head + "; ".join(parts) + f". Verdict: **{verdict}** here."
+    verdict = _verdict(ok) if all(ok) or not any(partial) else "partly reproduced"
+    return (
+        head
+        + f"The baseline `{b}` turns down in {n_b}/{len(end_b)} seeds. "
+        + "; ".join(parts)
+        + f". Verdict: **{verdict}** here."
+    )

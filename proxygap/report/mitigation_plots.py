@@ -37,11 +37,14 @@ def seed_band(
 
 
 def plot_mitigation_rl(histories: Histories, baseline: str | None, path: Path) -> None:
-    """One panel per arm: gold against d, seed-mean line and 95% band over seeds."""
+    """One panel per arm: gold against d at each evaluation step (seed means), with the 95%
+    interval of gold over seeds as error bars."""
     names = list(histories)
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False, layout="constrained"
+    )
     for ax, name in zip(axes.flat, names, strict=False):
         if baseline is not None and name != baseline:
             d, _, _ = seed_band(histories[baseline], "d")
@@ -49,8 +52,9 @@ def plot_mitigation_rl(histories: Histories, baseline: str | None, path: Path) -
             ax.plot(d, g, "-", color="grey", lw=1, label=baseline)
         d, _, _ = seed_band(histories[name], "d")
         g, lo, hi = seed_band(histories[name], "reward/gold")
-        ax.plot(d, g, "o-", ms=2.5, color="C0", label=name)
-        ax.fill_between(d, lo, hi, color="C0", alpha=0.2)
+        # d is not monotone along a run (e.g. after a reset): the band is drawn as error bars
+        ax.errorbar(d, g, yerr=[g - lo, hi - g], fmt="o-", ms=2.5, lw=1, color="C0",
+                    ecolor=(0.12, 0.47, 0.71, 0.35), label=name)  # fmt: skip
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("d = sqrt(KL)", fontsize=8)

@@ -133,13 +133,15 @@ def mitigation_section(
         claims += [
             ppo_claim(m.rl, result.summary),
             variance_claim(m.rl, result.summary),
-            frontier_claim(m.rl, result.histories),
+            frontier_claim(m.rl, result.summary, result.histories),
             transform_claim(m.rl, result.summary, result.histories),
         ]
     doc.add(*[Paragraph(c) for c in claims])
     doc.add(
         Paragraph(
             "Not run in this comparison: Quark, the soup reference (SALSA) and constrained RLHF "
-            "(their building blocks are in `proxygap.mitigations`, with tests)."
+            "(their building blocks are in `proxygap.mitigations`, with tests). Files: "
+            "`mitigations/<arm>/seed-<s>/history.json` (evaluation rows with `ensemble/std`), "
+            "`examples.json`, and `mitigations/summary.json` (every number of the tables)."
         )
     )

@@ -128,21 +128,22 @@ class MemberScorer:
 
 
 class EvalProxy:
-    """The arm's reward in base-sample SD units, recording ``ensemble/std`` at every call."""
+    """``texts -> (B,)``: the arm's untransformed reward in units of its standard deviation on
+    base-policy samples; every call appends ``ensemble/std`` (mean over the texts of the
+    population std across the K centred members) to ``stds``."""
 
     def __init__(self, scorer: MemberScorer, method: str, *, member: int, lam: float) -> None:
         self.scorer, self.method, self.member, self.lam = scorer, method, member, lam
-        self.scale = float(self(scorer.ref, record=False).std()) or 1.0
+        self.scale = float(self._reward(scorer.ref).std()) or 1.0
         self.stds: list[float] = []
 
-    def __call__(self, texts: Any, *, record: bool = True) -> np.ndarray:
-        cols = texts if isinstance(texts, np.ndarray) else self.scorer(list(texts))
-        if record:
-            self.stds.append(float(cols.std(axis=1).mean()))
-            return aggregate_members(cols, self.method, member=self.member, lam=self.lam) / (
-                self.scale
-            )
+    def _reward(self, cols: np.ndarray) -> np.ndarray:
         return aggregate_members(cols, self.method, member=self.member, lam=self.lam)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        cols = self.scorer(list(texts))  # (B, K)
+        self.stds.append(float(cols.std(axis=1).mean()))
+        return self._reward(cols) / self.scale
 
 
 def _train_reward(scorer: MemberScorer, arm: MitigationRunConfig, member: int) -> Any:
@@ -246,21 +247,24 @@ def stage_mitigations(env: Env, held: Pairs, gold_scale: float) -> MitigationRes
         scorer = MemberScorer(env, held, m.proxy)
         s = m.settings
         prompts = env.task.prompts(s.steps * s.prompts_per_step, seed=env.cfg.seed * 1000 + 8)
-        uses_refs = any(t.method in NEEDS_REFERENCES for a in m.rl for t in a.transforms)
-        refs = _references(env, scorer, prompts, m) if uses_refs else None
+        refs = None  # sampled once, only if a run that needs them is still to do
         for arm in m.rl:
-            out.histories[arm.name] = [
-                _run_arm(
-                    env,
-                    arm,
-                    seed,
-                    scorer=scorer,
-                    gold_scale=gold_scale,
-                    prompts=prompts,
-                    refs=refs,
-                )  # fmt: skip
-                for seed in m.seeds
-            ]
+            needs = any(t.method in NEEDS_REFERENCES for t in arm.transforms)
+            out.histories[arm.name] = []
+            for seed in m.seeds:
+                if needs and refs is None and not env.run.done(f"mitigation:{arm.name}:{seed}"):
+                    refs = _references(env, scorer, prompts, m)
+                out.histories[arm.name].append(
+                    _run_arm(
+                        env,
+                        arm,
+                        seed,
+                        scorer=scorer,
+                        gold_scale=gold_scale,
+                        prompts=prompts,
+                        refs=refs,
+                    )  # fmt: skip
+                )
             runs = [rl_run_quantities(h) for h in out.histories[arm.name]]
             out.summary[arm.name] = summarise_runs(runs)
     atomic_write_json(
