@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from proxygap.optimize.daa import DAAConfig
 from proxygap.optimize.rl import RLConfig
-from proxygap.schema import SAFE_NAME, PosFloat, PosInt, Strict, safe_name
+from proxygap.schema import SAFE_NAME, PosFloat, PosInt, Strict, format_errors, safe_name
 
 __all__ = ["SAFE_NAME", "ConfigError", "PosFloat", "PosInt", "StudyConfig", "Strict"]
 
@@ -276,21 +276,6 @@ def _check_mitigations(m: MitigationStudyConfig, proxies: list[ProxyConfig]) -> 
         )
 
 
-def _format(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif e["type"] == "literal_error":
-            msg = f"{msg} (got {e.get('input')!r})"
-        elif "input" in e and not isinstance(e["input"], dict | list):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {loc}: {msg}")
-    return f"invalid config {source}:\n" + "\n".join(lines)
-
-
 def parse_config(data: Any, *, source: str = "<dict>") -> StudyConfig:
     """Validate a mapping as a :class:`StudyConfig`; raise :class:`ConfigError` naming fields."""
     if not isinstance(data, dict):
@@ -298,7 +283,7 @@ def parse_config(data: Any, *, source: str = "<dict>") -> StudyConfig:
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format(err, source)) from None
+        raise ConfigError(format_errors(err, f"config {source}")) from None
 
 
 def load_config(path: str | Path) -> StudyConfig:

@@ -38,7 +38,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from proxygap.config import ConfigError, builtin_config_path, load_config, parse_config
-from proxygap.schema import PosInt, Strict, safe_name
+from proxygap.schema import PosInt, Strict, format_errors, safe_name
 
 Backend = Literal["auto", "ray", "sequential"]
 BACKENDS = ("auto", "ray", "sequential")
@@ -200,15 +200,6 @@ def expand(spec: SweepSpec, base: dict[str, Any]) -> list[Cell]:
     return cells
 
 
-def _format(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg.removeprefix('Value error, ')}")
-    return f"invalid sweep {source}:\n" + "\n".join(lines)
-
-
 def parse_sweep(data: Any, *, source: str = "<dict>") -> SweepSpec:
     """Validate a mapping as a :class:`SweepSpec`; raise :class:`SweepError` naming fields."""
     if not isinstance(data, dict):
@@ -216,7 +207,7 @@ def parse_sweep(data: Any, *, source: str = "<dict>") -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as err:
-        raise SweepError(_format(err, source)) from None
+        raise SweepError(format_errors(err, f"sweep {source}")) from None
 
 
 def resolve_base(base: str, folder: Path) -> Path:
