@@ -37,15 +37,6 @@ TASK = get_task("reviews")
 TIME_KEYS = ("time/wall_seconds", "time/train_seconds")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one intra-op thread is fastest and immune to busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return load_tokenizer(TASK.tokenizer_path)

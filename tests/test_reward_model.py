@@ -34,16 +34,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's spinning
-    # barriers can make a 2-thread forward pass ~50x slower than a 1-thread one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def rm():
     model = new_reward_model(TOK, n_embd=32, n_layer=2, n_head=2, n_positions=N_POSITIONS, seed=0)

@@ -27,16 +27,6 @@ from proxygap.optimize.rl_update import critic_values, lr_factor, new_critic, op
 from proxygap.sampling.generate import decode_responses, encode_prompts, sample
 from proxygap.tasks.reviews.build import build_tokenizer, tiny_gpt2_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models gain nothing from intra-op threads, and on a busy machine they cost a lot
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TOK = build_tokenizer()
 PAD, BOS, EOS = TOK.pad_token_id, TOK.bos_token_id, TOK.eos_token_id
 GREAT = "great"

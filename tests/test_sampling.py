@@ -19,17 +19,6 @@ from proxygap.models.logprobs import response_logprobs
 from proxygap.sampling.generate import Samples, decode_responses, sample
 from proxygap.tasks.reviews.build import build_tokenizer, tiny_gpt2_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's spinning
-    # barriers can make a 2-thread forward pass ~50x slower than a 1-thread one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TOK = build_tokenizer()
 PAD, BOS, EOS = TOK.pad_token_id, TOK.bos_token_id, TOK.eos_token_id  # 0, 1, 2
 V = len(TOK)  # 84
