@@ -36,7 +36,7 @@ from proxygap.config import MitigationRunConfig, MitigationStudyConfig
 from proxygap.data.preferences import Pairs
 from proxygap.estimators.bon import best_of_n
 from proxygap.optimize.bon import BonCurve, bon_curve, log_spaced_ns
-from proxygap.optimize.rl import RLHooks, rl_evaluator, train_rl
+from proxygap.optimize.rl import RLHooks
 from proxygap.optimize.rl_hooks import no_post_step
 from proxygap.rewards.ensemble import aggregate
 from proxygap.rewards.reward_model import score_texts
@@ -50,6 +50,7 @@ from proxygap.study.mitigation_stats import (
     rl_run_quantities,
     summarise_runs,
 )
+from proxygap.study.rl import train_from_base
 
 __all__ = ["BonVariant", "MitigationResult", "aggregate_members", "stage_mitigations"]
 
@@ -192,13 +193,8 @@ def _run_arm(
     if env.run.done(stage):
         return json.loads((folder / "history.json").read_text())
     cfg = m.settings.model_copy(update={"kl_coef": arm.kl_coef, "seed": seed})
-    torch.manual_seed(seed)
     policy = copy.deepcopy(env.policy).train()
     proxy = EvalProxy(scorer, arm.aggregation, member=m.member, lam=arm.uwo_lambda)
-    evaluator = rl_evaluator(
-        env.policy, env.tokenizer, task=env.task, proxy=proxy, cfg=cfg,
-        gold_scale=gold_scale, seed=env.cfg.seed * 1000 + 7,
-    )  # fmt: skip
     ref_rewards = None
     if refs is not None and any(t.method in NEEDS_REFERENCES for t in arm.transforms):
         unique, member_scores = refs
@@ -207,17 +203,16 @@ def _run_arm(
     transform = build_transform(arm.transforms, ref_rewards=ref_rewards, group_size=cfg.group_size)
     post_step = build_post_step(arm.post_step, policy=policy) or no_post_step
     env.log(f"RL ({cfg.algo}) mitigation {arm.name}, seed {seed}")
-    result = train_rl(
-        policy,
-        env.policy,
-        env.tokenizer,
-        cfg=cfg,
-        train_prompts=prompts,
-        join=env.task.join,
+    result = train_from_base(
+        env,
+        cfg,
         reward_fn=_train_reward(scorer, arm, m.member),
-        evaluator=evaluator,
+        eval_proxy=proxy,
+        prompts=prompts,
+        gold_scale=gold_scale,
+        eval_seed=env.cfg.seed * 1000 + 7,
         hooks=RLHooks(transform=transform, post_step=post_step),
-        log=lambda *_: None,
+        policy=policy,
     )
     history = result.history
     stds = proxy.stds[1:]  # the first call scored the initial policy's samples

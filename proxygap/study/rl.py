@@ -16,12 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel
 
 from proxygap.analysis.rl_analysis import RLAnalysis, analyse_rl
 from proxygap.config import ProxyConfig, RLRunConfig
 from proxygap.data.preferences import Pairs
 from proxygap.optimize.evaluate import ScoreFn
-from proxygap.optimize.rl import rl_evaluator, train_rl
+from proxygap.optimize.rl import RLConfig, rl_evaluator, train_rl
+from proxygap.optimize.rl_hooks import RLHooks
+from proxygap.optimize.rl_record import RLResult
 from proxygap.rewards.ensemble import aggregate
 from proxygap.rewards.reward_model import score_texts
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
@@ -57,6 +60,40 @@ class RLRunResult:
     analysis: RLAnalysis
 
 
+def train_from_base(
+    env: Env,
+    cfg: RLConfig,
+    *,
+    reward_fn: ScoreFn,
+    eval_proxy: ScoreFn | None,
+    prompts: list[str],
+    gold_scale: float,
+    eval_seed: int,
+    hooks: RLHooks | None = None,
+    policy: PreTrainedModel | None = None,
+) -> RLResult:
+    """One RL run from a fresh copy of the base policy (or ``policy``, such a copy made by the
+    caller), with the base policy as KL reference, evaluated on held-out prompts."""
+    torch.manual_seed(cfg.seed)
+    policy = policy if policy is not None else copy.deepcopy(env.policy).train()
+    evaluator = rl_evaluator(
+        env.policy, env.tokenizer, task=env.task, proxy=eval_proxy, cfg=cfg,
+        gold_scale=gold_scale, seed=eval_seed,
+    )  # fmt: skip
+    return train_rl(
+        policy,
+        env.policy,
+        env.tokenizer,
+        cfg=cfg,
+        train_prompts=prompts,
+        join=env.task.join,
+        reward_fn=reward_fn,
+        evaluator=evaluator,
+        hooks=hooks,
+        log=lambda *_: None,
+    )
+
+
 def _run_name(kl_coef: float) -> str:
     return f"kl-{kl_coef:g}"
 
@@ -78,30 +115,12 @@ def stage_rl(env: Env, held: Pairs, gold_scale: float) -> list[RLRunResult]:
             examples = json.loads((folder / "examples.json").read_text())
         else:
             cfg = rl.settings.model_copy(update={"kl_coef": kl_coef})
-            torch.manual_seed(cfg.seed)
-            policy = copy.deepcopy(env.policy).train()
-            evaluator = rl_evaluator(
-                env.policy,
-                env.tokenizer,
-                task=env.task,
-                proxy=reward_fn,
-                cfg=cfg,
-                gold_scale=gold_scale,
-                seed=env.cfg.seed * 1000 + 5,
-            )
             prompts = env.task.prompts(4096, seed=env.cfg.seed * 1000 + 6)
             env.log(f"RL ({cfg.algo}) against {proxy.name}, kl_coef {kl_coef:g}")
-            result = train_rl(
-                policy,
-                env.policy,
-                env.tokenizer,
-                cfg=cfg,
-                train_prompts=prompts,
-                join=env.task.join,
-                reward_fn=reward_fn,
-                evaluator=evaluator,
-                log=lambda *_: None,
-            )
+            result = train_from_base(
+                env, cfg, reward_fn=reward_fn, eval_proxy=reward_fn, prompts=prompts,
+                gold_scale=gold_scale, eval_seed=env.cfg.seed * 1000 + 5,
+            )  # fmt: skip
             history, examples = result.history, result.examples
             atomic_write_json(folder / "history.json", history)
             atomic_write_json(folder / "examples.json", examples)
