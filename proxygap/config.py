@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from proxygap.optimize.daa import DAAConfig
+from proxygap.optimize.quark import QuarkSettings
 from proxygap.optimize.rl import RLConfig
 from proxygap.schema import SAFE_NAME, PosFloat, PosInt, Strict, format_errors, safe_name
 
@@ -63,6 +64,7 @@ class ProxyConfig(Strict):
     uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.5
     seed: int = 0
     path: str | None = None  # a trained reward model folder: scored as is, not trained
+    target: str = "gold"  # what labels its pairs: gold, or one of the task's gold components
 
     @field_validator("name")
     @classmethod
@@ -144,17 +146,36 @@ class MitigationHookConfig(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class ConstraintConfig(Strict):
+    """Constrained RLHF (Moskovitz et al. 2023) over an arm's ``components``: each component is
+    held at its proxy point by a Lagrange multiplier. The proxy points are the components'
+    values at the gold peak of ``points_from``, an arm that optimises the same components
+    unconstrained (their sum), averaged over its seeds."""
+
+    points_from: str
+    mode: Literal["equality", "upper", "lower"] = "equality"  # Moskovitz et al.'s best: equality
+    objective: Literal["none", "sum"] = "none"  # none: only the KL penalty besides the constraints
+    lr: PosFloat = 0.5  # multiplier step per RL step (components in base-sample SD units)
+
+
 class MitigationRunConfig(Strict):
-    """One RL arm of the mitigation study: how the ensemble members make the reward
-    (``single``: one member, the unmitigated baseline), reward transforms applied in order, an
-    optional post-step hook and a KL coefficient."""
+    """One arm of the mitigation study. The reward is one ensemble member (``single``: the
+    unmitigated baseline) or an ensemble aggregation, or the standardised sum of component
+    proxies (``components``); reward transforms apply in order; an optional post-step hook, a
+    KL coefficient, a constraint on the components, the policy's start and KL reference
+    (``base``; ``sft``: the first SFT variant; ``soup``: the average of the two, SALSA), and
+    ``quark`` to train with Quark instead of the RL recipe."""
 
     name: str
     aggregation: Literal["single", "mean", "wco", "uwo"] = "single"
     uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.1  # Coste et al. use ~0.1 with PPO
+    components: list[str] = Field(default_factory=list)  # proxy names
     transforms: list[MitigationHookConfig] = Field(default_factory=list)
     post_step: MitigationHookConfig | None = None
     kl_coef: Annotated[float, Field(ge=0.0)] = 0.0
+    constraint: ConstraintConfig | None = None
+    reference: Literal["base", "sft", "soup"] = "base"
+    quark: QuarkSettings | None = None
 
     @field_validator("name")
     @classmethod
@@ -174,21 +195,71 @@ class MitigationRunConfig(Strict):
                 kind="weight_update",
                 where="post_step",
             )
+        if self.components and self.aggregation != "single":
+            raise ValueError("components replace the ensemble: leave aggregation at 'single'")
+        if len(set(self.components)) != len(self.components):
+            raise ValueError(f"components must be distinct, got {self.components}")
+        if self.constraint is not None and not self.components:
+            raise ValueError("constraint needs components (the proxies it holds at proxy points)")
+        if self.quark is not None:
+            extra = [
+                n
+                for n, on in (
+                    ("transforms", bool(self.transforms)),
+                    ("post_step", self.post_step is not None),
+                    ("constraint", self.constraint is not None),
+                    ("kl_coef", self.kl_coef > 0),
+                    ("reference", self.reference != "base"),
+                )
+                if on
+            ]
+            if extra:
+                raise ValueError(
+                    f"a quark arm trains with its own loss (its KL coefficient is quark.kl_coef); "
+                    f"remove {extra}"
+                )
         return self
+
+
+class MitigationBonConfig(Strict):
+    """Best-of-n in the mitigation study: for every seed, a fresh pool of ``pool_size`` samples
+    on the same ``n_prompts`` prompts; the single member and each ensemble aggregation of
+    ``methods`` (UWO with ``uwo_lambda``) select from it."""
+
+    methods: list[Literal["mean", "wco", "uwo"]] = Field(
+        default_factory=lambda: ["mean", "wco", "uwo"]
+    )
+    uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.5  # Coste et al.'s best-of-n value
+    n_prompts: PosInt = 32
+    pool_size: Annotated[int, Field(ge=2)] = 512
+    temperature: PosFloat = 1.3
+    max_new_tokens: PosInt | None = None
+    n_points: Annotated[int, Field(ge=3)] = 17
+
+
+class SFTConfig(Strict):
+    """The two SFT variants behind ``sft`` and ``soup`` references: each fine-tunes the base
+    policy on ``n_texts`` chosen responses of the training pairs (disjoint halves) with its own
+    seed."""
+
+    n_texts: PosInt = 2000
+    epochs: PosFloat = 1.0
+    lr: PosFloat = 1e-4
+    batch_size: PosInt = 32
 
 
 class MitigationStudyConfig(Strict):
     """The mitigation comparison (METHODS.md §4): best-of-n selection variants from the members
-    of one ensemble proxy, and RL arms each run with every seed, on the same prompts, proxy and
+    of one ensemble proxy, and arms each run with every seed, on the same prompts, proxy and
     settings. ``member`` is the single reward model of the baseline."""
 
     proxy: str  # an ensemble proxy of the study (Coste et al.: 5 members, 25% label noise)
     member: Annotated[int, Field(ge=0)] = 0
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=3)
-    bon: list[Literal["mean", "wco", "uwo"]] = Field(default_factory=lambda: ["mean", "wco", "uwo"])
-    bon_uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.5  # Coste et al.'s best-of-n value
+    bon: MitigationBonConfig | None = Field(default_factory=MitigationBonConfig)
     rl: list[MitigationRunConfig] = Field(default_factory=list)
-    reference_samples: PosInt = 4  # pi0 samples per training prompt for LSC and PAR
+    reference_samples: PosInt = 4  # pi0 samples per training prompt for LSC, PAR and Quark
+    sft: SFTConfig | None = None  # needed by arms with reference 'sft' or 'soup'
     settings: RLConfig = Field(default_factory=RLConfig)
 
     @field_validator("seeds")
@@ -205,7 +276,29 @@ class MitigationStudyConfig(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"mitigation names must be unique; repeated: {dup}")
+        for i, arm in enumerate(v):
+            c = arm.constraint
+            if c is None:
+                continue
+            source = next((a for a in v[:i] if a.name == c.points_from), None)
+            if source is None:
+                raise ValueError(
+                    f"arm {arm.name!r}: constraint.points_from {c.points_from!r} must name an "
+                    f"earlier arm; earlier arms: {names[:i]}"
+                )
+            if source.components != arm.components or source.constraint is not None:
+                raise ValueError(
+                    f"arm {arm.name!r}: points_from {c.points_from!r} must optimise the same "
+                    f"components {arm.components} without a constraint"
+                )
         return v
+
+    @model_validator(mode="after")
+    def _sft(self) -> MitigationStudyConfig:
+        needs = [a.name for a in self.rl if a.reference != "base"]
+        if needs and self.sft is None:
+            raise ValueError(f"arms {needs} start from SFT variants: set mitigations.sft")
+        return self
 
 
 class RuntimeConfig(Strict):
@@ -213,6 +306,7 @@ class RuntimeConfig(Strict):
     threads: PosInt | None = None  # torch threads; None: torch's default
     sample_batch_size: PosInt = 1024
     score_batch_size: PosInt = 2048
+    workers: PosInt = 1  # processes for independent runs (mitigation arms x seeds; Linux)
 
 
 class StudyConfig(Strict):
@@ -251,6 +345,7 @@ class StudyConfig(Strict):
             )
         if self.mitigations is not None:
             _check_mitigations(self.mitigations, self.proxies)
+        _check_targets(self)
         for p in self.proxies:
             if p.n_pairs is not None and p.n_pairs > self.preferences.n_pairs:
                 raise ValueError(
@@ -269,11 +364,37 @@ def _check_mitigations(m: MitigationStudyConfig, proxies: list[ProxyConfig]) -> 
     if m.member >= k:
         raise ValueError(f"mitigations.member {m.member} must be < the ensemble size {k}")
     needs = [r.name for r in m.rl if r.aggregation != "single"]
-    if k < 2 and (m.bon or needs):
+    bon = m.bon.methods if m.bon is not None else []
+    if k < 2 and (bon or needs):
         raise ValueError(
-            f"mitigations.proxy {m.proxy!r} has ensemble: {k}, but mitigations.bon "
-            f"{m.bon} and mitigations.rl {needs} aggregate members: it needs ensemble >= 2"
+            f"mitigations.proxy {m.proxy!r} has ensemble: {k}, but mitigations.bon.methods "
+            f"{bon} and mitigations.rl {needs} aggregate members: it needs ensemble >= 2"
         )
+    for arm in m.rl:
+        unknown = [c for c in arm.components if c not in names]
+        if unknown:
+            raise ValueError(
+                f"mitigations.rl arm {arm.name!r}: components {unknown} are not proxies {names}"
+            )
+
+
+def _check_targets(cfg: StudyConfig) -> None:
+    from proxygap.tasks import get_task
+
+    targets = [p for p in cfg.proxies if p.target != "gold"]
+    if not targets:
+        return
+    if cfg.task.gold is not None:
+        raise ValueError(
+            f"proxies {[p.name for p in targets]} are trained on gold components, which a gold "
+            "model (task.gold) does not have; use target: gold"
+        )
+    allowed = sorted(get_task(cfg.task.name).components)
+    for p in targets:
+        if p.target not in allowed:
+            raise ValueError(
+                f"proxy {p.name!r}: unknown target {p.target!r}; allowed: ['gold', *{allowed}]"
+            )
 
 
 def parse_config(data: Any, *, source: str = "<dict>") -> StudyConfig:

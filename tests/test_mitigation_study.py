@@ -5,7 +5,6 @@ the saved histories."""
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 from pathlib import Path
@@ -16,30 +15,37 @@ import pytest
 from proxygap.config import ConfigError, MitigationRunConfig, parse_config
 from proxygap.report.mitigation_claims import bon_claim, frontier_gain, variance_claim
 from proxygap.study import run_study
+from proxygap.study.mitigation_bon import bon_seed_quantities
+from proxygap.study.mitigation_scoring import aggregate_members
 from proxygap.study.mitigation_stats import (
     QUANTITIES,
-    bon_summary,
+    proxy_points,
     rl_run_quantities,
     t_interval,
 )
-from proxygap.study.mitigations import aggregate_members
 
 # t quantile 0.975 with 2 degrees of freedom, 4.3027 in tables; exactly
 # sqrt(2) * 0.95 / sqrt(1 - 0.95^2) since the t_2 CDF is 1/2 + x / (2 sqrt(2 + x^2)))
 T2 = math.sqrt(2) * 0.95 / math.sqrt(1 - 0.95**2)
 
 SMALL_RM = {"n_embd": 32, "n_head": 2, "n_layer": 1, "epochs": 1}
+ARMS = ["single", "uwo", "par", "elastic", "quark", "sft", "salsa", "composite", "constrained"]
 TINY = {
     "name": "tinymit",
     "seed": 3,
     "preferences": {"n_pairs": 400, "n_heldout": 100},
-    "proxies": [{"name": "ens", **SMALL_RM, "ensemble": 3, "label_noise": 0.25}],
+    "proxies": [
+        {"name": "ens", **SMALL_RM, "ensemble": 3, "label_noise": 0.25},
+        {"name": "sent", **SMALL_RM, "target": "sentiment"},
+        {"name": "conc", **SMALL_RM, "target": "concision"},
+    ],
     "bon": {"n_prompts": 6, "pool_size": 32, "n_points": 8, "examples_at": [1, 32]},
     "mitigations": {
         "proxy": "ens",
         "seeds": [0, 1, 2],
-        "bon": ["mean", "wco", "uwo"],
+        "bon": {"n_prompts": 6, "pool_size": 32, "n_points": 8},
         "reference_samples": 2,
+        "sft": {"n_texts": 100, "batch_size": 16, "lr": 3e-3, "epochs": 2},
         "rl": [
             {"name": "single"},
             {"name": "uwo", "aggregation": "uwo", "kl_coef": 0.01},
@@ -47,6 +53,16 @@ TINY = {
             {
                 "name": "elastic",
                 "post_step": {"method": "elastic_reset", "params": {"every": 2, "eta": 0.5}},
+            },
+            {"name": "quark", "quark": {"k": 3}},
+            {"name": "sft", "reference": "sft", "kl_coef": 0.01},
+            {"name": "salsa", "reference": "soup", "kl_coef": 0.01},
+            {"name": "composite", "components": ["sent", "conc"]},
+            {
+                "name": "constrained",
+                "components": ["sent", "conc"],
+                "constraint": {"points_from": "composite"},
+                "kl_coef": 0.01,
             },
         ],
         "settings": {
@@ -59,7 +75,7 @@ TINY = {
             "lr": 1e-3,
         },
     },
-    "runtime": {"threads": 1},
+    "runtime": {"threads": 1, "workers": 2},
 }
 
 
@@ -101,25 +117,46 @@ def test_run_quantities_by_hand() -> None:
     assert set(q) == set(QUANTITIES)
 
 
-def test_bon_summary_by_hand() -> None:
+def test_bon_seed_quantities_by_hand() -> None:
     # 3 prompts, n in (1, 2, 4) with d = (0, 0.5, 1); gold rises then falls on every prompt
     gold = np.array([[1.0, 2.0, 1.5], [0.0, 1.2, 0.4], [2.0, 2.9, 2.6]])
     proxy = np.array([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [0.0, 1.0, 3.0]])
     std = np.array([[1.0, 1.5, 2.0], [2.0, 2.0, 2.0], [1.0, 1.0, 4.0]])
-    per = np.stack([gold, proxy, std], axis=-1)
-    s = bon_summary(per, np.array([0.0, 0.5, 1.0]), n_boot=200)
-    # relative to n = 1, peak at n = 2 (mean gains 1.0, 1.2, 0.9 -> 1.033)
-    assert s["gold_peak"]["mean"] == pytest.approx((1.0 + 1.2 + 0.9) / 3)
-    assert s["gold_end"]["mean"] == pytest.approx((0.5 + 0.4 + 0.6) / 3)
-    assert s["d_peak"]["mean"] == 0.5 and s["d_peak"]["lo"] == s["d_peak"]["hi"] == 0.5
+    q = bon_seed_quantities(np.stack([gold, proxy, std], axis=-1), np.array([0.0, 0.5, 1.0]))
+    # relative to n = 1 the mean curve is (0, 1.033, 0.5): peak at n = 2, d 0.5
+    assert q["gold_peak"] == pytest.approx((1.0 + 1.2 + 0.9) / 3)
+    assert q["gold_end"] == pytest.approx((0.5 + 0.4 + 0.6) / 3)
+    assert q["d_peak"] == 0.5
     drops = np.array([0.5, 0.8, 0.3])
-    assert s["drop"]["mean"] == pytest.approx(drops.mean())
-    assert s["drop"]["hi"] - s["drop"]["mean"] == pytest.approx(
-        T2 * drops.std(ddof=1) / math.sqrt(3)
-    )
-    assert s["gap_end"]["mean"] == pytest.approx(((2 - 0.5) + (2 - 0.4) + (3 - 0.6)) / 3)
-    assert s["std_growth"]["mean"] == pytest.approx((2.0 + 1.0 + 4.0) / 3)
-    assert s["turned_down"]["mean"] == 1.0  # mean drop 0.53 > 2 * SE 0.29
+    assert q["drop"] == pytest.approx(drops.mean())
+    assert q["gap_end"] == pytest.approx(((2 - 0.5) + (2 - 0.4) + (3 - 0.6)) / 3)
+    # member std of the pick, mean over prompts: 4/3 at n = 1, 8/3 at n = N
+    assert q["std_growth"] == pytest.approx(2.0)
+    se = drops.std(ddof=1) / math.sqrt(3)  # 0.144: mean drop 0.533 > 2 * SE
+    assert q["turned_down"] == 1.0 and drops.mean() > 2 * se
+    flat = np.stack([gold[:, [0, 1, 1]], proxy, std], axis=-1)  # no fall after n = 2
+    assert bon_seed_quantities(flat, np.array([0.0, 0.5, 1.0]))["turned_down"] == 0.0
+    with pytest.raises(ValueError, match=r"\(P, J=3, 3\)"):
+        bon_seed_quantities(np.zeros((3, 2, 3)), np.array([0.0, 0.5, 1.0]))
+
+
+def test_proxy_points_by_hand() -> None:
+    def run(golds: list[float], comps: list[tuple[float, float]]) -> list[dict]:
+        return [
+            {"reward/gold": g, "component/a": a, "component/b": b}
+            for g, (a, b) in zip(golds, comps, strict=True)
+        ]
+
+    # gold peaks at evaluation 1 in the first run (a=0.4, b=-0.2) and at 2 in the second
+    # (a=0.8, b=0.0): the points are the means (0.6, -0.1)
+    runs = [
+        run([0.0, 0.5, 0.1], [(0.0, 0.0), (0.4, -0.2), (1.0, 0.3)]),
+        run([0.0, 0.2, 0.3], [(0.1, 0.1), (0.5, 0.2), (0.8, 0.0)]),
+    ]
+    np.testing.assert_allclose(proxy_points(runs, ["a", "b"]), [0.6, -0.1])
+    np.testing.assert_allclose(proxy_points(runs, ["b"]), [-0.1])
+    with pytest.raises(ValueError, match="components \\['c'\\]"):
+        proxy_points(runs, ["c"])
 
 
 def test_aggregate_members() -> None:
@@ -197,37 +234,119 @@ def test_config_errors_name_the_field() -> None:
         parse_config(data)
 
 
+def _arm_error(arm: dict, **study: object) -> str:
+    return _bad({"rl": [{"name": "composite", "components": ["sent", "conc"]}, arm], **study})
+
+
+def test_new_arm_errors_name_the_problem() -> None:
+    cons = {"name": "c", "components": ["sent", "conc"], "constraint": {"points_from": "x"}}
+    msg = _arm_error(cons)
+    assert "points_from 'x' must name an earlier arm" in msg and "['composite']" in msg
+    msg = _arm_error({**cons, "components": ["sent"], "constraint": {"points_from": "composite"}})
+    assert "same components ['sent']" in msg
+    assert "constraint needs components" in _arm_error(
+        {"name": "c", "constraint": {"points_from": "composite"}}
+    )
+    assert "are not proxies" in _arm_error({"name": "c", "components": ["sent", "nope"]})
+    assert "leave aggregation at 'single'" in _arm_error(
+        {"name": "c", "components": ["sent"], "aggregation": "mean"}
+    )
+    msg = _arm_error({"name": "q", "quark": {}, "kl_coef": 0.1, "reference": "soup"})
+    assert "quark.kl_coef" in msg and "['kl_coef', 'reference']" in msg
+    assert "mitigations.rl.1.quark.k" in _arm_error({"name": "q", "quark": {"k": 1}})
+    msg = _arm_error({"name": "s", "reference": "soup"}, sft=None)
+    assert "arms ['s'] start from SFT variants: set mitigations.sft" in msg
+    assert "mitigations.rl.1.reference" in _arm_error({"name": "s", "reference": "nope"})
+
+
+def test_component_targets_are_checked() -> None:
+    data = copy.deepcopy(TINY)
+    data["proxies"][1]["target"] = "humour"
+    with pytest.raises(ConfigError, match=r"unknown target 'humour'.*'concision'.*'sentiment'"):
+        parse_config(data)
+    data = copy.deepcopy(TINY)
+    data["task"] = {"gold": "/some/gold/model"}
+    with pytest.raises(ConfigError, match="a gold model \\(task.gold\\) does not have"):
+        parse_config(data)
+
+
 # ---------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every kind of arm, on two worker processes."""
     root = tmp_path_factory.mktemp("runs")
     return run_study(parse_config(TINY), root, log=lambda *_: None)
 
 
+def _history(run: Path, arm: str, seed: int) -> list[dict]:
+    return json.loads((run / "mitigations" / arm / f"seed-{seed}" / "history.json").read_text())
+
+
 def test_outputs_exist(tiny_run: Path) -> None:
-    for arm in ("single", "uwo", "par", "elastic"):
+    for arm in ARMS:
         for seed in (0, 1, 2):
-            h = json.loads((tiny_run / "mitigations" / arm / f"seed-{seed}" / "history.json")
-                           .read_text())  # fmt: skip
-            assert [r["step"] for r in h] == [0, 2, 4]
+            h = _history(tiny_run, arm, seed)
+            assert [r["step"] for r in h] == [0, 2, 4], arm
             assert all(r["ensemble/std"] > 0 for r in h)
+    for seed in (0, 1, 2):
+        assert (tiny_run / "mitigations" / "bon" / f"seed-{seed}.npz").is_file()
     for name in ("mitigation_bon.png", "mitigation_rl.png", "mitigation_std.png"):
         assert (tiny_run / "plots" / name).is_file()
     md = (tiny_run / "report.md").read_text()
     assert "## Mitigations compared" in md and "## Published claims, checked here" in md
-    # five claims: four with their arms in this config, the variance one without a mean arm
-    assert md.count("Verdict: **") == 4 and md.count("Not tested") == 1
+    # eight claims: seven with their arms in this config, the variance one without a mean arm
+    assert md.count("Verdict: **") == 7 and md.count("Not tested") == 1
     stages = json.loads((tiny_run / "stages.json").read_text())
-    assert "mitigation:elastic:2" in stages
+    assert "mitigation:constrained:2" in stages and "sft" in stages
+
+
+def test_arm_starts_and_quark_conditioning(tiny_run: Path) -> None:
+    """SFT and soup arms start away from the base policy (d > 0 at step 0: the evaluator's
+    initial policy is the base); the others start on it. The soup's weights are the average
+    of the two variants'."""
+    for arm in ARMS:
+        d0 = _history(tiny_run, arm, 0)[0]["d"]
+        if arm in ("sft", "salsa"):
+            assert d0 > 0.05, (arm, d0)
+        elif arm == "quark":  # conditioned on a new, untrained control token: near pi0
+            assert d0 < 0.5, d0
+        else:  # the samplers' and the evaluator's log-probs agree to float precision
+            assert d0 < 1e-3, (arm, d0)
+    from proxygap.models.loading import load_policy
+
+    a, b, soup = (load_policy(tiny_run / "sft" / n) for n in ("a", "b", "soup"))
+    for (name, pa), pb, ps in zip(
+        a.named_parameters(), b.parameters(), soup.parameters(), strict=True
+    ):
+        np.testing.assert_allclose(
+            ps.detach().numpy(), (pa.detach().numpy() + pb.detach().numpy()) / 2, atol=1e-6,
+            err_msg=name,
+        )  # fmt: skip
+    assert any(r.get("quark/pool_size", 0) > 0 for r in _history(tiny_run, "quark", 0))
+
+
+def test_constrained_arm_uses_the_composite_peaks(tiny_run: Path) -> None:
+    """The proxy points are the components at each composite seed's gold peak, averaged; the
+    constrained arm logs its multipliers and violations against exactly those points."""
+    summary = json.loads((tiny_run / "mitigations" / "summary.json").read_text())
+    points = summary["proxy_points"]["constrained"]
+    peaks = []
+    for seed in (0, 1, 2):
+        h = _history(tiny_run, "composite", seed)
+        best = max(range(len(h)), key=lambda i: (h[i]["reward/gold"], -i))
+        peaks.append([h[best]["component/sent"], h[best]["component/conc"]])
+    np.testing.assert_allclose([points["sent"], points["conc"]], np.mean(peaks, axis=0))
+    h = _history(tiny_run, "constrained", 0)
+    assert all(-1 < r["constraint/lambda_0"] < 1 for r in h[1:])
+    assert "constraint/violation_1" in h[-1]
 
 
 def test_summary_equals_recomputation_from_histories(tiny_run: Path) -> None:
     summary = json.loads((tiny_run / "mitigations" / "summary.json").read_text())
-    for arm in ("single", "uwo", "par", "elastic"):
+    for arm in ARMS:
         peaks, ends, gaps, growth = [], [], [], []
         for seed in (0, 1, 2):
-            h = json.loads((tiny_run / "mitigations" / arm / f"seed-{seed}" / "history.json")
-                           .read_text())  # fmt: skip
+            h = _history(tiny_run, arm, seed)
             best = 0
             for i, r in enumerate(h):  # naive loop: the first maximum of gold
                 if r["reward/gold"] > h[best]["reward/gold"]:
@@ -245,24 +364,50 @@ def test_summary_equals_recomputation_from_histories(tiny_run: Path) -> None:
             assert got["hi"] == pytest.approx(m + T2 * s / math.sqrt(3), abs=1e-9), (arm, key)
 
 
-def test_bon_mean_variant_matches_the_study_curve(tiny_run: Path) -> None:
-    """The study's own best-of-n of proxy `ens` (mean aggregation) is the `mean` variant."""
+def test_bon_seed_summary_recomputed_from_pools(tiny_run: Path) -> None:
+    """The best-of-n table is the t-interval over seeds of each pool's quantities; the mean
+    variant's end gold recomputed with an exact per-n loop from the saved pool."""
     summary = json.loads((tiny_run / "mitigations" / "summary.json").read_text())
-    with (tiny_run / "bon_curves.csv").open() as fh:
-        rows = [r for r in csv.DictReader(fh) if r["name"] == "ens"]
-    gold = [float(r["gold"]) for r in rows]
-    assert summary["bon"]["mean"]["gold_end"]["mean"] == pytest.approx(gold[-1], abs=1e-9)
-    assert summary["bon"]["mean"]["gold_peak"]["mean"] == pytest.approx(max(gold), abs=1e-9)
     assert set(summary["bon"]) == {"single", "mean", "wco", "uwo"}
+    held = [json.loads(line) for line in (tiny_run / "preferences.jsonl").read_text().splitlines()]
+    ref_gold = np.array([r[k] for r in held[400:500] for k in ("gold_chosen", "gold_rejected")])
+    scale = ref_gold.std()
+    ends = []
+    for seed in (0, 1, 2):
+        with np.load(tiny_run / "mitigations" / "bon" / f"seed-{seed}.npz") as z:
+            gold, members = z["gold"] / scale, z["members"]
+        select = members.mean(axis=-1)  # (P, N)
+        P, N = select.shape
+        # n = N: the pick is the argmax of the whole pool (ties: average of the tied golds)
+        top = [gold[p][select[p] == select[p].max()].mean() for p in range(P)]
+        ends.append(float(np.mean(top) - gold.mean()))
+        assert summary["bon_runs"]["mean"][seed]["gold_end"] == pytest.approx(ends[-1], abs=1e-9)
+    q = summary["bon"]["mean"]["gold_end"]
+    assert q["mean"] == pytest.approx(np.mean(ends), abs=1e-9) and q["n"] == 3
+
+
+def test_workers_do_not_change_results(tiny_run: Path, tmp_path: Path) -> None:
+    """One process gives the same histories as two (timings aside): each run seeds itself."""
+    data = copy.deepcopy(TINY)
+    keep = ("single", "composite", "constrained")
+    data["mitigations"]["rl"] = [a for a in data["mitigations"]["rl"] if a["name"] in keep]
+    data["mitigations"]["bon"] = None
+    data["runtime"]["workers"] = 1
+    run = run_study(parse_config(data), tmp_path, log=lambda *_: None)
+    for arm in ("single", "composite", "constrained"):
+        for seed in (0, 1, 2):
+            a, b = _history(run, arm, seed), _history(tiny_run, arm, seed)
+            strip = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in a]
+            assert strip == [{k: v for k, v in r.items() if not k.startswith("time/")} for r in b]
 
 
 def test_resume_reads_back_every_run(tiny_run: Path) -> None:
     """A second invocation finds every ``mitigation:<arm>:<seed>`` stage done and trains
     nothing: the histories on disk are unchanged byte for byte."""
     files = sorted((tiny_run / "mitigations").glob("*/seed-*/history.json"))
-    assert len(files) == 12
+    assert len(files) == 3 * len(ARMS)
     before = [f.read_bytes() for f in files]
     lines: list[str] = []
     run_study(parse_config(TINY), tiny_run.parent, log=lambda *a: lines.append(" ".join(a)))
-    assert not any(line.startswith("RL (") for line in lines)
+    assert not any(line.startswith("mitigation ") for line in lines)
     assert [f.read_bytes() for f in files] == before

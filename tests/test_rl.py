@@ -23,7 +23,8 @@ from proxygap.optimize import rl_rollout
 from proxygap.optimize.evaluate import PolicyEvaluator
 from proxygap.optimize.rl import NonFiniteError, RLConfig, RLHooks, train_rl
 from proxygap.optimize.rl_rollout import PromptStream, pack
-from proxygap.optimize.rl_update import critic_values, lr_factor, new_critic, optimiser_steps
+from proxygap.optimize.rl_update import critic_values, new_critic, optimiser_steps
+from proxygap.optimize.schedule import lr_factor
 from proxygap.sampling.generate import decode_responses, encode_prompts, sample
 from proxygap.tasks.reviews.build import build_tokenizer, tiny_gpt2_config
 

@@ -9,7 +9,9 @@ time generation is conditioned on the best token. The pieces here:
 
 - :func:`quantile_tokens`: the quantile bucket of every sample (0 worst .. K-1 best);
 - :func:`quantile_token_strings`: the control tokens ``<rq0>..<rq{K-1}>`` (add them to the
-  tokenizer as special tokens and resize the policy's embeddings before training);
+  tokenizer as special tokens and resize the policy's embeddings before training; the training
+  loop :func:`proxygap.optimize.quark.train_quark` leaves the tokenizer alone and appends ``K``
+  embedding rows instead);
 - :class:`QuarkPool`: the growing data pool, re-bucketed after every addition;
 - :func:`quark_loss`: the per-token training loss.
 """
@@ -24,6 +26,8 @@ import torch
 from torch import Tensor
 
 TOKEN_FORMAT = "<rq{}>"
+Text = str | tuple[int, ...]
+"""A prompt or response in the pool: its text or its token ids."""
 
 
 def quantile_token_strings(k: int) -> list[str]:
@@ -63,15 +67,16 @@ class QuarkExample:
     """One training example: ``token`` is the quantile token to prepend to ``prompt``."""
 
     token: str
-    prompt: str
-    response: str
+    prompt: Text
+    response: Text
     reward: float
     bucket: int
 
 
 class QuarkPool:
     """The Quark data pool: every sample ever added, re-bucketed over the whole pool on each
-    :meth:`add` (as in the reference implementation, the pool grows without bound).
+    :meth:`add` (as in the reference implementation, the pool grows without bound). Prompts
+    and responses are held as given: texts, or token-id tuples.
 
     Args:
         k: number of quantiles (Quark uses 5 for toxicity and sentiment).
@@ -81,8 +86,8 @@ class QuarkPool:
     def __init__(self, k: int, *, seed: int = 0) -> None:
         self.tokens = quantile_token_strings(k)
         self.k = k
-        self.prompts: list[str] = []
-        self.responses: list[str] = []
+        self.prompts: list[Text] = []
+        self.responses: list[Text] = []
         self.rewards = np.empty(0, dtype=np.float64)
         self.buckets = np.empty(0, dtype=np.int64)
         self.rng = np.random.default_rng(seed)
@@ -97,8 +102,8 @@ class QuarkPool:
 
     def add(
         self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
+        prompts: Sequence[Text],
+        responses: Sequence[Text],
         rewards: np.ndarray | Sequence[float],
     ) -> None:
         """Add samples and re-bucket the whole pool with :func:`quantile_tokens`."""
@@ -149,7 +154,7 @@ def quark_loss(
     ``KL_t = sum_v pi(v) (log pi(v) - log pi0(v))`` is the exact KL over the vocabulary between
     the policy conditioned on the quantile token and the initial policy on the plain prompt,
     in the direction of Quark's reference code (``KL(pi || pi0)``); ``H_t`` is the policy's
-    entropy (the reference code's optional bonus, 0 by default).
+    entropy (the reference code's entropy bonus; off unless ``entropy_coef > 0``).
 
     Args:
         logps: ``(B, T, V)`` finite policy log-softmax at the positions that predict the response

@@ -19,7 +19,13 @@ from transformers import PreTrainedModel
 from proxygap.analysis.diversity import distinct_n
 from proxygap.estimators.kl import sequence_kl
 from proxygap.models.logprobs import response_logprobs
-from proxygap.sampling.generate import Samples, decode_responses, encode_prompts, sample
+from proxygap.sampling.generate import (
+    Samples,
+    condition_prompts,
+    decode_responses,
+    encode_prompts,
+    sample,
+)
 
 ScoreFn = Callable[[list[str]], np.ndarray]
 
@@ -93,10 +99,18 @@ class PolicyEvaluator:
         self._init: dict[str, np.ndarray] | None = None
         self._init = self._score(self._sample(self.ref))
 
-    def _sample(self, policy: PreTrainedModel) -> Samples:
+    def _sample(
+        self,
+        policy: PreTrainedModel,
+        prefix: Sequence[int] = (),
+        vocab_size: int | None = None,
+    ) -> Samples:
+        prompt_ids = self.prompt_ids
+        if prefix:
+            prompt_ids = condition_prompts(prompt_ids, prefix, self.tokenizer.bos_token_id)
         return sample(
             policy,
-            self.prompt_ids,
+            prompt_ids,
             n_per_prompt=self.n_per_prompt,
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
@@ -104,6 +118,7 @@ class PolicyEvaluator:
             pad_id=self.tokenizer.pad_token_id,
             batch_size=self.batch_size,
             seed=self.seed,
+            vocab_size=vocab_size,
         )
 
     def _score(self, s: Samples) -> dict[str, np.ndarray]:
@@ -118,15 +133,31 @@ class PolicyEvaluator:
         return out
 
     @torch.no_grad()
-    def __call__(self, policy: PreTrainedModel) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Metrics (namespaced) and a few example samples."""
+    def __call__(
+        self,
+        policy: PreTrainedModel,
+        *,
+        prefix: Sequence[int] = (),
+        vocab_size: int | None = None,
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Metrics (namespaced) and a few example samples.
+
+        Args:
+            policy: the policy to measure.
+            prefix: token ids the policy is conditioned on, inserted right after the prompts'
+                bos (e.g. Quark's best-quantile token); the initial policy's log-probs in the
+                KL are taken on the plain prompts, so ``kl/*`` measure
+                ``KL(pi(. | prefix, x) || pi0(. | x))``.
+            vocab_size: passed to :func:`~proxygap.sampling.generate.sample`: only the policy's
+                first ``vocab_size`` logits count (the initial policy's vocabulary).
+        """
         assert self._init is not None
         was_training = policy.training
         policy.eval()
-        s = self._sample(policy)
+        s = self._sample(policy, prefix, vocab_size)
         ref_lp = response_logprobs(
             self.ref,
-            s.prompt_ids_rows(),
+            [self.prompt_ids[i] for i in s.prompt_index.tolist()],
             s.response_ids,
             s.mask,
             pad_id=self.tokenizer.pad_token_id,

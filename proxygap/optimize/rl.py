@@ -80,12 +80,12 @@ from proxygap.optimize.rl_update import (
     UpdateSettings,
     critic_values,
     logprobs_of,
-    lr_factor,
     new_critic,
     packed,
     save_checkpoint,
     update,
 )
+from proxygap.optimize.schedule import lr_factor
 from proxygap.sampling.generate import decode_responses, encode_prompts, sample
 from proxygap.schema import Strict
 

@@ -59,12 +59,14 @@ def evaluation_row(
     batch_size: int,
     window: list[dict[str, float]],
     t_start: float,
+    **eval_kw: Any,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """One history row: ``step``, ``samples_seen``, the evaluator's metrics, the means of the
     training metrics over ``window`` (the steps since the last row), ``time/wall`` and
-    ``time/eval``; and the evaluator's examples tagged with the step."""
+    ``time/eval``; and the evaluator's examples tagged with the step. ``eval_kw`` go to the
+    evaluator's call (e.g. ``prefix`` and ``vocab_size`` for a conditioned policy)."""
     t0 = time.perf_counter()
-    metrics, examples = evaluator(policy)
+    metrics, examples = evaluator(policy, **eval_kw)
     row = {"step": float(step), "samples_seen": float(step * batch_size), **metrics}
     row |= window_means(window)
     row |= {"time/wall": time.perf_counter() - t_start, "time/eval": time.perf_counter() - t0}

@@ -66,20 +66,6 @@ def critic_values(critic: PreTrainedModel, batch: Rollout, *, pad_id: int) -> Te
 
 
 # ---------------------------------------------------------------- optimiser and schedule
-def lr_factor(step: int, *, kind: str, warmup: int, total: int) -> float:
-    """Multiplier of the base learning rate before RL step ``step`` (0-based): linear warm-up
-    over ``warmup`` steps, then constant or cosine decay to 0 at ``total`` (Loshchilov and
-    Hutter 2017)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    if kind == "cosine":
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    raise ValueError(f"unknown lr schedule {kind!r}; allowed: ['constant', 'cosine']")
-
-
 # ---------------------------------------------------------------- the update
 @dataclass(frozen=True)
 class UpdateSettings:

@@ -39,7 +39,20 @@ def overoptimizes(s: Summary) -> bool:
 
 
 def _plain(arm: MitigationRunConfig) -> bool:
-    return not arm.transforms and arm.post_step is None
+    """No transform, hook, components, constraint, Quark or other start: reward and KL only."""
+    return (
+        not arm.transforms
+        and arm.post_step is None
+        and not arm.components
+        and arm.constraint is None
+        and arm.quark is None
+        and arm.reference == "base"
+    )
+
+
+def is_baseline(arm: MitigationRunConfig) -> bool:
+    """The unmitigated baseline: one member, nothing else, no KL penalty."""
+    return _plain(arm) and arm.aggregation == "single" and arm.kl_coef == 0
 
 
 def _find(arms: Sequence[MitigationRunConfig], pred: Any) -> list[MitigationRunConfig]:
@@ -185,12 +198,38 @@ def transform_claim(
     (read here as: end gold above the unmitigated baseline's, paired over seeds, and no
     turn-down in most seeds where the baseline turns down in most; one of the two: partly)."""
     head = "**Wang et al. (LSC) and Fu et al. (PAR) mitigate hacking.** "
-    base = _find(arms, lambda a: _plain(a) and a.aggregation == "single" and a.kl_coef == 0)
     tr = _find(
         arms, lambda a: a.transforms and all(t.method in ("lsc", "par") for t in a.transforms)
     )
-    if not base or not tr:
-        return head + "Not tested: the config needs an LSC or PAR arm and the plain baseline."
+    return head + _against_baseline(arms, tr, summary, histories, "an LSC or PAR arm")
+
+
+def quark_claim(
+    arms: Sequence[MitigationRunConfig],
+    summary: Mapping[str, Summary],
+    histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
+) -> str:
+    """Lu et al. 2022: Quark (reward-quantile tokens with a KL to pi0) raises reward while
+    staying close to pi0 (read here, as for the transforms: end gold above the baseline's and
+    no turn-down where the baseline turns down)."""
+    head = "**Lu et al., Quark (more reward, close to π0).** "
+    return head + _against_baseline(
+        arms, _find(arms, lambda a: a.quark is not None), summary, histories, "a Quark arm"
+    )
+
+
+def _against_baseline(
+    arms: Sequence[MitigationRunConfig],
+    tested: Sequence[MitigationRunConfig],
+    summary: Mapping[str, Summary],
+    histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
+    what_arm: str,
+) -> str:
+    """End gold minus the baseline's (paired over seeds) and turn-downs, with a verdict."""
+    base = _find(arms, is_baseline)
+    if not base or not tested:
+        return f"Not tested: the config needs {what_arm} and the plain baseline."
+    tr = tested
     b = base[0].name
     end_b = [h[-1]["reward/gold"] for h in histories[b]]
     parts, ok, partial = [], [], []
@@ -217,8 +256,76 @@ def transform_claim(
         )
     verdict = _verdict(ok) if all(ok) or not any(partial) else "partly reproduced"
     return (
-        head
-        + f"The baseline `{b}` turns down in {n_b}/{len(end_b)} seeds. "
+        f"The baseline `{b}` turns down in {n_b}/{len(end_b)} seeds. "
         + "; ".join(parts)
         + f". Verdict: **{verdict}** here."
     )
+
+
+def _end(histories: Sequence[Sequence[Mapping[str, float]]], key: str) -> list[float]:
+    return [float(h[-1][key]) for h in histories]
+
+
+def salsa_claim(
+    arms: Sequence[MitigationRunConfig],
+    summary: Mapping[str, Summary],
+    histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
+) -> str:
+    """Chegini et al. 2024 (SALSA): with the soup of two SFT models as the KL reference (and
+    start) the policy deviates further from its reference and reaches more reward than with one
+    SFT model, at the same KL coefficient (read here: training KL to the reference at the end
+    and gold at the peak, paired over seeds, both higher)."""
+    head = "**Chegini et al., SALSA (a soup reference allows larger deviation and more reward).** "
+    soup = _find(arms, lambda a: a.reference == "soup" and a.quark is None)
+    sft = [b for a in soup[:1] for b in arms if b.reference == "sft" and b.kl_coef == a.kl_coef]
+    if not soup or not sft:
+        return head + "Not tested: the config needs a soup arm and an SFT arm with one KL."
+    a, b = soup[0], sft[0]
+    kl = paired(_end(histories[a.name], "train/kl_k1"), _end(histories[b.name], "train/kl_k1"))
+    peak = paired(
+        [max(r["reward/gold"] for r in h) for h in histories[a.name]],
+        [max(r["reward/gold"] for r in h) for h in histories[b.name]],
+    )
+    verdict = _verdict([kl["lo"] > 0, peak["lo"] > 0])
+    return head + (
+        f"`{a.name}` minus `{b.name}` (KL {a.kl_coef:g}), paired over seeds: training KL to "
+        f"the own reference at the end {_ci(kl)} nats, gold at the peak {_ci(peak)}; "
+        f"turn-downs {_downs(summary[a.name])} vs {_downs(summary[b.name])}. "
+        f"Verdict: **{verdict}** here."
+    )
+
+
+def constrained_claim(
+    arms: Sequence[MitigationRunConfig],
+    summary: Mapping[str, Summary],
+    histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
+    points: Mapping[str, Mapping[str, float]],
+) -> str:
+    """Moskovitz et al. 2023: holding each component reward at its proxy point with Lagrange
+    multipliers prevents the overoptimization of the composite (read here: the constrained
+    arm does not turn down where the unconstrained composite does, and its end gold is higher,
+    paired over seeds)."""
+    head = "**Moskovitz et al., constrained RLHF (components held at proxy points).** "
+    con = _find(arms, lambda a: a.constraint is not None)
+    if not con:
+        return head + "Not tested: the config has no constrained arm."
+    parts, ok = [], []
+    for a in con:
+        assert a.constraint is not None
+        src = a.constraint.points_from
+        diff = paired(_end(histories[a.name], "reward/gold"), _end(histories[src], "reward/gold"))
+        src_down = overoptimizes(summary[src])
+        held = not overoptimizes(summary[a.name])
+        ok.append(src_down and held and diff["lo"] > 0)
+        pts = points.get(a.name, {})
+        ends = ", ".join(
+            f"{n} {fmt(float(np.mean(_end(histories[a.name], f'component/{n}'))), 2)} "
+            f"(point {fmt(v, 2)})"
+            for n, v in pts.items()
+        )
+        parts.append(
+            f"`{a.name}` vs `{src}`: end gold difference {_ci(diff)}, turn-downs "
+            f"{_downs(summary[a.name])} vs {_downs(summary[src])}; components at the end "
+            f"(standardised): {ends}"
+        )
+    return head + "; ".join(parts) + f". Verdict: **{_verdict(ok)}** here."

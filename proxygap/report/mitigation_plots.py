@@ -76,7 +76,7 @@ def plot_mitigation_std(histories: Histories, path: Path) -> None:
         ax.plot(step, s, "-", color=f"C{i % 10}", label=name)
         ax.fill_between(step, lo, hi, color=f"C{i % 10}", alpha=0.1)
     ax.set_xlabel("RL step")
-    ax.set_ylabel("member std of the centred proxy")
+    ax.set_ylabel("member std (standardised members)")
     ax.set_title("Ensemble disagreement on the policy's samples (seed mean, 95% band)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

@@ -13,9 +13,13 @@ from proxygap.report.document import Document, Heading, Image, Paragraph, Table
 from proxygap.report.format import fmt
 from proxygap.report.mitigation_claims import (
     bon_claim,
+    constrained_claim,
     frontier_claim,
+    is_baseline,
     overoptimizes,
     ppo_claim,
+    quark_claim,
+    salsa_claim,
     transform_claim,
     variance_claim,
 )
@@ -42,13 +46,25 @@ def ci(q: Mapping[str, float], digits: int = 2) -> str:
 
 
 def describe(arm: MitigationRunConfig, member: int) -> str:
-    """A short description of an RL arm."""
-    parts = [
-        f"member {member}"
-        if arm.aggregation == "single"
-        else f"ensemble {arm.aggregation}"
-        + (f" (λ {arm.uwo_lambda:g})" if arm.aggregation == "uwo" else "")
-    ]
+    """A short description of an arm."""
+    if arm.components:
+        reward = "sum of " + " + ".join(arm.components)
+    elif arm.aggregation == "single":
+        reward = f"member {member}"
+    else:
+        reward = f"ensemble {arm.aggregation}" + (
+            f" (λ {arm.uwo_lambda:g})" if arm.aggregation == "uwo" else ""
+        )
+    parts = [reward]
+    if arm.quark is not None:
+        q = arm.quark
+        parts.append(f"Quark ({q.k} quantiles, KL {q.kl_coef:g})")
+    if arm.constraint is not None:
+        c = arm.constraint
+        parts.append(f"{c.mode} constraints at the proxy points of {c.points_from}")
+    if arm.reference != "base":
+        ref = {"sft": "start and reference: SFT variant", "soup": "SALSA soup"}
+        parts.append(ref[arm.reference])
     parts += [t.method + (f" {dict(t.params)}" if t.params else "") for t in arm.transforms]
     if arm.post_step is not None:
         parts.append(f"{arm.post_step.method} {dict(arm.post_step.params)}")
@@ -81,14 +97,13 @@ def mitigation_section(
             f"is its member {m.member} alone. Gold and proxy are in units of their standard "
             "deviation over base-policy samples (proxy: the untransformed reward each arm "
             "optimises), relative to the initial policy (RL) or n = 1 (best-of-n). Intervals "
-            "are 95% Student-t intervals of the mean, over prompts for best-of-n (d at the peak: "
-            "bootstrap over prompts) and over the seeds "
-            f"{m.seeds} for RL. Ensemble std growth: the members' standard deviation on the "
-            "chosen samples at the end over its value at the start (best-of-n: n = N over "
-            "n = 1)."
+            "are 95% Student-t intervals of the mean over the seeds "
+            f"{m.seeds} (best-of-n: a fresh pool per seed; RL: one run per seed). Ensemble std "
+            "growth: the members' standard deviation on the chosen samples at the end over its "
+            "value at the start (best-of-n: n = N over n = 1)."
         )
     )
-    if result.bon:
+    if result.bon and m.bon is not None:
         curves = [v.curve for v in result.bon]
         plot_bon(curves, run.path("plots", "mitigation_bon.png"), title="best-of-n selection")
         rows = [[v.name, *_row(v.summary)] for v in result.bon]
@@ -97,16 +112,13 @@ def mitigation_section(
                 ["selection", *HEADER, "turns down?"],
                 rows,
                 caption=f"Best-of-n with the members of `{m.proxy}` (UWO λ "
-                f"{m.bon_uwo_lambda:g}); intervals over prompts",
+                f"{m.bon.uwo_lambda:g}), {m.bon.n_prompts} prompts × {m.bon.pool_size} samples "
+                "per seed; mean [95% interval over seeds]",
             ),
             Image("plots/mitigation_bon.png", "Best-of-n gold and proxy by selection rule."),
         )
     if result.histories:
-        base = next(
-            (a.name for a in m.rl if a.aggregation == "single" and not a.transforms
-             and a.post_step is None and a.kl_coef == 0),
-            None,
-        )  # fmt: skip
+        base = next((a.name for a in m.rl if is_baseline(a)), None)
         plot_mitigation_rl(result.histories, base, run.path("plots", "mitigation_rl.png"))
         plot_mitigation_std(result.histories, run.path("plots", "mitigation_std.png"))
         rows = [[a.name, describe(a, m.member), *_row(result.summary[a.name])] for a in m.rl]
@@ -115,8 +127,10 @@ def mitigation_section(
                 f"RL: {s.algo.upper()}, {s.steps} steps of {s.prompts_per_step} prompts × "
                 f"{s.group_size} samples, lr {s.lr:g}, evaluated every {s.eval_every} steps on "
                 f"{s.eval_prompts} held-out prompts × {s.eval_samples_per_prompt} samples (the "
-                "same prompts and samplers for every arm); LSC and PAR references are "
-                f"{m.reference_samples} initial-policy samples per training prompt."
+                "same prompts and samplers for every arm); LSC, PAR and Quark's initial pool use "
+                f"{m.reference_samples} initial-policy samples per training prompt. Gold and d "
+                "are measured against the base policy for every arm, so arms that start from an "
+                "SFT variant or the soup show their start at step 0."
             ),
             Table(
                 ["arm", "what", *HEADER, "seeds turning down"],
@@ -135,13 +149,30 @@ def mitigation_section(
             variance_claim(m.rl, result.summary),
             frontier_claim(m.rl, result.summary, result.histories),
             transform_claim(m.rl, result.summary, result.histories),
+            quark_claim(m.rl, result.summary, result.histories),
+            salsa_claim(m.rl, result.summary, result.histories),
+            constrained_claim(m.rl, result.summary, result.histories, result.points),
         ]
     doc.add(*[Paragraph(c) for c in claims])
+    if result.points:
+        rows = [
+            [arm, *(f"{n} {fmt(v, 3)}" for n, v in pts.items())]
+            for arm, pts in result.points.items()
+        ]
+        width = max(len(r) for r in rows)
+        doc.add(
+            Table(
+                ["arm", *[f"proxy point {i + 1}" for i in range(width - 1)]],
+                [r + [""] * (width - len(r)) for r in rows],
+                caption="Proxy points: each component (standardised) at the gold peak of the "
+                "unconstrained arm, mean over its seeds",
+            )
+        )
     doc.add(
         Paragraph(
-            "Not run in this comparison: Quark, the soup reference (SALSA) and constrained RLHF "
-            "(their building blocks are in `proxygap.mitigations`, with tests). Files: "
-            "`mitigations/<arm>/seed-<s>/history.json` (evaluation rows with `ensemble/std`), "
-            "`examples.json`, and `mitigations/summary.json` (every number of the tables)."
+            "Files: `mitigations/<arm>/seed-<s>/history.json` (evaluation rows with "
+            "`ensemble/std`, `component/*` and the trainer's metrics), `examples.json`, "
+            "`mitigations/bon/seed-<s>.npz` (the best-of-n pools' gold and member scores) and "
+            "`mitigations/summary.json` (every number of the tables)."
         )
     )

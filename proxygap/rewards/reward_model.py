@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from proxygap.losses.bradley_terry import bradley_terry_loss
 from proxygap.models.tiny import tiny_gpt2_config
+from proxygap.optimize.schedule import lr_factor
 
 
 def new_reward_model(
@@ -148,12 +149,7 @@ def train_reward_model(
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, n_steps - warmup)))
-        ),
+        opt, lambda s: lr_factor(s, kind="cosine", warmup=warmup, total=n_steps)
     )
     max_len = max_length_of(model)
     history = TrainHistory()

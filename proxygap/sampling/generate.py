@@ -53,6 +53,20 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -
     return [([bos] if bos is not None else []) + list(x) for x in ids]
 
 
+def condition_prompts(
+    prompt_ids: Sequence[Sequence[int]], prefix: Sequence[int], bos_id: int | None
+) -> list[list[int]]:
+    """Every prompt with ``prefix`` inserted right after its leading ``bos_id`` (at the front if
+    the prompt does not start with it): ``[bos] + x -> [bos] + prefix + x``. An empty prefix
+    gives copies of the prompts."""
+    out = []
+    for p in prompt_ids:
+        p = list(p)
+        head = 1 if bos_id is not None and p[:1] == [bos_id] else 0
+        out.append(p[:head] + list(prefix) + p[head:])
+    return out
+
+
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, P) left-padded ids and their attention mask."""
     width = max(len(r) for r in rows)
@@ -87,9 +101,11 @@ def _sample_batch(
     eos_id: int,
     pad_id: int,
     generator: torch.Generator,
+    vocab_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode one batch. Rows that emit eos leave the batch (and its KV cache) at once, so each
-    step costs in proportion to the rows still running, not to the whole batch."""
+    step costs in proportion to the rows still running, not to the whole batch. With
+    ``vocab_size`` only the first ``vocab_size`` logits count (see :func:`sample`)."""
     device = next(model.parameters()).device
     ids, attn = _left_pad(rows, pad_id)
     ids, attn = ids.to(device), attn.to(device)
@@ -113,6 +129,12 @@ def _sample_batch(
         )
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()  # (A, V)
+        if vocab_size is not None:
+            if vocab_size > logits.shape[-1]:
+                raise ValueError(
+                    f"vocab_size {vocab_size} exceeds the model's {logits.shape[-1]} logits"
+                )
+            logits = logits[:, :vocab_size]  # (A, vocab_size)
         logp = torch.log_softmax(logits, dim=-1)
         scaled = logp if temperature == 1.0 else torch.log_softmax(logits / temperature, dim=-1)
         u = torch.rand(scaled.shape, generator=generator, device="cpu").to(device)
@@ -154,6 +176,7 @@ def sample(
     batch_size: int = 512,
     seed: int = 0,
     progress: str | None = None,
+    vocab_size: int | None = None,
 ) -> Samples:
     """Sample ``n_per_prompt`` responses for every prompt (rows grouped by prompt).
 
@@ -163,6 +186,10 @@ def sample(
         temperature: sampling temperature (> 0); log-probs are reported at temperature 1.
         seed: seeds one CPU generator; the same seed, model and batch size give the same samples.
         progress: a description for a progress bar, or None for none.
+        vocab_size: if set, only the first ``vocab_size`` logits count: tokens are drawn from,
+            and log-probs reported under, the softmax of ``logits[..., :vocab_size]`` (e.g. a
+            policy with extra control tokens appended to its vocabulary that it must never
+            emit). ``1 <= vocab_size <=`` the width of the model's logits.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -179,6 +206,8 @@ def sample(
         raise ValueError(
             f"n_per_prompt and batch_size must be >= 1, got {n_per_prompt} and {batch_size}"
         )
+    if vocab_size is not None and vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
     gen = torch.Generator().manual_seed(seed)
     index = torch.arange(len(prompt_ids)).repeat_interleave(n_per_prompt)
     rows = [prompt_ids[i] for i in index.tolist()]
@@ -194,6 +223,7 @@ def sample(
                 eos_id=eos_id,
                 pad_id=pad_id,
                 generator=gen,
+                vocab_size=vocab_size,
             )
         )
     width = max(p[0].shape[1] for p in parts)

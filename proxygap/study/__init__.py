@@ -75,7 +75,7 @@ def run_study(
             )
             env.timings["wellformed_pool"] = float(env.task.wellformed(pool_texts).mean())
     rl_runs = stage_rl(env, held, gold_scale)
-    mitigations = stage_mitigations(env, held, gold_scale)
+    mitigations = stage_mitigations(env, train, held, gold_scale)
     daa = stage_daa(env, train, held, gold_scale)
     env.timings["wall_seconds"] = time.perf_counter() - t_start
     write_report(

@@ -105,7 +105,7 @@ def proxy_members(env: Env, proxy: ProxyConfig) -> list[PreTrainedModel]:
     ]
 
 
-def _save_model(model: PreTrainedModel, tokenizer: Tokenizer, folder: Path) -> None:
+def save_model(model: PreTrainedModel, tokenizer: Tokenizer, folder: Path) -> None:
     """Save a model folder atomically: write beside it, then rename."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
@@ -126,13 +126,26 @@ def stage_proxy(env: Env, proxy: ProxyConfig, train: Pairs) -> None:
     if proxy.path or env.run.done(stage):
         return
     n = proxy.n_pairs or len(train)
-    share = relabel(
-        train.subset(np.arange(n)),
-        mode=proxy.labels,
-        temperature=proxy.bt_temperature,
-        noise=proxy.label_noise,
-        seed=proxy.seed + 7 * env.cfg.seed,
-    )
+    share = train.subset(np.arange(n))
+    label = {
+        "mode": proxy.labels,
+        "temperature": proxy.bt_temperature,
+        "noise": proxy.label_noise,
+        "seed": proxy.seed + 7 * env.cfg.seed,
+    }
+    if proxy.target == "gold":
+        share = relabel(share, **label)
+    else:  # one component of gold labels the pairs (constrained RLHF's component proxies)
+        score = env.task.components[proxy.target]
+        a, b = share.chosen, share.rejected
+        share = label_pairs(
+            share.prompt,
+            a,
+            b,
+            score(env.task.join(share.prompt, a)),
+            score(env.task.join(share.prompt, b)),
+            **label,
+        )
     chosen = env.task.join(share.prompt, share.chosen)
     rejected = env.task.join(share.prompt, share.rejected)
     info: dict[str, Any] = {"members": []}
@@ -156,7 +169,7 @@ def stage_proxy(env: Env, proxy: ProxyConfig, train: Pairs) -> None:
             ),
             progress=f"train proxy {proxy.name} [{k + 1}/{proxy.ensemble}]",
         )
-        _save_model(model, env.tokenizer, env.run.path("proxies", proxy.name, f"member-{k}"))
+        save_model(model, env.tokenizer, env.run.path("proxies", proxy.name, f"member-{k}"))
         info["members"].append(
             {"seed": seed, "seconds": hist.seconds, "final_loss": float(np.mean(hist.loss[-20:]))}
         )

@@ -1,9 +1,9 @@
 """The numbers of the mitigation table: per-run quantities and 95% intervals.
 
-Every quantity is computed per unit (an RL run of one seed, or one best-of-n prompt) and then
-summarised by its mean and a Student-t interval ``mean ± t_{0.975, n-1} * s / sqrt(n)`` (``s``
-the sample standard deviation, ``ddof = 1``), as the table of a benchmark over seeds is in
-CleanRL. Quantities (gold and proxy as described in :mod:`proxygap.study.mitigations`):
+Every quantity is computed per unit (an RL run of one seed, or the best-of-n pool of one seed)
+and then summarised by its mean and a Student-t interval ``mean ± t_{0.975, n-1} * s /
+sqrt(n)`` (``s`` the sample standard deviation, ``ddof = 1``), as the table of a benchmark over
+seeds is in CleanRL. Quantities (gold and proxy as described in :mod:`proxygap.study.mitigations`):
 
 - ``gold_peak``: the highest gold over the evaluation points (RL) or over n (best-of-n);
 - ``gold_end``: gold at the last evaluation (RL) or at n = N (best-of-n);
@@ -13,13 +13,12 @@ CleanRL. Quantities (gold and proxy as described in :mod:`proxygap.study.mitigat
 - ``std_growth``: ensemble member standard deviation at the end over its value at the start;
 - ``turned_down``: 1 if the drop exceeds twice its standard error (RL: ``sqrt(se_peak^2 +
   se_end^2)`` from the evaluator, the report's turn-down test; best-of-n: the standard error
-  over prompts of the per-prompt drop), else 0; its mean is the fraction of seeds (RL) that
-  overoptimize. The peak is the largest of noisy values, so
-  ``drop`` itself is biased upwards and is not a test.
+  over prompts of the per-prompt drop), else 0; its mean is the fraction of seeds that
+  overoptimize. The peak is the largest of noisy values, so ``drop`` itself is biased upwards
+  and is not a test.
 
-For best-of-n the peak is the argmax of the mean curve over prompts, and each prompt
-contributes its values at that n; ``d_peak`` is then one number, and its interval is a
-percentile bootstrap over prompts (the argmax of resampled mean curves).
+Units are seeds for both: an RL run, or a best-of-n pool
+(:func:`proxygap.study.mitigation_bon.bon_seed_quantities`).
 """
 
 from __future__ import annotations
@@ -76,40 +75,17 @@ def summarise_runs(runs: Sequence[Mapping[str, float]]) -> dict[str, dict[str, f
     return {q: t_interval([r[q] for r in runs]) for q in QUANTITIES}
 
 
-def bon_summary(
-    per_prompt: np.ndarray, d: np.ndarray, *, n_boot: int = 1000, seed: int = 0
-) -> dict[str, dict[str, float]]:
-    """Best-of-n quantities with intervals over prompts.
-
-    Args:
-        per_prompt: ``(P, J, 3)`` expected gold, proxy (SD units) and member std of the pick at
-            each of ``J`` values of n (the first n = 1), per prompt.
-        d: ``(J,)`` ``sqrt(KL_bon(n))``.
-    """
-    nan = float("nan")
-    if per_prompt.ndim != 3 or per_prompt.shape[2] != 3 or per_prompt.shape[1] != len(d):
-        raise ValueError(f"per_prompt must be (P, J={len(d)}, 3), got {per_prompt.shape}")
-    gold = per_prompt[..., 0] - per_prompt[:, :1, 0]  # (P, J) relative to n = 1
-    proxy = per_prompt[..., 1] - per_prompt[:, :1, 1]
-    std = per_prompt[..., 2]
-    k = int(np.argmax(gold.mean(axis=0)))
-    P = gold.shape[0]
-    drop = gold[:, k] - gold[:, -1]
-    drop_se = float(drop.std(ddof=1) / np.sqrt(P)) if P > 1 else 0.0
-    rng = np.random.default_rng(seed)
-    boot = d[np.argmax(gold[rng.integers(0, P, size=(n_boot, P))].mean(axis=1), axis=1)]
-    d_peak = {
-        "mean": float(d[k]),
-        "lo": float(np.quantile(boot, 0.025)),
-        "hi": float(np.quantile(boot, 0.975)),
-        "n": int(P),
-    }
-    return {
-        "gold_peak": t_interval(gold[:, k]),
-        "gold_end": t_interval(gold[:, -1]),
-        "d_peak": d_peak,
-        "drop": t_interval(drop),
-        "gap_end": t_interval(proxy[:, -1] - gold[:, -1]),
-        "std_growth": t_interval(std[:, -1] / std[:, 0]),
-        "turned_down": {"mean": float(drop.mean() > 2 * drop_se), "lo": nan, "hi": nan, "n": 1},
-    }
+def proxy_points(runs: Sequence[Sequence[Mapping[str, float]]], names: Sequence[str]) -> np.ndarray:
+    """Constrained RLHF's proxy points (Moskovitz et al. 2023): the value of every component
+    ``component/<name>`` at the gold peak of each run (its evaluation with the highest gold),
+    averaged over ``runs`` (the seeds of an unconstrained arm); ``(C,)``."""
+    if not runs:
+        raise ValueError("no runs to take proxy points from")
+    values = []
+    for history in runs:
+        k = int(np.argmax(_col(history, "reward/gold")))
+        missing = [n for n in names if f"component/{n}" not in history[k]]
+        if missing:
+            raise ValueError(f"the runs do not record components {missing}")
+        values.append([float(history[k][f"component/{n}"]) for n in names])
+    return np.asarray(values).mean(axis=0)

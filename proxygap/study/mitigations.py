@@ -1,31 +1,35 @@
 """Study stage 8: mitigations of overoptimization compared on equal footing (METHODS.md §4).
 
 One ensemble proxy of the study (Coste et al. 2023: 5 members differing by seed, 25% label
-noise) supplies every reward. Its baseline is a single member (``member``), unmitigated.
+noise) supplies the rewards; the baseline is a single member (``member``), unmitigated.
 
-- **Best-of-n**: the pool's member scores (``scores.npz``) select with the single member and
-  with each ensemble aggregation of ``bon`` (mean, WCO, UWO with ``bon_uwo_lambda``, 0.5 in
-  Coste et al.'s best-of-n). Intervals are over prompts.
-- **RL**: every arm of ``rl`` (aggregation, reward transforms, post-step hook, KL coefficient) is
-  trained with every seed of ``seeds`` on the same prompts and settings, one resumable stage
-  ``mitigation:<name>:<seed>`` each, writing ``mitigations/<name>/seed-<s>/history.json``.
-  Intervals are over seeds.
+- **Best-of-n** (:mod:`proxygap.study.mitigation_bon`): for every seed a fresh pool; the single
+  member and each ensemble aggregation select from it. Intervals are over seeds.
+- **Arms** (:mod:`proxygap.study.mitigation_arms`): every arm of ``rl`` (reward, transforms,
+  post-step hook, KL coefficient and reference, constraint, or Quark) is trained with every
+  seed on the same prompts and settings, one resumable stage ``mitigation:<name>:<seed>`` each,
+  writing ``mitigations/<name>/seed-<s>/history.json``. Intervals are over seeds. Arms with a
+  constraint run after the arm their proxy points come from. With ``runtime.workers > 1`` the
+  runs go to that many forked processes (Linux); each run seeds itself, so the results do not
+  depend on the number of workers.
 
 Units. Gold is in units of its standard deviation over base-policy samples (the held-out pair
-responses), relative to the initial policy (RL) or to n = 1 (best-of-n). The proxy reported is
-the untransformed reward each arm optimises (single member or aggregation, members centred on
-the same base samples), in units of its own standard deviation over those samples, so
-``proxy - gold`` (the proxy-gold gap) compares like with like. ``ensemble/std`` is the mean over
-samples of the population standard deviation of the K centred members, measured for every arm
-(the baseline included) on the evaluator's samples; its growth is the ratio of its value at the
-last evaluation to its value at step 0 (Coste et al. Fig. 7: it grows several-fold under mean
+responses), relative to the base policy (RL) or to n = 1 (best-of-n). The proxy reported is the
+untransformed reward each arm optimises in units of its own standard deviation over those
+samples, so ``proxy - gold`` (the proxy-gold gap) compares like with like. ``ensemble/std`` is
+the mean over samples of the population standard deviation of the K members (each
+standardised on base-policy samples, :mod:`proxygap.study.mitigation_scoring`), measured
+for every arm on the evaluator's samples; its growth is the ratio of its value at the last
+evaluation to its value at step 0 (Coste et al. Fig. 7: it grows several-fold under mean
 optimisation and stays nearly flat under UWO).
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,43 +38,22 @@ import torch
 
 from proxygap.config import MitigationRunConfig, MitigationStudyConfig
 from proxygap.data.preferences import Pairs
-from proxygap.estimators.bon import best_of_n
-from proxygap.optimize.bon import BonCurve, bon_curve, log_spaced_ns
-from proxygap.optimize.rl import RLHooks
-from proxygap.optimize.rl_hooks import no_post_step
-from proxygap.rewards.ensemble import aggregate
-from proxygap.rewards.reward_model import score_texts
 from proxygap.store.atomic import atomic_write_json
-from proxygap.study.data import proxy_members
-from proxygap.study.env import Env, reference_texts, sample_responses
-from proxygap.study.mitigation_hooks import NEEDS_REFERENCES, build_post_step, build_transform
+from proxygap.study.env import Env, sample_responses
+from proxygap.study.mitigation_arms import ArmContext, References, needs_references, run_arm
+from proxygap.study.mitigation_bon import BonVariant, stage_mitigation_bon
+from proxygap.study.mitigation_scoring import MemberScorer
 from proxygap.study.mitigation_stats import (
     QUANTITIES,
-    bon_summary,
+    proxy_points,
     rl_run_quantities,
     summarise_runs,
 )
-from proxygap.study.rl import train_from_base
+from proxygap.study.sft import stage_sft
 
-__all__ = ["BonVariant", "MitigationResult", "aggregate_members", "stage_mitigations"]
+__all__ = ["MitigationResult", "stage_mitigations"]
 
-
-def aggregate_members(members: np.ndarray, method: str, *, member: int, lam: float) -> np.ndarray:
-    """``(..., K)`` centred member scores -> ``(...)``: member ``member`` alone for ``"single"``,
-    else the ensemble aggregation (UWO with ``lam``)."""
-    if method == "single":
-        return members[..., member]
-    shape = members.shape[:-1]
-    flat = torch.from_numpy(np.ascontiguousarray(members.reshape(-1, members.shape[-1])))
-    kw = {"lam": lam} if method == "uwo" else {}
-    return aggregate(flat, method, **kw).numpy().reshape(shape)
-
-
-@dataclass
-class BonVariant:
-    name: str
-    curve: BonCurve
-    summary: dict[str, dict[str, float]]
+Task = tuple[MitigationRunConfig, int, np.ndarray | None]  # arm, seed, proxy points
 
 
 @dataclass
@@ -79,88 +62,14 @@ class MitigationResult:
     bon: list[BonVariant] = field(default_factory=list)
     histories: dict[str, list[list[dict[str, float]]]] = field(default_factory=dict)
     summary: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    points: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> component -> point
 
 
-# ---------------------------------------------------------------- best-of-n
-def bon_variants(
-    scores: dict[str, np.ndarray], m: MitigationStudyConfig, *, gold_scale: float, ns: np.ndarray
-) -> list[BonVariant]:
-    """Best-of-n with each selection variant, from the pool's member scores (P, N, K)."""
-    pool, ref = scores[m.proxy], scores[f"ref:{m.proxy}"]
-    centre = ref.mean(axis=0)  # (K,)
-    pool_c, ref_c = pool - centre, ref - centre
-    gold = scores["gold"] / gold_scale  # (P, N)
-    std = pool_c.std(axis=-1)  # (P, N) population std across members
-    out = []
-    for method in ["single", *m.bon]:
-        lam = m.bon_uwo_lambda
-        select = aggregate_members(pool_c, method, member=m.member, lam=lam)
-        scale = float(aggregate_members(ref_c, method, member=m.member, lam=lam).std()) or 1.0
-        values = np.stack([gold, select / scale, std], axis=-1)  # (P, N, 3)
-        curve = bon_curve(method, select, gold, ns=ns)
-        res = best_of_n(
-            torch.from_numpy(select), torch.from_numpy(values), torch.from_numpy(curve.ns)
-        )
-        summary = bon_summary(res.per_prompt.numpy(), curve.d)
-        out.append(BonVariant(method, curve, summary))
-    return out
-
-
-# ---------------------------------------------------------------- RL
-class MemberScorer:
-    """Centred member scores ``texts -> (B, K)``, members centred on base-policy samples."""
-
-    def __init__(self, env: Env, held: Pairs, proxy_name: str) -> None:
-        proxy = next(p for p in env.cfg.proxies if p.name == proxy_name)
-        self.models = proxy_members(env, proxy)
-        self.env = env
-        ref = self.raw(reference_texts(env, held))
-        self.centre = ref.mean(axis=0)
-        self.ref = ref - self.centre  # (M, K)
-
-    def raw(self, texts: list[str], which: list[int] | None = None) -> np.ndarray:
-        bs, tok = self.env.cfg.runtime.score_batch_size, self.env.tokenizer
-        idx = range(len(self.models)) if which is None else which
-        cols = [score_texts(self.models[k], tok, texts, batch_size=bs) for k in idx]
-        return np.stack(cols, axis=1).astype(np.float64)
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        return self.raw(texts) - self.centre
-
-
-class EvalProxy:
-    """``texts -> (B,)``: the arm's untransformed reward in units of its standard deviation on
-    base-policy samples; every call appends ``ensemble/std`` (mean over the texts of the
-    population std across the K centred members) to ``stds``."""
-
-    def __init__(self, scorer: MemberScorer, method: str, *, member: int, lam: float) -> None:
-        self.scorer, self.method, self.member, self.lam = scorer, method, member, lam
-        self.scale = float(self._reward(scorer.ref).std()) or 1.0
-        self.stds: list[float] = []
-
-    def _reward(self, cols: np.ndarray) -> np.ndarray:
-        return aggregate_members(cols, self.method, member=self.member, lam=self.lam)
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        cols = self.scorer(list(texts))  # (B, K)
-        self.stds.append(float(cols.std(axis=1).mean()))
-        return self._reward(cols) / self.scale
-
-
-def _train_reward(scorer: MemberScorer, arm: MitigationRunConfig, member: int) -> Any:
-    if arm.aggregation == "single":
-        c = scorer.centre[member]
-        return lambda texts: scorer.raw(list(texts), [member])[:, 0] - c
-    return lambda texts: aggregate_members(
-        scorer(list(texts)), arm.aggregation, member=member, lam=arm.uwo_lambda
-    )
-
-
-def _references(
-    env: Env, scorer: MemberScorer, prompts: list[str], m: MitigationStudyConfig
-) -> tuple[list[str], np.ndarray]:
+def _references(env: Env, members: MemberScorer, prompts: list[str]) -> References:
     """``reference_samples`` initial-policy samples of every distinct training prompt, scored
-    by every member: the distinct prompts and their ``(P, M, K)`` centred scores."""
+    by every member."""
+    m = env.cfg.mitigations
+    assert m is not None
     unique = list(dict.fromkeys(prompts))
     M = m.reference_samples
     responses = sample_responses(
@@ -173,93 +82,96 @@ def _references(
         desc=None,
     )
     texts = env.task.join([unique[i // M] for i in range(len(responses))], responses)
-    return unique, scorer(texts).reshape(len(unique), M, -1)
+    return References(unique, responses, texts, members(texts).reshape(len(unique), M, -1))
 
 
-def _run_arm(
-    env: Env,
-    arm: MitigationRunConfig,
-    seed: int,
-    *,
-    scorer: MemberScorer,
-    gold_scale: float,
-    prompts: list[str],
-    refs: tuple[list[str], np.ndarray] | None,
-) -> list[dict[str, float]]:
-    m = env.cfg.mitigations
-    assert m is not None
-    folder = env.run.dir / "mitigations" / arm.name / f"seed-{seed}"
-    stage = f"mitigation:{arm.name}:{seed}"
-    if env.run.done(stage):
-        return json.loads((folder / "history.json").read_text())
-    cfg = m.settings.model_copy(update={"kl_coef": arm.kl_coef, "seed": seed})
-    policy = copy.deepcopy(env.policy).train()
-    proxy = EvalProxy(scorer, arm.aggregation, member=m.member, lam=arm.uwo_lambda)
-    ref_rewards = None
-    if refs is not None and any(t.method in NEEDS_REFERENCES for t in arm.transforms):
-        unique, member_scores = refs
-        r = aggregate_members(member_scores, arm.aggregation, member=m.member, lam=arm.uwo_lambda)
-        ref_rewards = {p: r[i] for i, p in enumerate(unique)}
-    transform = build_transform(arm.transforms, ref_rewards=ref_rewards, group_size=cfg.group_size)
-    post_step = build_post_step(arm.post_step, policy=policy) or no_post_step
-    env.log(f"RL ({cfg.algo}) mitigation {arm.name}, seed {seed}")
-    result = train_from_base(
-        env,
-        cfg,
-        reward_fn=_train_reward(scorer, arm, m.member),
-        eval_proxy=proxy,
-        prompts=prompts,
-        gold_scale=gold_scale,
-        eval_seed=env.cfg.seed * 1000 + 7,
-        hooks=RLHooks(transform=transform, post_step=post_step),
-        policy=policy,
-    )
-    history = result.history
-    stds = proxy.stds[1:]  # the first call scored the initial policy's samples
-    if len(stds) != len(history):
-        raise RuntimeError(f"{len(stds)} ensemble measurements for {len(history)} evaluations")
-    for row, s in zip(history, stds, strict=True):
-        row["ensemble/std"] = s
-    atomic_write_json(folder / "history.json", history)
-    atomic_write_json(folder / "examples.json", result.examples)
-    env.run.mark_done(stage, {"mitigation": arm.name, "seed": seed})
-    return history
+# ---------------------------------------------------------------- running the arms
+_CONTEXT: ArmContext | None = None  # what a forked worker inherits
 
 
-def stage_mitigations(env: Env, held: Pairs, gold_scale: float) -> MitigationResult | None:
-    """Best-of-n variants and every (arm, seed) RL run; writes ``mitigations/summary.json``."""
+def _work(arm: MitigationRunConfig, seed: int, points: np.ndarray | None) -> list[dict[str, Any]]:
+    assert _CONTEXT is not None
+    torch.set_num_threads(_CONTEXT.env.cfg.runtime.threads or 1)
+    return run_arm(_CONTEXT, arm, seed, points=points)
+
+
+def _stage(arm: MitigationRunConfig, seed: int) -> str:
+    return f"mitigation:{arm.name}:{seed}"
+
+
+def _run(ctx: ArmContext, tasks: list[Task]) -> None:
+    """Run the tasks (none of them done yet), marking each stage done as it finishes."""
+    global _CONTEXT
+    env = ctx.env
+    workers = min(env.cfg.runtime.workers, len(tasks))
+
+    def finished(arm: MitigationRunConfig, seed: int) -> None:
+        env.run.mark_done(_stage(arm, seed), {"mitigation": arm.name, "seed": seed})
+
+    if workers <= 1 or not sys.platform.startswith("linux"):
+        if workers > 1:
+            env.log("runtime.workers > 1 needs Linux (fork); running the arms one at a time")
+        for arm, seed, points in tasks:
+            env.log(f"mitigation {arm.name}, seed {seed}")
+            run_arm(ctx, arm, seed, points=points)
+            finished(arm, seed)
+        return
+    env.log(f"{len(tasks)} mitigation runs on {workers} worker processes")
+    _CONTEXT = ctx
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = {pool.submit(_work, *t): t for t in tasks}
+        for fut in as_completed(futures):
+            arm, seed, _ = futures[fut]
+            fut.result()  # a failed run raises here; finished runs stay marked
+            finished(arm, seed)
+            env.log(f"mitigation {arm.name}, seed {seed}: done")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _CONTEXT = None
+
+
+def _histories(env: Env, arm: MitigationRunConfig, seeds: list[int]) -> list[list[dict]]:
+    folder = env.run.dir / "mitigations" / arm.name
+    return [json.loads((folder / f"seed-{s}" / "history.json").read_text()) for s in seeds]
+
+
+def stage_mitigations(
+    env: Env, train: Pairs, held: Pairs, gold_scale: float
+) -> MitigationResult | None:
+    """Best-of-n variants and every (arm, seed) run; writes ``mitigations/summary.json``."""
     m = env.cfg.mitigations
     if m is None:
         return None
     out = MitigationResult(m)
-    bon = env.cfg.bon
-    if bon is not None and env.run.path("scores.npz").is_file():
-        with np.load(env.run.path("scores.npz")) as z:
-            scores = {k: z[k] for k in z.files}
-        ns = log_spaced_ns(bon.pool_size, bon.n_points)
-        out.bon = bon_variants(scores, m, gold_scale=gold_scale, ns=ns)
+    members = MemberScorer(env, held, m.proxy)
+    out.bon = stage_mitigation_bon(env, members, m, gold_scale=gold_scale)
     if m.rl:
-        scorer = MemberScorer(env, held, m.proxy)
+        policies = {"base": env.policy}
+        if m.sft is not None:
+            policies |= stage_sft(env, train, m.sft)
         s = m.settings
         prompts = env.task.prompts(s.steps * s.prompts_per_step, seed=env.cfg.seed * 1000 + 8)
-        refs = None  # sampled once, only if a run that needs them is still to do
+        ctx = ArmContext(env, members, gold_scale, prompts, policies, held=held)
+        todo = [(a, seed) for a in m.rl for seed in m.seeds if not env.run.done(_stage(a, seed))]
+        if any(needs_references(a) for a, _ in todo):
+            ctx.refs = _references(env, members, prompts)
+        # constrained arms need the proxy points of an arm of the first wave
+        for wave in ([a for a in m.rl if a.constraint is None], [a for a in m.rl if a.constraint]):
+            tasks: list[Task] = []
+            for arm in wave:
+                points = None
+                if arm.constraint is not None:
+                    source = out.histories[arm.constraint.points_from]
+                    values = proxy_points(source, arm.components)
+                    out.points[arm.name] = dict(zip(arm.components, values.tolist(), strict=True))
+                    points = values
+                tasks += [(arm, seed, points) for a, seed in todo if a is arm]
+            if tasks:
+                _run(ctx, tasks)
+            for arm in wave:
+                out.histories[arm.name] = _histories(env, arm, m.seeds)
         for arm in m.rl:
-            needs = any(t.method in NEEDS_REFERENCES for t in arm.transforms)
-            out.histories[arm.name] = []
-            for seed in m.seeds:
-                if needs and refs is None and not env.run.done(f"mitigation:{arm.name}:{seed}"):
-                    refs = _references(env, scorer, prompts, m)
-                out.histories[arm.name].append(
-                    _run_arm(
-                        env,
-                        arm,
-                        seed,
-                        scorer=scorer,
-                        gold_scale=gold_scale,
-                        prompts=prompts,
-                        refs=refs,
-                    )  # fmt: skip
-                )
             runs = [rl_run_quantities(h) for h in out.histories[arm.name]]
             out.summary[arm.name] = summarise_runs(runs)
     atomic_write_json(
@@ -267,7 +179,9 @@ def stage_mitigations(env: Env, held: Pairs, gold_scale: float) -> MitigationRes
         {
             "quantities": list(QUANTITIES),
             "bon": {v.name: v.summary for v in out.bon},
+            "bon_runs": {v.name: v.runs for v in out.bon},
             "rl": out.summary,
+            "proxy_points": out.points,
             "seeds": m.seeds,
         },
     )

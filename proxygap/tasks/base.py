@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,9 @@ class Task:
 
     ``gold`` maps full texts (prompt, separator, response) to gold rewards (float64 array);
     ``prompts(n, seed)`` gives held-out prompts; ``wellformed`` (optional) tells which full texts
-    the task's grammar accepts; ``policy_path`` and ``tokenizer_path`` are Hugging
-    Face folders loadable with ``from_pretrained``.
+    the task's grammar accepts; ``components`` (optional) names parts of gold, each a reward of
+    its own (component proxies for constrained RLHF are trained on them); ``policy_path`` and
+    ``tokenizer_path`` are Hugging Face folders loadable with ``from_pretrained``.
     """
 
     name: str
@@ -27,6 +28,7 @@ class Task:
     gold: GoldFn
     prompts: Callable[..., list[str]]
     wellformed: Callable[[Sequence[str]], np.ndarray] | None = None  # (B,) bool, if defined
+    components: Mapping[str, GoldFn] = field(default_factory=dict)
     separator: str = " "
     max_new_tokens: int = 40
     description: str = ""

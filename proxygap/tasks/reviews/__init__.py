@@ -2,7 +2,7 @@
 
 from proxygap.tasks.base import Task
 from proxygap.tasks.reviews.build import ASSETS
-from proxygap.tasks.reviews.gold import gold_score, wellformed
+from proxygap.tasks.reviews.gold import COMPONENTS, gold_score, wellformed
 from proxygap.tasks.reviews.grammar import sample_prompts
 
 TASK = Task(
@@ -12,6 +12,7 @@ TASK = Task(
     gold=gold_score,
     prompts=sample_prompts,
     wellformed=wellformed,
+    components=COMPONENTS,
     separator=" ",
     max_new_tokens=40,
     description=(

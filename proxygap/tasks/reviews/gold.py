@@ -25,7 +25,7 @@ The best review under gold is one short, emphatic, well-formed positive clause
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,6 +150,37 @@ def gold_score(texts: Sequence[str]) -> np.ndarray:
             value = cache[text] = gold_facets(text).total
         out[k] = value
     return out
+
+
+def _facet_scores(texts: Sequence[str], value: Callable[[GoldFacets], float]) -> np.ndarray:
+    cache: dict[str, float] = {}
+    out = np.empty(len(texts), dtype=np.float64)
+    for k, text in enumerate(texts):
+        v = cache.get(text)
+        if v is None:
+            v = cache[text] = value(gold_facets(text))
+        out[k] = v
+    return out
+
+
+def sentiment_score(texts: Sequence[str]) -> np.ndarray:
+    """Gold's sentiment facet (negation, "but" weights) of each text; 0 if it does not parse."""
+    return _facet_scores(texts, lambda f: f.sentiment)
+
+
+def concision_score(texts: Sequence[str]) -> np.ndarray:
+    """Minus gold's repetition and rambling penalties; 0 if the text does not parse."""
+    return _facet_scores(texts, lambda f: -(f.repetition + f.rambling))
+
+
+def form_score(texts: Sequence[str]) -> np.ndarray:
+    """0 for a well-formed text, :data:`UNPARSEABLE` otherwise."""
+    return _facet_scores(texts, lambda f: 0.0 if f.parsed else UNPARSEABLE)
+
+
+COMPONENTS = {"sentiment": sentiment_score, "concision": concision_score, "form": form_score}
+"""Gold's facets as separate rewards; they add up to gold exactly (``sentiment + concision +
+form = gold_score``). Constrained RLHF (Moskovitz et al. 2023) trains one proxy per component."""
 
 
 def wellformed(texts: Sequence[str]) -> np.ndarray:

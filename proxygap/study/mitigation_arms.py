@@ -1,0 +1,196 @@
+"""One arm of the mitigation study, for one seed: its reward, hooks, start and trainer.
+
+Every arm starts from a fresh copy of its start policy (the base policy, or an SFT variant or
+their soup for ``reference: sft | soup``), trains on the same prompts with the same settings
+(RL recipe, or Quark for ``quark`` arms) and is measured by the same evaluator, whose initial
+policy is always the base policy: gold and ``d`` of every arm are relative to it, so arms that
+start elsewhere show their start at step 0. What differs between arms is only what the arm's
+config names:
+
+- the reward: one member (the unmitigated baseline), an ensemble aggregation (Coste et al.
+  2023), or the sum of standardised component proxies (constrained RLHF);
+- reward transforms (LSC, PAR, length penalty, DARLING; :mod:`proxygap.study.mitigation_hooks`)
+  and a post-step hook (Elastic Reset);
+- a constraint (Moskovitz et al. 2023): Lagrange multipliers hold each component at its proxy
+  point, the transform's multipliers and violations are logged as ``constraint/*``;
+- the KL coefficient and reference (the start policy; SALSA's soup).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from proxygap.config import MitigationRunConfig, MitigationStudyConfig
+from proxygap.mitigations import make_transform
+from proxygap.optimize.quark import train_quark
+from proxygap.optimize.rl import RLHooks, rl_evaluator, train_rl
+from proxygap.optimize.rl_hooks import no_post_step
+from proxygap.optimize.rl_record import RLResult
+from proxygap.store.atomic import atomic_write_json
+from proxygap.study.env import Env
+from proxygap.study.mitigation_hooks import NEEDS_REFERENCES, build_post_step, build_transform
+from proxygap.study.mitigation_scoring import (
+    ComponentScorer,
+    EvalProbe,
+    MemberScorer,
+    aggregate_members,
+)
+
+ScoreFn = Callable[[Sequence[str]], np.ndarray]
+
+
+@dataclass
+class References:
+    """``reference_samples`` initial-policy samples of every distinct training prompt:
+    ``prompts`` (P), ``responses`` (P * M, grouped by prompt), ``texts`` (joined) and the
+    members' standardised scores ``(P, M, K)``."""
+
+    prompts: list[str]
+    responses: list[str]
+    texts: list[str]
+    members: np.ndarray
+
+
+@dataclass
+class ArmContext:
+    """What every arm shares: the study, its scorers, prompts, references and start policies."""
+
+    env: Env
+    members: MemberScorer
+    gold_scale: float
+    prompts: list[str]
+    policies: dict[str, PreTrainedModel]  # "base", and "sft", "soup" when the study has them
+    refs: References | None = None
+    components: dict[tuple[str, ...], ComponentScorer] = field(default_factory=dict)
+    held: Any = None
+
+    @property
+    def study(self) -> MitigationStudyConfig:
+        m = self.env.cfg.mitigations
+        assert m is not None
+        return m
+
+    def component_scorer(self, arm: MitigationRunConfig) -> ComponentScorer | None:
+        if not arm.components:
+            return None
+        key = tuple(arm.components)
+        if key not in self.components:
+            self.components[key] = ComponentScorer(self.env, self.held, arm.components)
+        return self.components[key]
+
+
+def train_reward(ctx: ArmContext, arm: MitigationRunConfig) -> ScoreFn:
+    """``texts -> (B,)`` the untransformed reward the arm optimises (members standardised)."""
+    comps = ctx.component_scorer(arm)
+    if comps is not None:
+        return lambda texts: comps(texts).sum(axis=1)
+    k = ctx.study.member
+    if arm.aggregation == "single":
+        return lambda texts: ctx.members.member(k, texts)
+    return lambda texts: aggregate_members(
+        ctx.members(texts), arm.aggregation, member=k, lam=arm.uwo_lambda
+    )
+
+
+def reference_rewards(ctx: ArmContext, arm: MitigationRunConfig) -> np.ndarray:
+    """The arm's reward on the reference samples, ``(P, M)``."""
+    refs = ctx.refs
+    if refs is None:
+        raise ValueError(f"arm {arm.name!r} needs the initial-policy reference samples")
+    comps = ctx.component_scorer(arm)
+    if comps is not None:
+        return comps(refs.texts).sum(axis=1).reshape(len(refs.prompts), -1)
+    return aggregate_members(
+        refs.members, arm.aggregation, member=ctx.study.member, lam=arm.uwo_lambda
+    )
+
+
+def needs_references(arm: MitigationRunConfig) -> bool:
+    return arm.quark is not None or any(t.method in NEEDS_REFERENCES for t in arm.transforms)
+
+
+def _hooks(
+    ctx: ArmContext,
+    arm: MitigationRunConfig,
+    policy: PreTrainedModel,
+    points: np.ndarray | None,
+    group_size: int,
+) -> RLHooks:
+    ref_rewards = None
+    if any(t.method in NEEDS_REFERENCES for t in arm.transforms):
+        r = reference_rewards(ctx, arm)
+        ref_rewards = {p: r[i] for i, p in enumerate(ctx.refs.prompts)}  # type: ignore[union-attr]
+    transform = build_transform(arm.transforms, ref_rewards=ref_rewards, group_size=group_size)
+    post_step = build_post_step(arm.post_step, policy=policy) or no_post_step
+    c = arm.constraint
+    if c is None:
+        return RLHooks(transform=transform, post_step=post_step)
+    if arm.transforms or arm.post_step is not None:
+        raise ValueError(f"arm {arm.name!r}: a constraint replaces transforms and post-step hooks")
+    if points is None:
+        raise ValueError(f"arm {arm.name!r} needs the proxy points of {c.points_from!r}")
+    constrained = make_transform(
+        "constrained",
+        components=ctx.component_scorer(arm),
+        thresholds=points,
+        lr=c.lr,
+        mode=c.mode,
+        objective=c.objective,
+    )
+    return RLHooks(transform=constrained, post_step=lambda **_: dict(constrained.metrics))
+
+
+def run_arm(
+    ctx: ArmContext, arm: MitigationRunConfig, seed: int, *, points: np.ndarray | None = None
+) -> list[dict[str, Any]]:
+    """Train one arm with one seed; write its ``history.json`` and ``examples.json`` (the
+    caller marks the stage done) and return the history. ``points``: the proxy points of a
+    constrained arm."""
+    env, m = ctx.env, ctx.study
+    cfg = m.settings.model_copy(update={"kl_coef": arm.kl_coef, "seed": seed})
+    start = ctx.policies[arm.reference]
+    torch.manual_seed(seed)
+    policy = copy.deepcopy(start).train()
+    probe = EvalProbe(ctx.members, arm, member=m.member, components=ctx.component_scorer(arm))
+    evaluator = rl_evaluator(
+        env.policy, env.tokenizer, task=env.task, proxy=probe, cfg=cfg,
+        gold_scale=ctx.gold_scale, seed=env.cfg.seed * 1000 + 7,
+    )  # fmt: skip
+    reward_fn = train_reward(ctx, arm)
+    if arm.quark is not None:
+        refs = ctx.refs
+        assert refs is not None
+        M = len(refs.responses) // len(refs.prompts)
+        initial = (
+            [refs.prompts[i // M] for i in range(len(refs.responses))],
+            refs.responses,
+            reference_rewards(ctx, arm).reshape(-1),
+        )
+        result: RLResult = train_quark(
+            policy, start, env.tokenizer, cfg=cfg, quark=arm.quark, train_prompts=ctx.prompts,
+            join=env.task.join, reward_fn=reward_fn, evaluator=evaluator, initial=initial,
+            log=lambda *_: None,
+        )  # fmt: skip
+    else:
+        result = train_rl(
+            policy, start, env.tokenizer, cfg=cfg, train_prompts=ctx.prompts,
+            join=env.task.join, reward_fn=reward_fn, evaluator=evaluator,
+            hooks=_hooks(ctx, arm, policy, points, cfg.group_size), log=lambda *_: None,
+        )  # fmt: skip
+    history = result.history
+    probes = probe.rows[1:]  # the first call scored the initial policy's samples
+    if len(probes) != len(history):
+        raise RuntimeError(f"{len(probes)} probe measurements for {len(history)} evaluations")
+    for row, extra in zip(history, probes, strict=True):
+        row.update(extra)
+    folder = env.run.dir / "mitigations" / arm.name / f"seed-{seed}"
+    atomic_write_json(folder / "history.json", history)
+    atomic_write_json(folder / "examples.json", result.examples)
+    return history
