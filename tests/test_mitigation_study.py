@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from proxygap.config import ConfigError, MitigationRunConfig, parse_config
-from proxygap.report.mitigation_claims import bon_claim, frontier_gain, variance_claim
+from proxygap.report.mitigation_claims import (
+    bon_claim,
+    constrained_claim,
+    frontier_gain,
+    variance_claim,
+)
 from proxygap.study import run_study
 from proxygap.study.mitigation_bon import bon_seed_quantities
 from proxygap.study.mitigation_scoring import aggregate_members
@@ -197,6 +202,38 @@ def test_bon_claim_follows_the_numbers() -> None:
         {"single": _bon(0.5, False), "wco": _bon(0.9, False)}
     )
     assert "**not reproduced**" in bon_claim({"single": _bon(0.5, True), "wco": _bon(0.4, True)})
+
+
+def _runs(ends: list[float], comps: tuple[float, float] = (0.0, 0.0)) -> list[list[dict]]:
+    row = {"component/s": comps[0], "component/c": comps[1]}
+    return [[{"reward/gold": 0.0, **row}, {"reward/gold": e, **row}] for e in ends]
+
+
+def _down(frac: float) -> dict:
+    return {"turned_down": {"mean": frac, "n": 3}}
+
+
+def test_constrained_claim_follows_the_numbers() -> None:
+    comp = {"components": ["s", "c"]}
+    arms = [
+        MitigationRunConfig(name="sum", **comp),
+        MitigationRunConfig(name="sum-kl", kl_coef=0.2, **comp),
+        MitigationRunConfig(name="con", kl_coef=0.2, constraint={"points_from": "sum"}, **comp),
+    ]
+    summary = {"sum": _down(1.0), "sum-kl": _down(0.0), "con": _down(0.0)}
+    hist = {"sum": _runs([-1.0, -2.0, -1.5]), "con": _runs([0.4, 0.5, 0.45], (0.4, 0.5))}
+    points = {"con": {"s": 0.35, "c": 0.5}}
+    # beats the composite (+1.98) and the same-KL composite (+0.2 on every seed)
+    hist["sum-kl"] = _runs([0.2, 0.3, 0.25])
+    text = constrained_claim(arms, summary, hist, points)
+    assert "**reproduced**" in text and "s 0.40 (point 0.35)" in text
+    # the same KL without the constraint ends as high: the credit goes to the KL penalty
+    hist["sum-kl"] = _runs([0.4, 0.5, 0.45])
+    assert "**not reproduced**" in constrained_claim(arms, summary, hist, points)
+    # without a same-KL arm only the composite is the reference
+    text = constrained_claim([arms[0], arms[2]], summary, hist, points)
+    assert "**reproduced**" in text
+    assert "Not tested" in constrained_claim(arms[:2], summary, hist, points)
 
 
 def test_frontier_gain_by_hand() -> None:

@@ -304,7 +304,9 @@ def constrained_claim(
     """Moskovitz et al. 2023: holding each component reward at its proxy point with Lagrange
     multipliers prevents the overoptimization of the composite (read here: the constrained
     arm does not turn down where the unconstrained composite does, and its end gold is higher,
-    paired over seeds)."""
+    paired over seeds; where the config has the composite with the constrained arm's KL
+    coefficient and no constraint, the constrained arm must also end above it, so the credit
+    does not go to the KL penalty alone)."""
     head = "**Moskovitz et al., constrained RLHF (components held at proxy points).** "
     con = _find(arms, lambda a: a.constraint is not None)
     if not con:
@@ -313,10 +315,29 @@ def constrained_claim(
     for a in con:
         assert a.constraint is not None
         src = a.constraint.points_from
-        diff = paired(_end(histories[a.name], "reward/gold"), _end(histories[src], "reward/gold"))
+        end = _end(histories[a.name], "reward/gold")
+        diff = paired(end, _end(histories[src], "reward/gold"))
         src_down = overoptimizes(summary[src])
         held = not overoptimizes(summary[a.name])
-        ok.append(src_down and held and diff["lo"] > 0)
+        same_kl = _find(
+            arms,
+            lambda b, a=a, src=src: (
+                b.components == a.components
+                and b.constraint is None
+                and b.kl_coef == a.kl_coef
+                and b.name != src
+            ),
+        )
+        beats_kl, kl_text = True, ""
+        if same_kl:
+            d_kl = paired(end, _end(histories[same_kl[0].name], "reward/gold"))
+            beats_kl = d_kl["lo"] > 0
+            kl_text = (
+                f"; end gold minus `{same_kl[0].name}` (same components and KL "
+                f"{a.kl_coef:g}, no constraint) {_ci(d_kl)}, turn-downs "
+                f"{_downs(summary[same_kl[0].name])}"
+            )
+        ok.append(src_down and held and diff["lo"] > 0 and beats_kl)
         pts = points.get(a.name, {})
         ends = ", ".join(
             f"{n} {fmt(float(np.mean(_end(histories[a.name], f'component/{n}'))), 2)} "
@@ -325,7 +346,7 @@ def constrained_claim(
         )
         parts.append(
             f"`{a.name}` vs `{src}`: end gold difference {_ci(diff)}, turn-downs "
-            f"{_downs(summary[a.name])} vs {_downs(summary[src])}; components at the end "
-            f"(standardised): {ends}"
+            f"{_downs(summary[a.name])} vs {_downs(summary[src])}{kl_text}; components at the "
+            f"end (standardised): {ends}"
         )
     return head + "; ".join(parts) + f". Verdict: **{_verdict(ok)}** here."
