@@ -107,12 +107,25 @@ class RLRunConfig(Strict):
         return v
 
 
+class SFTConfig(Strict):
+    """The study's two SFT variants, behind ``sft`` and ``soup`` references (mitigation arms,
+    DAA): each fine-tunes the base policy on ``n_texts`` chosen responses of the training pairs
+    (disjoint halves) with its own seed; the soup is their weight average (SALSA)."""
+
+    n_texts: PosInt = 2000
+    epochs: PosFloat = 1.0
+    lr: PosFloat = 1e-4
+    batch_size: PosInt = 32
+
+
 class DAARunConfig(Strict):
     """Direct alignment on the study's gold-labelled pairs: one run per (loss, beta).
 
     The runs train on the first ``n_pairs`` training pairs with ``label_noise`` flips (the same
     labels a proxy with that noise would see) and share ``settings`` otherwise; ``proxy``
-    optionally names a study proxy whose reward is tracked too, to compare with RLHF.
+    optionally names a study proxy whose reward is tracked too, to compare with RLHF;
+    ``reference`` picks the start and reference model (``sft``/``soup`` need the study's
+    ``sft``).
     """
 
     betas: dict[str, list[Annotated[float, Field(gt=0.0)]]] = Field(
@@ -121,6 +134,9 @@ class DAARunConfig(Strict):
     n_pairs: PosInt | None = None  # None: all training pairs
     label_noise: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
     proxy: str | None = None
+    # the policy's start and the loss's reference model: the base policy, the first SFT
+    # variant, or the soup of the two (SALSA); gold and d are measured against the base policy
+    reference: Literal["base", "sft", "soup"] = "base"
     settings: DAAConfig = Field(default_factory=DAAConfig)
 
     @field_validator("betas")
@@ -237,17 +253,6 @@ class MitigationBonConfig(Strict):
     n_points: Annotated[int, Field(ge=3)] = 17
 
 
-class SFTConfig(Strict):
-    """The two SFT variants behind ``sft`` and ``soup`` references: each fine-tunes the base
-    policy on ``n_texts`` chosen responses of the training pairs (disjoint halves) with its own
-    seed."""
-
-    n_texts: PosInt = 2000
-    epochs: PosFloat = 1.0
-    lr: PosFloat = 1e-4
-    batch_size: PosInt = 32
-
-
 class MitigationStudyConfig(Strict):
     """The mitigation comparison (METHODS.md §4): best-of-n selection variants from the members
     of one ensemble proxy, and arms each run with every seed, on the same prompts, proxy and
@@ -259,7 +264,6 @@ class MitigationStudyConfig(Strict):
     bon: MitigationBonConfig | None = Field(default_factory=MitigationBonConfig)
     rl: list[MitigationRunConfig] = Field(default_factory=list)
     reference_samples: PosInt = 4  # pi0 samples per training prompt for LSC, PAR and Quark
-    sft: SFTConfig | None = None  # needed by arms with reference 'sft' or 'soup'
     settings: RLConfig = Field(default_factory=RLConfig)
 
     @field_validator("seeds")
@@ -293,13 +297,6 @@ class MitigationStudyConfig(Strict):
                 )
         return v
 
-    @model_validator(mode="after")
-    def _sft(self) -> MitigationStudyConfig:
-        needs = [a.name for a in self.rl if a.reference != "base"]
-        if needs and self.sft is None:
-            raise ValueError(f"arms {needs} start from SFT variants: set mitigations.sft")
-        return self
-
 
 class RuntimeConfig(Strict):
     device: str = "cpu"
@@ -321,6 +318,7 @@ class StudyConfig(Strict):
     rl: RLRunConfig | None = None
     daa: DAARunConfig | None = None
     mitigations: MitigationStudyConfig | None = None
+    sft: SFTConfig | None = None  # SFT variants, for 'sft' and 'soup' references
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("name")
@@ -346,6 +344,20 @@ class StudyConfig(Strict):
         if self.mitigations is not None:
             _check_mitigations(self.mitigations, self.proxies)
         _check_targets(self)
+        needs = [
+            f"mitigations.rl arm {a.name!r}"
+            for a in (self.mitigations.rl if self.mitigations else [])
+            if a.reference != "base"
+        ]
+        if self.daa is not None and self.daa.reference != "base":
+            needs.append("daa")
+        if needs and self.sft is None:
+            raise ValueError(f"{', '.join(needs)} start from SFT variants: set sft")
+        if self.sft is not None and 2 * self.sft.n_texts > self.preferences.n_pairs:
+            raise ValueError(
+                f"sft.n_texts ({self.sft.n_texts}) x 2 exceeds preferences.n_pairs "
+                f"({self.preferences.n_pairs}): the variants take disjoint halves"
+            )
         for p in self.proxies:
             if p.n_pairs is not None and p.n_pairs > self.preferences.n_pairs:
                 raise ValueError(

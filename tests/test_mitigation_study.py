@@ -50,7 +50,6 @@ TINY = {
         "seeds": [0, 1, 2],
         "bon": {"n_prompts": 6, "pool_size": 32, "n_points": 8},
         "reference_samples": 2,
-        "sft": {"n_texts": 100, "batch_size": 16, "lr": 3e-3, "epochs": 2},
         "rl": [
             {"name": "single"},
             {"name": "uwo", "aggregation": "uwo", "kl_coef": 0.01},
@@ -80,6 +79,7 @@ TINY = {
             "lr": 1e-3,
         },
     },
+    "sft": {"n_texts": 100, "batch_size": 16, "lr": 3e-3, "epochs": 2},
     "runtime": {"threads": 1, "workers": 2},
 }
 
@@ -291,8 +291,10 @@ def test_new_arm_errors_name_the_problem() -> None:
     msg = _arm_error({"name": "q", "quark": {}, "kl_coef": 0.1, "reference": "soup"})
     assert "quark.kl_coef" in msg and "['kl_coef', 'reference']" in msg
     assert "mitigations.rl.1.quark.k" in _arm_error({"name": "q", "quark": {"k": 1}})
-    msg = _arm_error({"name": "s", "reference": "soup"}, sft=None)
-    assert "arms ['s'] start from SFT variants: set mitigations.sft" in msg
+    data = copy.deepcopy(TINY)
+    data["sft"] = None
+    with pytest.raises(ConfigError, match="arm 'sft', mitigations.rl arm 'salsa' start from SFT"):
+        parse_config(data)
     assert "mitigations.rl.1.reference" in _arm_error({"name": "s", "reference": "nope"})
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proxygap.config import parse_config
+from proxygap.config import ConfigError, parse_config
 from proxygap.store.run import RunFolderError
 from proxygap.study import run_study
 
@@ -180,3 +180,22 @@ def test_rl_and_daa_stages_write_histories_and_report(tmp_path: Path) -> None:
     stamp = (run / "rl" / "kl-0" / "history.json").stat().st_mtime_ns
     run_study(cfg, tmp_path, log=lambda *_: None)  # resume: every stage is read back
     assert (run / "rl" / "kl-0" / "history.json").stat().st_mtime_ns == stamp
+
+
+def test_daa_from_the_soup_uses_it_as_start_and_reference(tmp_path: Path) -> None:
+    """``daa.reference: soup``: the policy starts at the soup of the two SFT variants, which is
+    also the loss's reference (held-out implicit-reward margin 0 at step 0), while gold and KL
+    are measured against the base policy (d > 0 at step 0)."""
+    data = {
+        **TINY_RL_DAA,
+        "name": "tiny-daa-soup",
+        "rl": None,
+        "sft": {"n_texts": 100, "batch_size": 16, "lr": 3e-3, "epochs": 2},
+        "daa": {**TINY_RL_DAA["daa"], "betas": {"dpo": [0.1]}, "reference": "soup"},
+    }
+    run = run_study(parse_config(data), tmp_path, log=lambda *_: None)
+    first = json.loads((run / "daa" / "dpo-0.1" / "result.json").read_text())["history"][0]
+    assert first["daa/heldout_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert first["d"] > 0.05
+    with pytest.raises(ConfigError, match="daa start from SFT variants: set sft"):
+        parse_config({**data, "sft": None})

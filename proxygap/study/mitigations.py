@@ -148,8 +148,8 @@ def stage_mitigations(
     out.bon = stage_mitigation_bon(env, members, m, gold_scale=gold_scale)
     if m.rl:
         policies = {"base": env.policy}
-        if m.sft is not None:
-            policies |= stage_sft(env, train, m.sft)
+        if env.cfg.sft is not None:
+            policies |= stage_sft(env, train, env.cfg.sft)
         s = m.settings
         prompts = env.task.prompts(s.steps * s.prompts_per_step, seed=env.cfg.seed * 1000 + 8)
         ctx = ArmContext(env, members, gold_scale, prompts, policies, held=held)

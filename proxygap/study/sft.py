@@ -34,9 +34,7 @@ def stage_sft(env: Env, train: Pairs, cfg: SFTConfig) -> dict[str, PreTrainedMod
     if not env.run.done("sft"):
         n = cfg.n_texts
         if 2 * n > len(train):
-            raise ValueError(
-                f"mitigations.sft.n_texts ({n}) x 2 exceeds the {len(train)} training pairs"
-            )
+            raise ValueError(f"sft.n_texts ({n}) x 2 exceeds the {len(train)} training pairs")
         t0 = time.perf_counter()
         variants, info = [], {}
         for i, name in enumerate(["a", "b"]):
