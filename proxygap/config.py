@@ -173,6 +173,15 @@ class ConstraintConfig(Strict):
     objective: Literal["none", "sum"] = "none"  # none: only the KL penalty besides the constraints
     lr: PosFloat = 0.5  # multiplier step per RL step (components in base-sample SD units)
 
+    @model_validator(mode="after")
+    def _objective(self) -> ConstraintConfig:
+        if self.mode != "equality" and self.objective == "none":
+            raise ValueError(
+                f"mode {self.mode!r} bounds the components of an objective: set objective: sum "
+                "(with objective none only the penalty terms would be optimised)"
+            )
+        return self
+
 
 class MitigationRunConfig(Strict):
     """One arm of the mitigation study. The reward is one ensemble member (``single``: the
@@ -217,6 +226,14 @@ class MitigationRunConfig(Strict):
             raise ValueError(f"components must be distinct, got {self.components}")
         if self.constraint is not None and not self.components:
             raise ValueError("constraint needs components (the proxies it holds at proxy points)")
+        if self.constraint is not None and (self.transforms or self.post_step is not None):
+            raise ValueError("a constraint replaces the reward transforms and post-step hooks")
+        refs = [t.method for t in self.transforms if t.method in ("lsc", "par")]
+        if refs and self.reference != "base":
+            raise ValueError(
+                f"transforms {refs} compare with base-policy samples; with reference "
+                f"{self.reference!r} the arm's initial policy is another: use reference base"
+            )
         if self.quark is not None:
             extra = [
                 n
@@ -269,8 +286,8 @@ class MitigationStudyConfig(Strict):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"seeds must be distinct, got {v}")
+        if len(set(v)) != len(v) or min(v) < 0:
+            raise ValueError(f"seeds must be distinct and >= 0, got {v}")
         return v
 
     @field_validator("rl")
@@ -297,6 +314,17 @@ class MitigationStudyConfig(Strict):
                 )
         return v
 
+    @model_validator(mode="after")
+    def _kl(self) -> MitigationStudyConfig:
+        if self.settings.kl_controller == "adaptive":
+            zero = [a.name for a in self.rl if a.kl_coef == 0 and a.quark is None]
+            if zero:
+                raise ValueError(
+                    f"settings.kl_controller 'adaptive' needs kl_coef > 0 in every arm; "
+                    f"arms {zero} have 0"
+                )
+        return self
+
 
 class RuntimeConfig(Strict):
     device: str = "cpu"
@@ -304,6 +332,17 @@ class RuntimeConfig(Strict):
     sample_batch_size: PosInt = 1024
     score_batch_size: PosInt = 2048
     workers: PosInt = 1  # processes for independent runs (mitigation arms x seeds; Linux)
+
+    @model_validator(mode="after")
+    def _workers(self) -> RuntimeConfig:
+        # worker processes are forked: torch's thread pools and CUDA do not survive a fork
+        if self.workers > 1 and (self.threads != 1 or self.device != "cpu"):
+            raise ValueError(
+                f"workers: {self.workers} needs threads: 1 and device: cpu (got threads: "
+                f"{self.threads}, device: {self.device!r}); forked processes cannot share "
+                "torch thread pools or a GPU"
+            )
+        return self
 
 
 class StudyConfig(Strict):

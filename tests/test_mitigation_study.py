@@ -17,6 +17,10 @@ from proxygap.report.mitigation_claims import (
     bon_claim,
     constrained_claim,
     frontier_gain,
+    ppo_claim,
+    quark_claim,
+    salsa_claim,
+    transform_claim,
     variance_claim,
 )
 from proxygap.study import run_study
@@ -236,6 +240,59 @@ def test_constrained_claim_follows_the_numbers() -> None:
     assert "Not tested" in constrained_claim(arms[:2], summary, hist, points)
 
 
+def _gold_d(ends: list[float], ds: list[float]) -> list[list[dict]]:
+    return [
+        [{"reward/gold": 0.0, "d": 0.0}, {"reward/gold": e, "d": d}]
+        for e, d in zip(ends, ds, strict=True)
+    ]
+
+
+def test_quark_and_transform_claims_follow_the_numbers() -> None:
+    arms = [
+        MitigationRunConfig(name="base"),
+        MitigationRunConfig(name="q", quark={}),
+        MitigationRunConfig(name="p", transforms=[{"method": "par"}]),
+    ]
+    summary = {"base": _down(1.0), "q": _down(0.0), "p": _down(0.0)}
+    hist = {
+        "base": _gold_d([-1.0, -2.0, -1.5], [2.0, 2.2, 2.1]),
+        "q": _gold_d([0.2, 0.1, 0.3], [0.5, 0.6, 0.4]),  # +1.2..+2.1 gold, d 1.6 lower
+        "p": _gold_d([0.2, 0.1, 0.3], [2.5, 2.6, 2.4]),
+    }
+    assert "**reproduced**" in quark_claim(arms, summary, hist)
+    assert "**reproduced**" in transform_claim(arms, summary, hist)
+    hist["q"] = _gold_d([0.2, 0.1, 0.3], [2.5, 2.6, 2.4])  # as far from pi0 as the baseline
+    text = quark_claim(arms, summary, hist)
+    assert "**partly reproduced**" in text and "(not closer)" in text
+    summary["p"] = _down(1.0)
+    hist["p"] = _gold_d([-1.0, -2.1, -1.4], [2.5, 2.6, 2.4])  # no better than the baseline
+    assert "**not reproduced**" in transform_claim(arms, summary, hist)
+
+
+def test_ppo_and_salsa_claims_need_their_controls() -> None:
+    wco = MitigationRunConfig(name="w", aggregation="wco", kl_coef=0.01)
+    summary = {"w": {**_down(0.0), "gold_end": {"mean": 0.3, "lo": 0.2, "hi": 0.4, "n": 3}}}
+    # no single member at KL 0.01: the ensemble's lack of a turn-down alone proves nothing
+    text = ppo_claim([wco], summary)
+    assert "**not reproduced**" in text and "contrast is untested" in text
+    soup = MitigationRunConfig(name="s", reference="soup", kl_coef=0.01)
+    other = MitigationRunConfig(name="f", reference="sft", kl_coef=0.01, aggregation="mean")
+    assert "Not tested" in salsa_claim([soup, other], {}, {})
+    sft = MitigationRunConfig(name="f", reference="sft", kl_coef=0.01)
+
+    def runs(kls: list[float], peaks: list[float]) -> list[list[dict]]:
+        return [
+            [{"reward/gold": 0.0, "train/kl_k1": 0.0}, {"reward/gold": p, "train/kl_k1": k}]
+            for k, p in zip(kls, peaks, strict=True)
+        ]
+
+    summary = {"s": _down(0.0), "f": _down(0.0)}
+    hist = {"s": runs([2.0, 2.1, 2.2], [0.5, 0.6, 0.7]), "f": runs([1.0, 1.0, 1.1], [0.3] * 3)}
+    assert "**reproduced**" in salsa_claim([soup, sft], summary, hist)
+    hist["f"] = runs([2.0, 2.1, 2.2], [0.5, 0.6, 0.7])
+    assert "**not reproduced**" in salsa_claim([soup, sft], summary, hist)
+
+
 def test_frontier_gain_by_hand() -> None:
     base = [[{"d": 0.0, "reward/gold": 0.0}, {"d": 1.0, "reward/gold": 0.5}]] * 3
     # the arm's best point is at d = 0.8 with gold 0.3, 0.4, 0.5; the base reached 0 by d = 0.8
@@ -296,6 +353,25 @@ def test_new_arm_errors_name_the_problem() -> None:
     with pytest.raises(ConfigError, match="arm 'sft', mitigations.rl arm 'salsa' start from SFT"):
         parse_config(data)
     assert "mitigations.rl.1.reference" in _arm_error({"name": "s", "reference": "nope"})
+
+
+def test_configs_that_would_fail_late_are_refused() -> None:
+    cons = {"name": "c", "components": ["sent", "conc"], "constraint": {"points_from": "composite"}}
+    msg = _arm_error({**cons, "transforms": [{"method": "par"}]})
+    assert "a constraint replaces the reward transforms" in msg
+    msg = _arm_error({**cons, "constraint": {"points_from": "composite", "mode": "upper"}})
+    assert "mitigations.rl.1.constraint" in msg and "set objective: sum" in msg
+    msg = _arm_error({"name": "p", "reference": "soup", "transforms": [{"method": "par"}]})
+    assert "['par'] compare with base-policy samples" in msg
+    assert "distinct and >= 0" in _bad({"seeds": [-1, 0, 1]})
+    settings = {**TINY["mitigations"]["settings"], "kl_controller": "adaptive", "kl_coef": 0.1}
+    msg = _bad({"settings": settings})
+    assert "needs kl_coef > 0 in every arm" in msg and "'single'" in msg
+    for runtime in ({"threads": 2, "workers": 2}, {"threads": 1, "workers": 2, "device": "cuda"}):
+        data = copy.deepcopy(TINY)
+        data["runtime"] = runtime
+        with pytest.raises(ConfigError, match="runtime: workers: 2 needs threads: 1 and device"):
+            parse_config(data)
 
 
 def test_component_targets_are_checked() -> None:
@@ -438,6 +514,40 @@ def test_workers_do_not_change_results(tiny_run: Path, tmp_path: Path) -> None:
             a, b = _history(run, arm, seed), _history(tiny_run, arm, seed)
             strip = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in a]
             assert strip == [{k: v for k, v in r.items() if not k.startswith("time/")} for r in b]
+
+
+def test_a_failed_worker_run_keeps_the_finished_ones(tmp_path: Path, monkeypatch) -> None:
+    """One run fails in a worker process: its error reaches the caller with the run named, the
+    runs that finished are marked done, and the next invocation trains only what is missing."""
+    import proxygap.study.mitigations as study_module
+
+    data = copy.deepcopy(TINY)
+    data["mitigations"]["rl"] = data["mitigations"]["rl"][:2]  # single, uwo
+    data["mitigations"]["bon"] = None
+    cfg = parse_config(data)
+    real = study_module.run_arm
+
+    def failing(ctx, arm, seed, *, points=None):
+        if arm.name == "uwo" and seed == 1:
+            raise FloatingPointError("reward is nan")
+        return real(ctx, arm, seed, points=points)
+
+    monkeypatch.setattr(study_module, "run_arm", failing)
+    with pytest.raises(RuntimeError, match=r"mitigation uwo, seed 1 failed: reward is nan"):
+        run_study(cfg, tmp_path, log=lambda *_: None)
+    run = tmp_path / "tinymit"
+    done = set(json.loads((run / "stages.json").read_text()))
+    assert {f"mitigation:single:{s}" for s in (0, 1, 2)} <= done
+    assert "mitigation:uwo:1" not in done
+    stamps = {s: (run / "mitigations" / "single" / f"seed-{s}" / "history.json").stat().st_mtime_ns
+              for s in (0, 1, 2)}  # fmt: skip
+    monkeypatch.setattr(study_module, "run_arm", real)
+    lines: list[str] = []
+    run_study(cfg, tmp_path, log=lambda *a: lines.append(" ".join(a)))
+    assert [x for x in lines if x.startswith("mitigation")] == ["mitigation uwo, seed 1"]
+    for s, t in stamps.items():
+        path = run / "mitigations" / "single" / f"seed-{s}" / "history.json"
+        assert path.stat().st_mtime_ns == t
 
 
 def test_resume_reads_back_every_run(tiny_run: Path) -> None:

@@ -509,3 +509,16 @@ def test_config_resolves_the_kl_estimator():
     assert RLConfig().estimator == "k1"
     assert RLConfig(kl_mode="loss").estimator == "k3"
     assert RLConfig(kl_mode="loss", kl_estimator="k2").estimator == "k2"
+
+
+def test_non_finite_error_survives_pickling():
+    """Worker processes send a failed run's error back pickled: the step, the message and the
+    run so far must arrive intact."""
+    import pickle
+
+    from proxygap.optimize.rl_record import RLResult
+
+    err = NonFiniteError("loss is nan", step=7, result=RLResult(history=[{"step": 5.0}]))
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is NonFiniteError and str(back) == "step 7: loss is nan"
+    assert back.step == 7 and back.result.history == [{"step": 5.0}]

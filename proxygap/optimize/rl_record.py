@@ -33,8 +33,17 @@ class NonFiniteError(FloatingPointError):
 
     def __init__(self, message: str, *, step: int, result: RLResult) -> None:
         super().__init__(f"step {step}: {message}")
+        self.message = message
         self.step = step
         self.result = result
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int, RLResult]]:
+        # keyword-only arguments: pickling (e.g. from a worker process) goes through a function
+        return _non_finite, (self.message, self.step, self.result)
+
+
+def _non_finite(message: str, step: int, result: RLResult) -> NonFiniteError:
+    return NonFiniteError(message, step=step, result=result)
 
 
 def checked_rewards(raw: Any, reward: Any, *, n: int, step: int, result: RLResult) -> np.ndarray:

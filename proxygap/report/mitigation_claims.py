@@ -136,6 +136,9 @@ def ppo_claim(arms: Sequence[MitigationRunConfig], summary: Mapping[str, Summary
                 f"{int(round(b['turned_down']['mean'] * b['turned_down']['n']))}/"
                 f"{b['turned_down']['n']}, end gold {_ci(b['gold_end'])}"
             )
+        else:  # nothing to contrast with: the claim is about the ensemble against one model
+            verdict = False
+            text += "; no single-member arm at the same KL, so the contrast is untested"
         ok.append(verdict)
         parts.append(text + ".")
     verdict = _verdict(ok)
@@ -210,12 +213,18 @@ def quark_claim(
     histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
 ) -> str:
     """Lu et al. 2022: Quark (reward-quantile tokens with a KL to pi0) raises reward while
-    staying close to pi0 (read here, as for the transforms: end gold above the baseline's and
-    no turn-down where the baseline turns down)."""
+    staying close to pi0 (read here, as for the transforms: end gold above the baseline's and no
+    turn-down where the baseline turns down; and d at the end below the baseline's, paired over
+    seeds)."""
     head = "**Lu et al., Quark (more reward, close to π0).** "
-    return head + _against_baseline(
-        arms, _find(arms, lambda a: a.quark is not None), summary, histories, "a Quark arm"
-    )
+    quark = _find(arms, lambda a: a.quark is not None)
+
+    def closer(name: str, base: str) -> tuple[bool, str]:
+        d = paired(_end(histories[name], "d"), _end(histories[base], "d"))
+        near = d["hi"] < 0
+        return near, f"d at the end minus the baseline's {_ci(d)} ({'' if near else 'not '}closer)"
+
+    return head + _against_baseline(arms, quark, summary, histories, "a Quark arm", closer)
 
 
 def _against_baseline(
@@ -224,22 +233,24 @@ def _against_baseline(
     summary: Mapping[str, Summary],
     histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
     what_arm: str,
+    extra: Any = None,
 ) -> str:
-    """End gold minus the baseline's (paired over seeds) and turn-downs, with a verdict."""
+    """End gold minus the baseline's (paired over seeds) and turn-downs, with a verdict;
+    ``extra(arm, baseline) -> (ok, text)`` is one more condition of a full reproduction."""
     base = _find(arms, is_baseline)
     if not base or not tested:
         return f"Not tested: the config needs {what_arm} and the plain baseline."
-    tr = tested
     b = base[0].name
-    end_b = [h[-1]["reward/gold"] for h in histories[b]]
+    end_b = _end(histories[b], "reward/gold")
     parts, ok, partial = [], [], []
     base_down = overoptimizes(summary[b])
     n_b = int(round(summary[b]["turned_down"]["mean"] * len(end_b)))
-    for a in tr:
-        diff = paired([h[-1]["reward/gold"] for h in histories[a.name]], end_b)
+    for a in tested:
+        diff = paired(_end(histories[a.name], "reward/gold"), end_b)
         higher, kept = diff["lo"] > 0, base_down and not overoptimizes(summary[a.name])
-        ok.append(higher and kept)
-        partial.append(higher or kept)
+        more, more_text = extra(a.name, b) if extra is not None else (True, "")
+        ok.append(higher and kept and more)
+        partial.append(higher or kept or (extra is not None and more))
         what = (
             "mitigates"
             if higher and kept
@@ -252,7 +263,7 @@ def _against_baseline(
         parts.append(
             f"`{a.name}`: end gold minus baseline {_ci(diff)}, turns down in "
             f"{int(round(summary[a.name]['turned_down']['mean'] * len(end_b)))}/{len(end_b)} "
-            f"seeds ({what})"
+            f"seeds ({what})" + (f"; {more_text}" if more_text else "")
         )
     verdict = _verdict(ok) if all(ok) or not any(partial) else "partly reproduced"
     return (
@@ -277,9 +288,13 @@ def salsa_claim(
     and gold at the peak, paired over seeds, both higher)."""
     head = "**Chegini et al., SALSA (a soup reference allows larger deviation and more reward).** "
     soup = _find(arms, lambda a: a.reference == "soup" and a.quark is None)
-    sft = [b for a in soup[:1] for b in arms if b.reference == "sft" and b.kl_coef == a.kl_coef]
+
+    def rest(a: MitigationRunConfig) -> dict[str, Any]:  # everything but name and reference
+        return a.model_dump(exclude={"name", "reference"})
+
+    sft = [b for a in soup[:1] for b in arms if b.reference == "sft" and rest(b) == rest(a)]
     if not soup or not sft:
-        return head + "Not tested: the config needs a soup arm and an SFT arm with one KL."
+        return head + "Not tested: the config needs a soup arm and an otherwise equal SFT arm."
     a, b = soup[0], sft[0]
     kl = paired(_end(histories[a.name], "train/kl_k1"), _end(histories[b.name], "train/kl_k1"))
     peak = paired(

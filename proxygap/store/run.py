@@ -28,7 +28,10 @@ class RunFolderError(RuntimeError):
 
 
 def config_digest(cfg: StudyConfig) -> str:
-    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
+    """Digest of what decides the results: the resolved config without ``runtime.workers``
+    (how many processes run independent, self-seeded runs changes no number)."""
+    same = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"workers": 1})})
+    return hashlib.sha256(dump_config(same).encode()).hexdigest()[:16]
 
 
 def versions() -> dict[str, Any]:

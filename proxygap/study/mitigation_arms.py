@@ -154,7 +154,10 @@ def run_arm(
     caller marks the stage done) and return the history. ``points``: the proxy points of a
     constrained arm."""
     env, m = ctx.env, ctx.study
-    cfg = m.settings.model_copy(update={"kl_coef": arm.kl_coef, "seed": seed})
+    # validated again: e.g. an adaptive KL controller needs kl_coef > 0
+    cfg = type(m.settings).model_validate(
+        {**m.settings.model_dump(), "kl_coef": arm.kl_coef, "seed": seed}
+    )
     start = ctx.policies[arm.reference]
     torch.manual_seed(seed)
     policy = copy.deepcopy(start).train()

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from proxygap.config import MitigationRunConfig, MitigationStudyConfig
 from proxygap.data.preferences import Pairs
@@ -90,8 +89,7 @@ _CONTEXT: ArmContext | None = None  # what a forked worker inherits
 
 
 def _work(arm: MitigationRunConfig, seed: int, points: np.ndarray | None) -> list[dict[str, Any]]:
-    assert _CONTEXT is not None
-    torch.set_num_threads(_CONTEXT.env.cfg.runtime.threads or 1)
+    assert _CONTEXT is not None  # the config allows workers > 1 only with threads: 1
     return run_arm(_CONTEXT, arm, seed, points=points)
 
 
@@ -118,17 +116,32 @@ def _run(ctx: ArmContext, tasks: list[Task]) -> None:
         return
     env.log(f"{len(tasks)} mitigation runs on {workers} worker processes")
     _CONTEXT = ctx
+    errors: list[tuple[str, BaseException]] = []
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     try:
         futures = {pool.submit(_work, *t): t for t in tasks}
         for fut in as_completed(futures):
             arm, seed, _ = futures[fut]
-            fut.result()  # a failed run raises here; finished runs stay marked
-            finished(arm, seed)
-            env.log(f"mitigation {arm.name}, seed {seed}: done")
+            if fut.cancelled():
+                continue
+            err = fut.exception()
+            if err is None:
+                finished(arm, seed)
+                env.log(f"mitigation {arm.name}, seed {seed}: done")
+                continue
+            errors.append((f"mitigation {arm.name}, seed {seed}", err))
+            env.log(f"mitigation {arm.name}, seed {seed} failed: {err}")
+            for f in futures:  # start nothing new; the runs under way finish and are kept
+                f.cancel()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _CONTEXT = None
+    if errors:
+        where, err = errors[0]
+        raise RuntimeError(
+            f"{where} failed: {err} ({len(errors)} failed run(s); the finished runs are kept "
+            "and a new invocation resumes from them)"
+        ) from err
 
 
 def _histories(env: Env, arm: MitigationRunConfig, seeds: list[int]) -> list[list[dict]]:
