@@ -19,6 +19,7 @@ config names:
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from proxygap.optimize.quark import train_quark
 from proxygap.optimize.rl import RLHooks, rl_evaluator, train_rl
 from proxygap.optimize.rl_hooks import no_post_step
 from proxygap.optimize.rl_record import RLResult
-from proxygap.store.atomic import atomic_write_json
+from proxygap.store.atomic import atomic_write_json, atomic_write_text
 from proxygap.study.env import Env
 from proxygap.study.mitigation_hooks import NEEDS_REFERENCES, build_post_step, build_transform
 from proxygap.study.mitigation_scoring import (
@@ -150,8 +151,9 @@ def _hooks(
 def run_arm(
     ctx: ArmContext, arm: MitigationRunConfig, seed: int, *, points: np.ndarray | None = None
 ) -> list[dict[str, Any]]:
-    """Train one arm with one seed; write its ``history.json`` and ``examples.json`` (the
-    caller marks the stage done) and return the history. ``points``: the proxy points of a
+    """Train one arm with one seed; write its ``steps.jsonl`` (the trainer's metrics of every
+    step), ``examples.json`` and ``history.json`` (the caller marks the stage done) and return
+    the history. ``points``: the proxy points of a
     constrained arm."""
     env, m = ctx.env, ctx.study
     # validated again: e.g. an adaptive KL controller needs kl_coef > 0
@@ -194,6 +196,7 @@ def run_arm(
     for row, extra in zip(history, probes, strict=True):
         row.update(extra)
     folder = env.run.dir / "mitigations" / arm.name / f"seed-{seed}"
-    atomic_write_json(folder / "history.json", history)
+    atomic_write_text(folder / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in result.steps))
     atomic_write_json(folder / "examples.json", result.examples)
+    atomic_write_json(folder / "history.json", history)  # last: its presence means complete
     return history
