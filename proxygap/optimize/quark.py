@@ -81,7 +81,7 @@ from proxygap.mitigations.quark import QuarkExample, QuarkPool, quark_loss
 from proxygap.models.logprobs import build_inputs
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.rl import RLConfig, _seed
-from proxygap.optimize.rl_record import NonFiniteError, RLResult, checked_rewards, evaluation_row
+from proxygap.optimize.rl_record import NonFiniteError, RLResult, checked_rewards, record_evaluation
 from proxygap.optimize.rl_rollout import PromptStream, pack
 from proxygap.optimize.rl_update import NonFiniteLoss
 from proxygap.optimize.schedule import lr_factor
@@ -392,24 +392,11 @@ def train_quark(
     for step in range(cfg.steps + 1):
         # ---- evaluate (step 0, every eval_every, and the last step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            row, examples = evaluation_row(
-                evaluator,
-                policy,
-                step=step,
-                batch_size=B,
-                window=window,
-                t_start=t_start,
-                prefix=[best],
-                vocab_size=V0,
-            )
-            result.history.append(row)
-            result.examples += examples
+            record_evaluation(
+                result, evaluator, policy, step=step, batch_size=B, window=window,
+                t_start=t_start, log=log, note=f"pool {len(pool)}", prefix=[best], vocab_size=V0,
+            )  # fmt: skip
             window = []
-            log(
-                f"step {step:5d}  proxy {row.get('reward/proxy', math.nan):+.3f}  "
-                f"gold {row['reward/gold']:+.3f}±{row['reward/gold_se']:.3f}  "
-                f"kl {row['kl/k1']:.3f}  pool {len(pool)}  ({row['time/wall']:.0f}s)"
-            )
         if step == cfg.steps:
             break
         t_step = time.perf_counter()

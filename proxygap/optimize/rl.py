@@ -52,7 +52,6 @@ Training metrics, means over the steps since the previous evaluation point (abse
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,7 +66,12 @@ from proxygap.estimators.kl import sequence_kl
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.kl_control import KLController, make_kl_controller
 from proxygap.optimize.rl_hooks import PostStepHook, RewardTransform, RLHooks
-from proxygap.optimize.rl_record import NonFiniteError, RLResult, checked_rewards, evaluation_row
+from proxygap.optimize.rl_record import (
+    NonFiniteError,
+    RLResult,
+    checked_rewards,
+    record_evaluation,
+)
 from proxygap.optimize.rl_rollout import (
     ADVANTAGES,
     PromptStream,
@@ -302,17 +306,11 @@ def train_rl(
     for step in range(cfg.steps + 1):
         # ---- evaluate (step 0, every eval_every, and the last step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            row, examples = evaluation_row(
-                evaluator, policy, step=step, batch_size=B, window=window, t_start=t_start
-            )
-            result.history.append(row)
-            result.examples += examples
+            record_evaluation(
+                result, evaluator, policy, step=step, batch_size=B, window=window,
+                t_start=t_start, log=log, note=f"beta {controller.beta:.4f}",
+            )  # fmt: skip
             window = []
-            log(
-                f"step {step:5d}  proxy {row.get('reward/proxy', math.nan):+.3f}  "
-                f"gold {row['reward/gold']:+.3f}±{row['reward/gold_se']:.3f}  "
-                f"kl {row['kl/k1']:.3f}  beta {controller.beta:.4f}  ({row['time/wall']:.0f}s)"
-            )
         if step == cfg.steps:
             break
         t_step = time.perf_counter()

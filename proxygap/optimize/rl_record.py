@@ -6,8 +6,10 @@ Used by :func:`proxygap.optimize.rl.train_rl`; the metric names are documented i
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +82,34 @@ def evaluation_row(
     row |= window_means(window)
     row |= {"time/wall": time.perf_counter() - t_start, "time/eval": time.perf_counter() - t0}
     return row, [{"step": step, **e} for e in examples]
+
+
+def record_evaluation(
+    result: RLResult,
+    evaluator: PolicyEvaluator,
+    policy: PreTrainedModel,
+    *,
+    step: int,
+    batch_size: int,
+    window: list[dict[str, float]],
+    t_start: float,
+    log: Callable[[str], Any],
+    note: str = "",
+    **eval_kw: Any,
+) -> None:
+    """Append an evaluation row (:func:`evaluation_row`) and its examples to ``result`` and log
+    one line (``note`` adds the trainer's own state, e.g. the KL coefficient)."""
+    row, examples = evaluation_row(
+        evaluator, policy, step=step, batch_size=batch_size, window=window, t_start=t_start,
+        **eval_kw,
+    )  # fmt: skip
+    result.history.append(row)
+    result.examples += examples
+    log(
+        f"step {step:5d}  proxy {row.get('reward/proxy', math.nan):+.3f}  "
+        f"gold {row['reward/gold']:+.3f}±{row['reward/gold_se']:.3f}  "
+        f"kl {row['kl/k1']:.3f}  {note}  ({row['time/wall']:.0f}s)"
+    )
 
 
 def window_means(rows: list[dict[str, float]]) -> dict[str, float]:
