@@ -99,17 +99,6 @@ def _pool(env: Env, scorer: MemberScorer, b: MitigationBonConfig, seed: int) -> 
     return out
 
 
-def _selected(
-    pool: dict[str, Any], scorer: MemberScorer, method: str, m: MitigationStudyConfig
-) -> tuple[np.ndarray, float]:
-    """The selection score ``(P, N)`` and its standard deviation on base-policy samples."""
-    assert m.bon is not None
-    lam = m.bon.uwo_lambda
-    select = aggregate_members(pool["members"], method, member=m.member, lam=lam)
-    scale = float(aggregate_members(scorer.ref, method, member=m.member, lam=lam).std()) or 1.0
-    return select, scale
-
-
 def stage_mitigation_bon(
     env: Env, scorer: MemberScorer, m: MitigationStudyConfig, *, gold_scale: float
 ) -> list[BonVariant]:
@@ -118,23 +107,25 @@ def stage_mitigation_bon(
     if b is None:
         return []
     pools = [_pool(env, scorer, b, seed) for seed in m.seeds]
+    golds = [p["gold"] / gold_scale for p in pools]  # (P, N) each, SD units
+    stds = [p["members"].std(axis=-1) for p in pools]  # (P, N) population std across members
     ns = log_spaced_ns(b.pool_size, b.n_points)
     ns = ns if ns[0] == 1 else np.concatenate([[1], ns])
     d = np.sqrt(kl_bon(torch.from_numpy(ns)).numpy())
     out = []
     for method in ["single", *b.methods]:
-        runs, selects, golds = [], [], []
-        for pool in pools:
-            select, scale = _selected(pool, scorer, method, m)
-            gold = pool["gold"] / gold_scale
-            std = pool["members"].std(axis=-1)  # (P, N) population std across members
-            values = np.stack([gold, select / scale, std], axis=-1)
-            res = best_of_n(
-                torch.from_numpy(select), torch.from_numpy(values), torch.from_numpy(ns)
-            )
+
+        def select(members: np.ndarray, method: str = method) -> np.ndarray:
+            return aggregate_members(members, method, member=m.member, lam=b.uwo_lambda)
+
+        scale = float(select(scorer.ref).std()) or 1.0  # SD on base-policy samples
+        runs, selects = [], []
+        for pool, gold, std in zip(pools, golds, stds, strict=True):
+            score = select(pool["members"]) / scale  # (P, N)
+            values = np.stack([gold, score, std], axis=-1)
+            res = best_of_n(torch.from_numpy(score), torch.from_numpy(values), torch.from_numpy(ns))
             runs.append(bon_seed_quantities(res.per_prompt.numpy(), d))
-            selects.append(select / scale)
-            golds.append(gold)
+            selects.append(score)
         curve = bon_curve(method, np.concatenate(selects), np.concatenate(golds), ns=ns)
         out.append(BonVariant(method, curve, runs, summarise_runs(runs)))
     return out

@@ -76,10 +76,17 @@ class ComponentScorer:
         self.scale = ref.std(axis=0)
         self.scale[self.scale == 0] = 1.0
         self.ref = ref / self.scale
+        self._last: tuple[tuple[str, ...], np.ndarray] | None = None
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        # a constrained arm's reward and its constraint read the same rollout: score it once
+        key = tuple(texts)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1].copy()
         cols = [s(texts).mean(axis=1) for s in self.scorers]
-        return np.stack(cols, axis=1) / self.scale
+        out = np.stack(cols, axis=1) / self.scale
+        self._last = (key, out)
+        return out
 
 
 class EvalProbe:
