@@ -1,12 +1,13 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - create .venv, install proxygap, run the demo study (report in runs/demo/)
 #   make test   - create .venv with test dependencies, run the test suite
+# make lint (ruff, then mypy) and make typecheck (mypy only) read [tool.mypy] in pyproject.toml.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench lint typecheck format clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,10 @@ bench: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check proxygap tests benchmarks
 	$(VENV)/bin/ruff format --check proxygap tests benchmarks
+	$(VENV)/bin/mypy
+
+typecheck: $(VENV)/.dev
+	$(VENV)/bin/mypy
 
 format: $(VENV)/.dev
 	$(VENV)/bin/ruff format proxygap tests benchmarks

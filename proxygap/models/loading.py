@@ -9,6 +9,7 @@ unless the caller asks for it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import (
@@ -84,7 +85,9 @@ def check_vocab_match(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, what: str
 ) -> None:
     """Refuse a tokenizer whose ids do not fit the model's embedding table."""
-    n_embed = model.get_input_embeddings().weight.shape[0]
+    # ``Module.__getattr__`` is typed ``Tensor | Module``; an embedding's weight is a Parameter
+    weight = cast(torch.Tensor, model.get_input_embeddings().weight)
+    n_embed = weight.shape[0]
     if len(tokenizer) > n_embed:
         raise ModelLoadError(
             f"{what}: tokenizer has {len(tokenizer)} tokens but the model embeds only {n_embed}; "

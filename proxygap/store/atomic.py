@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then atomically move ``tmp_path`` to ``path``."""
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp_path)`` then atomically move ``tmp_path`` to ``path``.
+
+    Whatever ``write`` returns (e.g. the byte count of ``Path.write_bytes``) is ignored.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

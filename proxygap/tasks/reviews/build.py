@@ -113,8 +113,11 @@ def build(out_dir: Path | str = ASSETS, spec: BaseModelSpec | None = None) -> Pa
     )
     model = GPT2LMHeadModel(cfg)
     corpus = sample_corpus(spec.n_sentences, seed=spec.seed)
-    losses = pretrain(model, encode_corpus(corpus, tokenizer), spec=spec, pad_id=cfg.pad_token_id)
-    model.generation_config.pad_token_id = cfg.pad_token_id
+    pad_id = cfg.pad_token_id
+    if pad_id is None:
+        raise ValueError("the reviews tokenizer has no pad token")
+    losses = pretrain(model, encode_corpus(corpus, tokenizer), spec=spec, pad_id=pad_id)
+    model.generation_config.pad_token_id = pad_id
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     tail = sum(losses[-100:]) / len(losses[-100:])
