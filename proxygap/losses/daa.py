@@ -28,7 +28,6 @@ takes the batch as a :class:`PairBatchLogps` and validates the hyperparameter na
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,85 +36,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from proxygap.losses.daa_checks import (
+    batch_metrics,
+    check_logps,
+    check_nonnegative,
+    check_pairs,
+    check_positive,
+    logratios,
+    n_tokens,
+)
+
 LossOutput = tuple[Tensor, dict[str, float]]
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _check_pairs(**tensors: Tensor) -> None:
-    """All arguments must be 1-D tensors of one shape ``(B,)`` with ``B >= 1``."""
-    first_name, first = next(iter(tensors.items()))
-    for name, t in tensors.items():
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {type(t).__name__}")
-        if t.ndim != 1:
-            raise ValueError(f"{name} must have shape (B,), got {tuple(t.shape)}")
-        if t.shape != first.shape:
-            raise ValueError(
-                f"{name} has shape {tuple(t.shape)} but {first_name} has shape "
-                f"{tuple(first.shape)}; all inputs must be (B,) with the same B"
-            )
-    if first.numel() == 0:
-        raise ValueError("empty batch: the inputs have B = 0 preference pairs")
-
-
-def _check_logps(**tensors: Tensor) -> None:
-    """Same-shape ``(B,)`` checks plus a floating dtype (log-probabilities are real numbers)."""
-    _check_pairs(**tensors)
-    for name, t in tensors.items():
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating tensor of log-probs, got {t.dtype}")
-
-
-def _check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def _check_nonnegative(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def _logratios(
-    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Validated ``log pi(y) - log pi_ref(y)`` for the chosen and the rejected responses."""
-    _check_logps(
-        policy_chosen_logps=policy_chosen,
-        policy_rejected_logps=policy_rejected,
-        ref_chosen_logps=ref_chosen,
-        ref_rejected_logps=ref_rejected,
-    )
-    return policy_chosen - ref_chosen, policy_rejected - ref_rejected
-
-
-def _lengths(name: str, lengths: Tensor, like: Tensor) -> Tensor:
-    """Response lengths (token counts) as ``like.dtype``; every length must be > 0."""
-    if bool((lengths <= 0).any()):
-        raise ValueError(f"{name} must be > 0 (number of response tokens), got {lengths.tolist()}")
-    return lengths.to(like.dtype)
-
-
-def _metrics(losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, float]:
-    """Batch means as Python floats (one device sync for all of them)."""
-    with torch.no_grad():
-        values = torch.stack(
-            [
-                losses.mean(),
-                chosen_rewards.mean(),
-                rejected_rewards.mean(),
-                (chosen_rewards - rejected_rewards).mean(),
-                (chosen_rewards > rejected_rewards).to(losses.dtype).mean(),
-            ]
-        ).tolist()
-    names = ("daa/loss", "daa/chosen_reward", "daa/rejected_reward", "daa/margin", "daa/accuracy")
-    return dict(zip(names, values, strict=True))
 
 
 # --------------------------------------------------------------------------- losses
@@ -149,11 +80,11 @@ def dpo_loss(
     Returns:
         ``(losses (B,), metrics)``; see the module docstring for the metric names.
     """
-    chosen_logratios, rejected_logratios = _logratios(
+    chosen_logratios, rejected_logratios = logratios(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     )  # (B,), (B,)
-    _check_positive("beta", beta)
-    _check_nonnegative("label_smoothing", label_smoothing)
+    check_positive("beta", beta)
+    check_nonnegative("label_smoothing", label_smoothing)
     if label_smoothing >= 0.5:
         raise ValueError(
             f"label_smoothing must be in [0, 0.5) (a flip probability; at 0.5 the labels carry no "
@@ -163,7 +94,7 @@ def dpo_loss(
     losses = -(1.0 - label_smoothing) * F.logsigmoid(logits)
     if label_smoothing > 0:
         losses = losses - label_smoothing * F.logsigmoid(-logits)
-    return losses, _metrics(losses, beta * chosen_logratios, beta * rejected_logratios)
+    return losses, batch_metrics(losses, beta * chosen_logratios, beta * rejected_logratios)
 
 
 def cdpo_loss(
@@ -220,13 +151,13 @@ def ipo_loss(
     Returns:
         ``(losses (B,), metrics)``; rewards are ``beta * log-ratio`` as for DPO.
     """
-    chosen_logratios, rejected_logratios = _logratios(
+    chosen_logratios, rejected_logratios = logratios(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     )  # (B,), (B,)
-    _check_positive("beta", beta)
+    check_positive("beta", beta)
     h = chosen_logratios - rejected_logratios  # (B,)
     losses = (h - 1.0 / (2.0 * beta)).square()
-    return losses, _metrics(losses, beta * chosen_logratios, beta * rejected_logratios)
+    return losses, batch_metrics(losses, beta * chosen_logratios, beta * rejected_logratios)
 
 
 def slic_loss(
@@ -252,12 +183,12 @@ def slic_loss(
     Returns:
         ``(losses (B,), metrics)``; rewards are ``beta * log-ratio`` as for DPO.
     """
-    chosen_logratios, rejected_logratios = _logratios(
+    chosen_logratios, rejected_logratios = logratios(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     )  # (B,), (B,)
-    _check_positive("beta", beta)
+    check_positive("beta", beta)
     losses = torch.relu(1.0 - beta * (chosen_logratios - rejected_logratios))
-    return losses, _metrics(losses, beta * chosen_logratios, beta * rejected_logratios)
+    return losses, batch_metrics(losses, beta * chosen_logratios, beta * rejected_logratios)
 
 
 def simpo_loss(
@@ -288,26 +219,26 @@ def simpo_loss(
     Returns:
         ``(losses (B,), metrics)``; rewards are ``beta * log pi(y) / |y|``.
     """
-    _check_logps(
+    check_logps(
         policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps
     )
-    _check_pairs(
+    check_pairs(
         policy_chosen_logps=policy_chosen_logps,
         chosen_lengths=chosen_lengths,
         rejected_lengths=rejected_lengths,
     )
-    _check_positive("beta", beta)
-    _check_nonnegative("gamma", gamma)
+    check_positive("beta", beta)
+    check_nonnegative("gamma", gamma)
     chosen_rewards = (
-        beta * policy_chosen_logps / _lengths("chosen_lengths", chosen_lengths, policy_chosen_logps)
+        beta * policy_chosen_logps / n_tokens("chosen_lengths", chosen_lengths, policy_chosen_logps)
     )  # (B,)
     rejected_rewards = (
         beta
         * policy_rejected_logps
-        / _lengths("rejected_lengths", rejected_lengths, policy_rejected_logps)
+        / n_tokens("rejected_lengths", rejected_lengths, policy_rejected_logps)
     )  # (B,)
     losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
-    return losses, _metrics(losses, chosen_rewards, rejected_rewards)
+    return losses, batch_metrics(losses, chosen_rewards, rejected_rewards)
 
 
 def rpo_loss(
@@ -343,7 +274,7 @@ def rpo_loss(
     Returns:
         ``(losses (B,), metrics)``; DPO rewards plus ``daa/nll``, the mean per-token chosen NLL.
     """
-    _check_pairs(
+    check_pairs(
         policy_chosen_logps=policy_chosen_logps,
         policy_rejected_logps=policy_rejected_logps,
         ref_chosen_logps=ref_chosen_logps,
@@ -351,12 +282,12 @@ def rpo_loss(
         chosen_nll=chosen_nll,
         chosen_lengths=chosen_lengths,
     )
-    _check_logps(chosen_nll=chosen_nll)
-    _check_nonnegative("eta", eta)
+    check_logps(chosen_nll=chosen_nll)
+    check_nonnegative("eta", eta)
     dpo_losses, metrics = dpo_loss(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=beta
     )
-    nll = chosen_nll / _lengths("chosen_lengths", chosen_lengths, chosen_nll)  # (B,)
+    nll = chosen_nll / n_tokens("chosen_lengths", chosen_lengths, chosen_nll)  # (B,)
     losses = dpo_losses + eta * nll if eta > 0 else dpo_losses
     with torch.no_grad():
         metrics["daa/loss"] = losses.mean().item()
