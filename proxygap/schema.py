@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import re
-from typing import Annotated
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+OpenUnitFloat = Annotated[float, Field(gt=0, lt=1)]
 
 
 class Strict(BaseModel):
@@ -42,3 +48,36 @@ def format_errors(err: ValidationError, what: str) -> str:
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"  {loc}: {msg}")
     return f"invalid {what}:\n" + "\n".join(lines)
+
+
+def keyword_parameters(fn: Callable[..., Any], *, keyword_only: bool = False) -> dict[str, Any]:
+    """The parameters of ``fn`` a caller can pass by keyword, in signature order, each with its
+    default (``inspect.Parameter.empty`` if required); with ``keyword_only`` only those after
+    ``*``. ``*args`` and ``**kwargs`` are left out: :func:`check_keywords` then refuses every
+    other name, so a registry built on it can list what its entries accept."""
+    kinds = {inspect.Parameter.KEYWORD_ONLY}
+    if not keyword_only:
+        kinds.add(inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: p.default for p in params if p.kind in kinds}
+
+
+def check_keywords(
+    accepted: Mapping[str, Any], given: Iterable[str], *, unknown: str, missing: str
+) -> None:
+    """Raise ValueError if ``given`` names a keyword ``accepted`` lacks (message ``unknown``) or
+    leaves out a required one (message ``missing``).
+
+    ``accepted`` maps each keyword to its default, ``inspect.Parameter.empty`` if required (as
+    :func:`keyword_parameters` returns it). The messages are format strings: ``{names}`` is the
+    list of unknown names (sorted) or of missing ones (in ``accepted``'s order), ``{allowed}``
+    the list of ``accepted``'s keywords in order.
+    """
+    names = set(given)
+    allowed = list(accepted)
+    bad = sorted(names - set(accepted))
+    if bad:
+        raise ValueError(unknown.format(names=bad, allowed=allowed))
+    absent = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in names]
+    if absent:
+        raise ValueError(missing.format(names=absent, allowed=allowed))

@@ -1,6 +1,6 @@
 """Summaries of one RL run's history (METHODS.md §6): the fitted law, the gold peak, divergence.
 
-Input is :attr:`proxygap.optimize.rl.RLResult.history`: one row per evaluation point with ``step``,
+Input is :attr:`proxygap.optimize.loop.LoopResult.history`: one row per evaluation point with ``step``,
 ``d``, ``kl/k1``, ``reward/gold``, ``reward/gold_se`` and ``reward/proxy``. Gao et al. 2023 plot RL
 curves against ``d = sqrt(KL)``; the points are put in order of ``d`` (stable, so ties keep their
 step order) before the turn-down and divergence tests of :mod:`proxygap.analysis.laws`, which

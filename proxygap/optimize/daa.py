@@ -1,17 +1,20 @@
 """Direct alignment recipe: train a policy on preference pairs with a DAA loss and measure it.
 
-One linear loop (METHODS.md §5): tokenize the pairs once, compute and cache the reference
-log-probabilities once, then per optimizer step take the policy log-probs of the chosen and the
-rejected responses in one forward pass, the loss from :data:`proxygap.losses.daa.DAA_LOSSES`,
-backward, clip, step. Rafailov et al. 2024 ("Scaling Laws for Reward Model Overoptimization in
-Direct Alignment Algorithms") find that gold quality often peaks before one epoch ends, so the
-policy is evaluated at fractions of the first epoch (``eval_at``), after each further epoch and at
-the last step. :func:`proxygap.optimize.daa_sweep.beta_sweep` reruns the recipe for several
-``beta`` (the KL budget) per loss and fits the Gao et al. 2023 laws to gold vs ``d``.
+One step in the shared loop (:func:`proxygap.optimize.loop.run_loop`; METHODS.md §5): tokenize
+the pairs once, compute and cache the reference log-probabilities once
+(:mod:`proxygap.optimize.daa_pairs`), then per optimizer step take the policy log-probs of the
+chosen and the rejected responses in one forward pass, the loss from
+:data:`proxygap.losses.daa.DAA_LOSSES`, backward, clip, step. Rafailov et al. 2024 ("Scaling
+Laws for Reward Model Overoptimization in Direct Alignment Algorithms") find that gold quality
+often peaks before one epoch ends, so the policy is evaluated at fractions of the first epoch
+(``eval_at``), after each further epoch and at the last step.
+:func:`proxygap.optimize.daa_sweep.summarise_sweep` fits the Gao et al. 2023 laws to gold vs
+``d`` over the runs of several ``beta`` (the KL budget) per loss.
 
-Each history entry holds ``step`` (optimizer steps done), ``epoch`` (fractional, pairs seen over
-the data size), ``samples_seen`` (pairs), ``time/wall_seconds`` (since the start of training,
-evaluations included), ``time/train_seconds`` (in optimizer steps only) and these metrics:
+Each history entry holds ``step`` (optimizer steps done), ``samples_seen`` (pairs), ``epoch``
+(fractional, pairs seen over the data size), ``time/wall`` (since the start of training,
+evaluations included), ``time/eval`` (of this evaluation), ``time/step`` (mean seconds of the
+optimizer steps since the previous entry) and these metrics:
 
 - from :class:`proxygap.optimize.evaluate.PolicyEvaluator` on fresh samples for held-out
   prompts: ``reward/gold`` (+ ``_se``), ``reward/proxy`` (+ ``_se``, when the evaluator has a
@@ -27,15 +30,17 @@ evaluations included), ``time/train_seconds`` (in optimizer steps only) and thes
   agree with the gold label).
 - ``train/loss``, ``train/margin``, ``train/accuracy``, ``train/grad_norm`` (before clipping),
   ``train/lr``: means over the optimizer steps since the previous evaluation (absent at step 0).
+
+A NaN or inf loss or gradient norm stops the run with :class:`~proxygap.errors.NonFiniteError`
+naming the step.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from typing import Annotated, Any
 
 import torch
@@ -47,8 +52,11 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from proxygap.analysis.likelihood import DEFAULT_K, likelihood_indicators
 from proxygap.data.preferences import Pairs
 from proxygap.losses.daa import DAA_LOSSES, PairBatchLogps, compute_daa_loss
-from proxygap.models.logprobs import build_inputs, response_logprobs
+from proxygap.models.logprobs import build_inputs
+from proxygap.optimize.daa_pairs import PairTokens, pair_logps, prepare_pairs
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
+from proxygap.optimize.loop import LoopResult, Schedule, optimiser_step, run_loop
+from proxygap.optimize.rollout import autocast
 from proxygap.sampling.generate import sample
 from proxygap.schema import PosFloat, PosInt, Strict
 from proxygap.tasks.base import Task
@@ -116,112 +124,11 @@ class DAAConfig(Strict):
         return hyper
 
 
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class PairTokens:
-    """Token ids of ``N`` preference pairs: ``prompt`` starts with bos (when the tokenizer has
-    one); ``chosen`` and ``rejected`` are the responses alone, each ending with eos. After
-    :func:`prepare_pairs`, ``ref_chosen`` and ``ref_rejected`` hold the ``(N,)`` reference
-    log-probs, computed once and reused at every step."""
-
-    prompt: list[list[int]]
-    chosen: list[list[int]]
-    rejected: list[list[int]]
-    ref_chosen: Tensor | None = None
-    ref_rejected: Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.prompt)
-
-
-def _encode(tokenizer: Tokenizer, texts: list[str], *, bos: bool) -> list[list[int]]:
-    """Token ids without special tokens, with the tokenizer's bos (if any) in front when asked."""
-    head = [tokenizer.bos_token_id] if bos and tokenizer.bos_token_id is not None else []
-    ids = [head + list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    if bos and any(len(x) == 0 for x in ids):
-        raise ValueError(
-            "an empty prompt with a tokenizer without bos leaves nothing to condition on"
-        )
-    return ids
-
-
-def tokenize_pairs(tokenizer: Tokenizer, pairs: Pairs) -> PairTokens:
-    """Tokenize once: ``[bos] + prompt`` and ``response + [eos]``, both without other special
-    tokens, so that a response is scored as the continuation the sampler would have produced."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos token: responses need an end marker")
-    return PairTokens(
-        prompt=_encode(tokenizer, pairs.prompt, bos=True),
-        chosen=[r + [eos] for r in _encode(tokenizer, pairs.chosen, bos=False)],
-        rejected=[r + [eos] for r in _encode(tokenizer, pairs.rejected, bos=False)],
-    )
-
-
-def pair_logps(
-    model: PreTrainedModel, tokens: PairTokens, index: Sequence[int], *, pad_id: int
-) -> PairBatchLogps:
-    """Summed log-probs of the chosen and rejected responses of pairs ``index`` under ``model``,
-    from one forward pass over the ``2B`` concatenated sequences (Rafailov et al. 2023), with the
-    response lengths (eos included) and the cached reference log-probs when ``tokens`` has them.
-    Gradients flow into the policy log-probs when called with grad enabled."""
-    idx = list(index)
-    B = len(idx)
-    rows = [tokens.chosen[i] for i in idx] + [tokens.rejected[i] for i in idx]
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])  # (2B, T) right-padded
-    mask = (torch.arange(width) < torch.tensor([len(r) for r in rows])[:, None]).float()
-    prompts = [tokens.prompt[i] for i in idx] * 2
-    seq = response_logprobs(model, prompts, ids, mask, pad_id=pad_id).sum(dim=-1)  # (2B,)
-    n = mask.sum(dim=-1).to(seq.device)  # (2B,)
-    ref_c = ref_r = None
-    if tokens.ref_chosen is not None and tokens.ref_rejected is not None:
-        ref_c, ref_r = (
-            tokens.ref_chosen[idx].to(seq.device),
-            tokens.ref_rejected[idx].to(seq.device),
-        )
-    return PairBatchLogps(seq[:B], seq[B:], ref_c, ref_r, n[:B], n[B:])
-
-
-@torch.no_grad()
-def prepare_pairs(
-    ref: PreTrainedModel,
-    tokenizer: Tokenizer,
-    pairs: Pairs | PairTokens,
-    *,
-    batch_size: int = 256,
-) -> PairTokens:
-    """Tokenize ``pairs`` and cache ``log pi_ref`` of every chosen and rejected response; pairs
-    prepared before are returned as they are."""
-    if isinstance(pairs, PairTokens) and pairs.ref_chosen is not None:
-        return pairs
-    tokens = pairs if isinstance(pairs, PairTokens) else tokenize_pairs(tokenizer, pairs)
-    limit = getattr(ref.config, "n_positions", None) or getattr(
-        ref.config, "max_position_embeddings", None
-    )
-    rows = zip(tokens.prompt, tokens.chosen, tokens.rejected, strict=True)
-    longest = max(len(p) + max(len(c), len(r)) for p, c, r in rows)
-    if limit is not None and longest > limit:
-        raise ValueError(f"a pair needs {longest} positions; the model has {limit}: shorten it")
-    pad_id = tokenizer.pad_token_id
-    batches = [
-        pair_logps(ref, tokens, range(s, min(s + batch_size, len(tokens))), pad_id=pad_id)
-        for s in range(0, len(tokens), batch_size)
-    ]
-    return replace(
-        tokens,
-        ref_chosen=torch.cat([b.policy_chosen.cpu() for b in batches]),
-        ref_rejected=torch.cat([b.policy_rejected.cpu() for b in batches]),
-    )
-
-
 # --------------------------------------------------------------------------- schedule
 
 
 @dataclass(frozen=True)
-class Schedule:
+class DAAPlan:
     """Optimizer steps of a run and the steps after which it is evaluated."""
 
     pairs_per_step: int
@@ -230,7 +137,7 @@ class Schedule:
     eval_steps: list[int]
 
 
-def plan_schedule(n_pairs: int, cfg: DAAConfig) -> Schedule:
+def plan_schedule(n_pairs: int, cfg: DAAConfig) -> DAAPlan:
     """Steps for ``cfg.epochs`` over ``n_pairs``; evaluation after ``round(f * steps_per_epoch)``
     steps for each ``f`` in ``eval_at`` (first epoch), after each further full epoch and at the last
     step. Points that round to the same step are evaluated once."""
@@ -241,7 +148,7 @@ def plan_schedule(n_pairs: int, cfg: DAAConfig) -> Schedule:
     total = max(1, math.ceil(cfg.epochs * spe - 1e-9))
     points = [math.floor(f * spe + 0.5) for f in cfg.eval_at]
     points += [math.floor(e * spe + 0.5) for e in range(2, math.floor(cfg.epochs) + 1)]
-    return Schedule(per_step, spe, total, sorted({p for p in points if p <= total} | {total}))
+    return DAAPlan(per_step, spe, total, sorted({p for p in points if p <= total} | {total}))
 
 
 def _index_stream(n: int, seed: int) -> Iterator[int]:
@@ -311,7 +218,7 @@ def sample_likelihood(
 
 def _summary(h: dict[str, float]) -> str:
     return (
-        f"step {h['step']} epoch {h['epoch']:.3f}: d {h['d']:.3f} gold {h['reward/gold']:+.3f}"
+        f"step {int(h['step'])} epoch {h['epoch']:.3f}: d {h['d']:.3f} gold {h['reward/gold']:+.3f}"
         f"±{h['reward/gold_se']:.3f} win {h['winrate/gold_vs_init']:.3f} "
         f"heldout acc {h['daa/heldout_accuracy']:.3f}"
     )
@@ -345,15 +252,6 @@ def daa_evaluator(
 # --------------------------------------------------------------------------- the recipe
 
 
-@dataclass
-class DAAResult:
-    """History (one dict per evaluation point) and example samples (``step`` added to each)."""
-
-    history: list[dict[str, float]]
-    examples: list[dict[str, Any]]
-    config: dict[str, Any] = field(default_factory=dict)
-
-
 def train_daa(
     policy: PreTrainedModel,
     ref: PreTrainedModel,
@@ -364,13 +262,17 @@ def train_daa(
     cfg: DAAConfig,
     evaluator: PolicyEvaluator,
     log: Callable[[str], None] = print,
-) -> DAAResult:
+) -> LoopResult:
     """Train ``policy`` in place with the DAA loss ``cfg.loss`` against the reference ``ref``
     (Rafailov et al. 2023; Azar et al. 2023; Zhao et al. 2023; Meng et al. 2024; Pang et al. 2024)
     and evaluate it at the points of :func:`plan_schedule` (Rafailov et al. 2024).
 
     ``pairs_*`` may be :class:`PairTokens` to reuse cached reference log-probs across runs.
     The same ``cfg.seed``, data and models give the same history (timings aside).
+
+    Raises:
+        NonFiniteError: a loss or gradient norm was NaN or inf; names the step and holds the
+            history so far.
     """
     pad = tokenizer.pad_token_id
     ref.eval()
@@ -383,50 +285,48 @@ def train_daa(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup + 1)))
     stream = _index_stream(len(train), cfg.seed)
     hyper = cfg.loss_hyper()
-    history: list[dict[str, float]] = []
-    examples: list[dict[str, Any]] = []
-    running: dict[str, list[float]] = {}
-    t_start, train_seconds = time.perf_counter(), 0.0
-    for step in range(plan.total_steps + 1):
-        if step in plan.eval_steps:  # ---- evaluate
-            metrics, ex = evaluator(policy)
-            metrics |= heldout_metrics(policy, held, cfg=cfg, pad_id=pad)
-            metrics |= sample_likelihood(
-                policy, evaluator, k=cfg.topk, n_per_prompt=cfg.likelihood_samples_per_prompt
-            )
-            metrics |= {f"train/{k}": sum(v) / len(v) for k, v in running.items()}
-            running = {}
-            entry = {
-                "step": step,
-                "epoch": step * plan.pairs_per_step / len(train),
-                "samples_seen": step * plan.pairs_per_step,
-                "time/wall_seconds": time.perf_counter() - t_start,
-                "time/train_seconds": train_seconds,
-                **metrics,
-            }
-            history.append(entry)
-            examples += [{"step": step, **e} for e in ex]
-            log(f"[{cfg.loss} beta={cfg.beta:g}] " + _summary(entry))
-        if step == plan.total_steps:
-            break
-        t0 = time.perf_counter()  # ---- one optimizer step
-        step_metrics: dict[str, float] = {}
-        for _ in range(cfg.grad_accum):
+
+    def daa_step(step: int) -> dict[str, float]:
+        sums = dict.fromkeys(("loss", "margin", "accuracy"), 0.0)
+
+        def micro_batch(_: int) -> tuple[Tensor, float]:
             idx = [next(stream) for _ in range(cfg.batch_size)]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with autocast(cfg.bf16, device):
                 batch = pair_logps(policy, train, idx, pad_id=pad)
-            losses, loss_metrics = compute_daa_loss(cfg.loss, batch, **hyper)  # (B,)
-            (losses.mean() / cfg.grad_accum).backward()
-            for k in ("loss", "margin", "accuracy"):
-                step_metrics[k] = (
-                    step_metrics.get(k, 0.0) + loss_metrics[f"daa/{k}"] / cfg.grad_accum
-                )
-        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm or math.inf)
-        step_metrics |= {"grad_norm": float(norm), "lr": sched.get_last_lr()[0]}
-        opt.step()
+            losses, metrics = compute_daa_loss(cfg.loss, batch, **hyper)  # (B,)
+            for k in sums:
+                sums[k] += metrics[f"daa/{k}"] / cfg.grad_accum
+            return losses.mean() / cfg.grad_accum, 1.0
+
+        lr_now = sched.get_last_lr()[0]
+        norm = optimiser_step(
+            opt,
+            list(policy.parameters()),
+            range(cfg.grad_accum),
+            micro_batch,
+            max_grad_norm=cfg.max_grad_norm,
+        )
         sched.step()
-        opt.zero_grad(set_to_none=True)
-        for k, v in step_metrics.items():
-            running.setdefault(k, []).append(v)
-        train_seconds += time.perf_counter() - t0
-    return DAAResult(history, examples, cfg.model_dump(mode="json"))
+        return {f"train/{k}": v for k, v in sums.items()} | {
+            "train/grad_norm": norm,
+            "train/lr": lr_now,
+        }
+
+    def evaluate(step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        metrics, examples = evaluator(policy)
+        metrics |= heldout_metrics(policy, held, cfg=cfg, pad_id=pad)
+        metrics |= sample_likelihood(
+            policy, evaluator, k=cfg.topk, n_per_prompt=cfg.likelihood_samples_per_prompt
+        )
+        return {"epoch": step * plan.pairs_per_step / len(train), **metrics}, examples
+
+    return run_loop(
+        schedule=Schedule.at(
+            plan.eval_steps, total=plan.total_steps, samples_per_step=plan.pairs_per_step
+        ),
+        train_step=daa_step,
+        evaluate=evaluate,
+        result=LoopResult(config=cfg.model_dump(mode="json")),
+        log=lambda line: log(f"[{cfg.loss} beta={cfg.beta:g}] " + line),
+        describe=_summary,
+    )

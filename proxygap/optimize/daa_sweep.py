@@ -3,8 +3,8 @@
 Rafailov et al. 2024 ("Scaling Laws for Reward Model Overoptimization in Direct Alignment
 Algorithms") sweep ``beta`` to sweep the KL budget and plot gold quality against ``d = sqrt(KL)``
 for the final checkpoints of every ``beta``: the curve is hump-shaped for DPO, IPO and SLiC.
-:func:`beta_sweep` runs :func:`proxygap.optimize.daa.train_daa` once per ``(loss, beta)`` from
-the same initial policy and summarises each loss with
+:func:`summarise_sweep` takes the runs of :func:`proxygap.optimize.daa.train_daa`, one per
+``(loss, beta)`` from the same initial policy, and summarises each loss with
 
 - both Gao et al. 2023 laws, ``d (alpha - beta d)`` (best-of-n form) and ``d (alpha - beta log d)``
   (RL form), fitted to gold vs ``d`` over every checkpoint with ``d > 0``; neither is assumed to
@@ -15,23 +15,17 @@ the same initial policy and summarises each loss with
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import PreTrainedModel
-from transformers import PreTrainedTokenizerBase as Tokenizer
-
 from proxygap.analysis.laws import LawFit, Overoptimization, fit_bon_law, fit_rl_law
 from proxygap.analysis.laws import overoptimization as hump_test
-from proxygap.data.preferences import Pairs
-from proxygap.optimize.daa import DAAConfig, DAAResult, PairTokens, prepare_pairs, train_daa
-from proxygap.optimize.evaluate import PolicyEvaluator
+from proxygap.optimize.loop import LoopResult
 
 
 @dataclass
-class SweepResult:
+class DAASweep:
     """All runs of a beta sweep and, per loss, the law fits and the hump test.
 
     ``fits[loss]`` holds ``{"bon": LawFit, "rl": LawFit}`` (Gao et al. 2023) fitted to gold vs
@@ -40,7 +34,7 @@ class SweepResult:
     by ``d``, the across-KL-budget curve of Rafailov et al. 2024.
     """
 
-    runs: list[tuple[str, float, DAAResult]]
+    runs: list[tuple[str, float, LoopResult]]
     fits: dict[str, dict[str, LawFit | None]]
     hump: dict[str, Overoptimization]
 
@@ -59,38 +53,7 @@ def _fit_or_none(
         return None
 
 
-def beta_sweep(
-    policy: PreTrainedModel,
-    tokenizer: Tokenizer,
-    pairs_train: Pairs | PairTokens,
-    pairs_heldout: Pairs | PairTokens,
-    *,
-    cfg: DAAConfig,
-    betas: Mapping[str, Sequence[float]],
-    evaluator: PolicyEvaluator,
-    log: Callable[[str], None] = print,
-) -> SweepResult:
-    """Run :func:`train_daa` for every ``(loss, beta)`` in ``betas`` (e.g. ``{"dpo": [0.05,
-    0.25, 1.0]}``), each from a fresh copy of ``policy``, which stays untouched as the reference.
-    ``cfg`` gives every other setting (its ``loss`` and ``beta`` are replaced); all runs share its
-    seed, so they see the pairs in the same order. Reference log-probs are computed once for all
-    runs. ``evaluator`` should score against ``policy`` (its ``ref``)."""
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    train = prepare_pairs(ref, tokenizer, pairs_train)
-    held = prepare_pairs(ref, tokenizer, pairs_heldout)
-    runs: list[tuple[str, float, DAAResult]] = []
-    for loss, loss_betas in betas.items():
-        for beta in loss_betas:
-            run_cfg = DAAConfig.model_validate({**cfg.model_dump(), "loss": loss, "beta": beta})
-            fresh = copy.deepcopy(ref).requires_grad_(True)
-            result = train_daa(
-                fresh, ref, tokenizer, train, held, cfg=run_cfg, evaluator=evaluator, log=log
-            )
-            runs.append((loss, beta, result))
-    return summarise_sweep(runs)
-
-
-def summarise_sweep(runs: list[tuple[str, float, DAAResult]]) -> SweepResult:
+def summarise_sweep(runs: list[tuple[str, float, LoopResult]]) -> DAASweep:
     """Per loss: both Gao et al. laws fitted to every checkpoint with ``d > 0``, and the hump
     test across the final checkpoints of its betas (Rafailov et al. 2024)."""
     fits: dict[str, dict[str, LawFit | None]] = {}
@@ -108,4 +71,4 @@ def summarise_sweep(runs: list[tuple[str, float, DAAResult]]) -> SweepResult:
             [h["reward/gold"] for h in finals],
             [h["reward/gold_se"] for h in finals],
         )
-    return SweepResult(runs, fits, hump)
+    return DAASweep(runs, fits, hump)

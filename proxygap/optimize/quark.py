@@ -1,12 +1,13 @@
 """Quark as a training loop (Lu et al. 2022, "Quark: Controllable Text Generation with Reinforced
 Unlearning"; METHODS.md §4), on the same footing as the RL arms of :mod:`proxygap.optimize.rl`.
 
-One linear loop (:func:`train_quark`). Before it, ``K`` control tokens are appended to the
+One step (:func:`train_quark`'s ``quark_step``) in the shared loop
+(:func:`proxygap.optimize.loop.run_loop`). Before it, ``K`` control tokens are appended to the
 policy's vocabulary (embedding rows ``V0 .. V0+K-1``, the tokenizer is left alone) and the data
 pool is filled with samples of the initial policy. Every step:
 
 1. **sample** ``group_size`` responses for each of ``prompts_per_step`` training prompts (the
-   same :class:`~proxygap.optimize.rl_rollout.PromptStream` and per-step seeds as
+   same :class:`~proxygap.optimize.rollout.PromptStream` and per-step seeds as
    :func:`~proxygap.optimize.rl.train_rl`) from the policy conditioned on the best control
    token, ``[bos, V0+K-1] + x``; control tokens are never sampled (``vocab_size=V0``);
 2. **score** them with ``reward_fn``, add them to the :class:`~proxygap.mitigations.quark.
@@ -21,7 +22,7 @@ pool is filled with samples of the initial policy. Every step:
    its KL to ``pi0`` on the plain prompts.
 
 The trained policy is used as Quark prescribes: condition on ``[bos, V0+K-1] + prompt`` and
-sample from its first ``V0`` logits (``RLResult.config`` holds ``quark_control_ids`` and
+sample from its first ``V0`` logits (``LoopResult.config`` holds ``quark_control_ids`` and
 ``quark_vocab_size``).
 
 What is kept from the reference implementation (github.com/GXimingLu/Quark): quantiles over the
@@ -59,32 +60,34 @@ measures the untrained policy conditioned on the best token (its KL to ``pi0`` i
 - ``train/reward_raw``: mean ``reward_fn`` of the step's samples; ``train/length`` (response
   tokens), ``train/finished`` (fraction ending with eos);
 - ``train/grad_norm`` (before clipping), ``train/optimizer_steps``, ``train/lr``;
-- ``time/step``, ``time/sample``, ``time/score``, ``time/update``: seconds per step.
+- ``time/sample``, ``time/score``, ``time/update``, ``time/step``: seconds per step.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
-from torch import Tensor
 from transformers import PreTrainedModel
 
-from proxygap.mitigations.quark import QuarkExample, QuarkPool, quark_loss
-from proxygap.models.logprobs import build_inputs
+from proxygap.errors import NonFiniteError
+from proxygap.mitigations.quark import QuarkPool
+from proxygap.models.schedule import lr_factor
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
-from proxygap.optimize.rl import RLConfig, _seed
-from proxygap.optimize.rl_record import NonFiniteError, RLResult, checked_rewards, record_evaluation
-from proxygap.optimize.rl_rollout import PromptStream, pack
-from proxygap.optimize.rl_update import NonFiniteLoss
-from proxygap.optimize.schedule import lr_factor
+from proxygap.optimize.loop import (
+    LoopResult,
+    Schedule,
+    checked_rewards,
+    describe_row,
+    run_loop,
+)
+from proxygap.optimize.quark_update import QuarkSettings, encode_responses, quark_update
+from proxygap.optimize.rl import RLConfig
+from proxygap.optimize.rollout import PromptStream
 from proxygap.sampling.generate import (
     Samples,
     condition_prompts,
@@ -92,165 +95,9 @@ from proxygap.sampling.generate import (
     encode_prompts,
     sample,
 )
-from proxygap.schema import PosInt, Strict
+from proxygap.seeds import mix, step_seed
 
-__all__ = ["QuarkSettings", "conditioned_logps", "encode_responses", "train_quark"]
-
-NonNegFloat = Annotated[float, Field(ge=0)]
-
-
-class QuarkSettings(Strict):
-    """Quark's own hyperparameters; the rest (steps, sampling budget, optimiser, evaluation)
-    come from the :class:`~proxygap.optimize.rl.RLConfig` shared with the RL arms.
-
-    Defaults follow Lu et al. 2022 and their code: ``K = 5`` quantiles and ``beta = 0.05``
-    (toxicity and sentiment). Deviations: no entropy bonus by default (the reference code's
-    default coefficient is 0.06), one update per step (the reference takes 500 updates between
-    explorations).
-    """
-
-    k: int = Field(5, ge=2)  # reward quantiles = control tokens
-    kl_coef: NonNegFloat = 0.05  # beta of KL(pi || pi0)
-    entropy_coef: NonNegFloat = 0.0
-    updates_per_step: PosInt = 1
-    batch_size: PosInt | None = None  # pool examples per update; None: the RL batch size
-
-
-def encode_responses(
-    tokenizer: Any, responses: Sequence[str], *, max_new_tokens: int
-) -> list[tuple[int, ...]]:
-    """Token ids of response texts as :func:`~proxygap.sampling.generate.sample` would have
-    produced them: at most ``max_new_tokens`` tokens, with eos appended when the text is
-    shorter than the budget (a sample that stopped early ended with eos). Exact for texts that
-    ``decode_responses`` made when the tokenizer round-trips them and the response held no
-    special token but its closing eos (decoding drops them)."""
-    eos = tokenizer.eos_token_id
-    ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    out = []
-    for x in ids:
-        x = list(x)[:max_new_tokens]
-        out.append(tuple(x + [eos] if len(x) < max_new_tokens else x))
-    return out
-
-
-def conditioned_logps(
-    model: PreTrainedModel,
-    prompt_ids: Sequence[Sequence[int]],
-    response_ids: Tensor,
-    mask: Tensor,
-    *,
-    pad_id: int,
-    vocab_size: int,
-) -> Tensor:
-    """``log_softmax(logits[..., :vocab_size])`` at the positions that predict each response
-    token, ``(B, T, vocab_size)`` in float32 or wider (with gradient unless under ``no_grad``).
-
-    Args:
-        prompt_ids: the rows' prompts (any lengths >= 1; left-padded here).
-        response_ids: ``(B, T)`` response tokens, right-padded.
-        mask: ``(B, T)`` nonzero on response tokens.
-    """
-    device = next(model.parameters()).device
-    ids, attn, pos, P = build_inputs(prompt_ids, response_ids, mask, pad_id)
-    logits = model(
-        input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device)
-    ).logits  # (B, P + T, V)
-    T = response_ids.shape[1]
-    if vocab_size > logits.shape[-1]:
-        raise ValueError(f"vocab_size {vocab_size} exceeds the model's {logits.shape[-1]} logits")
-    logits = logits[:, P - 1 : P - 1 + T, :vocab_size]  # (B, T, V0)
-    return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
-
-
-def _batch(
-    examples: list[QuarkExample], control_ids: list[int], *, bos: int | None, pad: int
-) -> tuple[list[list[int]], list[list[int]], Tensor, Tensor]:
-    """Policy prompts ``[bos, control of the bucket] + x``, ref prompts ``[bos] + x``,
-    right-padded responses ``(B, T)`` and their mask."""
-    plain = [list(e.prompt) for e in examples]
-    conditioned = [
-        condition_prompts([p], [control_ids[e.bucket]], bos)[0]
-        for p, e in zip(plain, examples, strict=True)
-    ]
-    T = max(len(e.response) for e in examples)
-    response_ids = torch.full((len(examples), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(examples), T))
-    for i, e in enumerate(examples):
-        response_ids[i, : len(e.response)] = torch.tensor(e.response, dtype=torch.long)
-        mask[i, : len(e.response)] = 1.0
-    return conditioned, plain, response_ids, mask
-
-
-def _autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def _update(
-    policy: PreTrainedModel,
-    ref: PreTrainedModel,
-    optimizer: torch.optim.Optimizer,
-    examples: list[QuarkExample],
-    *,
-    control_ids: list[int],
-    vocab_size: int,
-    cfg: RLConfig,
-    quark: QuarkSettings,
-    tokenizer: Any,
-) -> dict[str, float]:
-    """One optimiser step on the token mean of :func:`quark_loss` over ``examples``, in forward
-    passes of at most ``cfg.minibatch_size`` rows and ``cfg.forward_tokens`` padded tokens,
-    each weighted by its share of the batch's response tokens (the gradient of the whole batch
-    in one pass). Raises NonFiniteLoss on a non-finite loss or gradient norm."""
-    pad = tokenizer.pad_token_id
-    conditioned, plain, response_ids, mask = _batch(
-        examples, control_ids, bos=tokenizer.bos_token_id, pad=pad
-    )
-    device = next(policy.parameters()).device
-    lengths = torch.tensor([len(p) for p in conditioned]) + mask.sum(dim=1).long()
-    n_tokens = int(mask.sum())
-    sums: dict[str, float] = defaultdict(float)
-    optimizer.zero_grad(set_to_none=True)
-    for idx in pack(
-        lengths,
-        torch.arange(len(examples)),
-        max_rows=cfg.minibatch_size or len(examples),
-        max_tokens=cfg.forward_tokens,
-    ):
-        T = int(mask[idx].sum(dim=1).max())
-        ids, m = response_ids[idx, :T], mask[idx, :T]
-        rows = idx.tolist()
-        with _autocast(cfg.bf16, device):
-            logps = conditioned_logps(
-                policy, [conditioned[i] for i in rows], ids, m, pad_id=pad, vocab_size=vocab_size
-            )
-            with torch.no_grad():
-                ref_logps = conditioned_logps(
-                    ref, [plain[i] for i in rows], ids, m, pad_id=pad, vocab_size=vocab_size
-                )
-        losses, metrics = quark_loss(
-            logps,
-            ref_logps.to(logps.dtype),
-            ids.to(device),
-            m.to(device),
-            beta=quark.kl_coef,
-            entropy_coef=quark.entropy_coef,
-        )
-        share = int(m.sum()) / n_tokens
-        loss = losses.sum() / n_tokens  # this pass's part of the batch's token mean
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()}")
-        loss.backward()
-        sums["train/loss"] += loss.item()
-        for k, v in metrics.items():
-            sums[k] += v * share
-    limit = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
-    norm = torch.nn.utils.clip_grad_norm_(list(policy.parameters()), limit)
-    if not torch.isfinite(norm):
-        raise NonFiniteLoss(f"gradient norm is {norm.item()}")
-    optimizer.step()
-    return dict(sums) | {"train/grad_norm": norm.item()}
+__all__ = ["QuarkSettings", "train_quark"]
 
 
 # ---------------------------------------------------------------- the recipe
@@ -267,7 +114,7 @@ def train_quark(
     evaluator: PolicyEvaluator,
     initial: tuple[Sequence[str], Sequence[str], np.ndarray] | None = None,
     log: Callable[[str], Any] = print,
-) -> RLResult:
+) -> LoopResult:
     """Train ``policy`` in place with Quark against ``reward_fn`` for ``cfg.steps`` steps.
 
     From ``cfg``: ``steps``, ``prompts_per_step``, ``group_size``, ``lr``, ``adam_betas``,
@@ -293,7 +140,7 @@ def train_quark(
         log: called with one line per evaluation point.
 
     Returns:
-        An :class:`~proxygap.optimize.rl_record.RLResult` whose ``config`` holds ``cfg``,
+        A :class:`~proxygap.optimize.loop.LoopResult` whose ``config`` holds ``cfg``,
         ``quark`` (the settings), ``quark_control_ids`` and ``quark_vocab_size`` (``V0``).
 
     Raises:
@@ -342,7 +189,7 @@ def train_quark(
         lambda s: lr_factor(s, kind=cfg.lr_schedule, warmup=cfg.warmup_steps, total=cfg.steps),
     )
     stream = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=cfg.seed)
-    result = RLResult(
+    result = LoopResult(
         config=cfg.model_dump(mode="json")
         | {
             "quark": quark.model_dump(mode="json"),
@@ -369,15 +216,18 @@ def train_quark(
         return [tuple(x[: int(n)].tolist()) for x, n in zip(s.response_ids, s.lengths, strict=True)]
 
     # ---- the initial pool: samples of pi0
-    pool = QuarkPool(quark.k, seed=_seed(cfg.seed, 0, 3))
-    if initial is None:
-        prompts = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=_seed(cfg.seed))
+    pool = QuarkPool(quark.k, seed=step_seed(cfg.seed, 0, "pool"))
+    if initial is None:  # one step's worth of pi0 samples, from prompts of their own stream
+        prompts = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=mix(cfg.seed))
         prompts0 = prompts.next()
         plain = encode_prompts(tokenizer, prompts0)
-        s = draw(ref, plain, _seed(cfg.seed, 0, 0))
+        s = draw(ref, plain, step_seed(cfg.seed, 0, "initial_samples"))
         index = s.prompt_index.tolist()
         raw = reward_fn(join([prompts0[i] for i in index], decode_responses(s, tokenizer)))
-        r0 = checked_rewards(raw, raw, n=len(index), step=0, result=result)
+        try:
+            r0 = checked_rewards(raw, raw, n=len(index))
+        except NonFiniteError as err:
+            raise NonFiniteError(err.message, step=0, result=result) from err
         pool.add([tuple(plain[i]) for i in index], responses_of(s), r0)
     else:
         prompts0, responses0, rewards0 = initial
@@ -387,58 +237,43 @@ def train_quark(
             rewards0,
         )
 
-    window: list[dict[str, float]] = []
-    t_start = time.perf_counter()
-    for step in range(cfg.steps + 1):
-        # ---- evaluate (step 0, every eval_every, and the last step)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            record_evaluation(
-                result, evaluator, policy, step=step, batch_size=B, window=window,
-                t_start=t_start, log=log, note=f"pool {len(pool)}", prefix=[best], vocab_size=V0,
-            )  # fmt: skip
-            window = []
-        if step == cfg.steps:
-            break
+    def quark_step(step: int) -> dict[str, float]:
         t_step = time.perf_counter()
-
         # ---- 1. sample, conditioned on the best token
         prompts = stream.next()
         plain = encode_prompts(tokenizer, prompts)
-        s = draw(policy, condition_prompts(plain, [best], bos), _seed(cfg.seed, step, 1))
+        s = draw(policy, condition_prompts(plain, [best], bos), step_seed(cfg.seed, step, "sample"))
         index = s.prompt_index.tolist()
         t_sample = time.perf_counter()
 
         # ---- 2. score, add to the pool, re-bucket
         raw = reward_fn(join([prompts[i] for i in index], decode_responses(s, tokenizer)))
-        reward = checked_rewards(raw, raw, n=len(index), step=step, result=result)
+        reward = checked_rewards(raw, raw, n=len(index))
         pool.add([tuple(plain[i]) for i in index], responses_of(s), reward)
         t_score = time.perf_counter()
 
         # ---- 3. update on uniform batches from the pool
         sums: dict[str, float] = defaultdict(float)
         for _ in range(quark.updates_per_step):
-            try:
-                metrics = _update(
-                    policy,
-                    ref,
-                    optimizer,
-                    pool.sample(batch_size),
-                    control_ids=control,
-                    vocab_size=V0,
-                    cfg=cfg,
-                    quark=quark,
-                    tokenizer=tokenizer,
-                )
-            except NonFiniteLoss as err:
-                raise NonFiniteError(str(err), step=step, result=result) from err
+            metrics = quark_update(
+                policy,
+                ref,
+                optimizer,
+                pool.sample(batch_size),
+                control_ids=control,
+                vocab_size=V0,
+                cfg=cfg,
+                quark=quark,
+                tokenizer=tokenizer,
+            )
             for k, v in metrics.items():
                 sums[k] += v / quark.updates_per_step
         lr_now = scheduler.get_last_lr()[0]
         scheduler.step()
         t_update = time.perf_counter()
 
-        # ---- 4. log this step
-        row = {
+        # ---- 4. the step's metrics
+        return {
             "train/reward_raw": float(np.mean(reward)),
             "train/length": float(s.mask.sum(dim=1).mean()),
             "train/finished": float(s.finished.float().mean()),
@@ -446,11 +281,16 @@ def train_quark(
             "train/optimizer_steps": float(quark.updates_per_step),
             "train/lr": lr_now,
             **pool.metrics(),
-            "time/step": time.perf_counter() - t_step,
             "time/sample": t_sample - t_step,
             "time/score": t_score - t_sample,
             "time/update": t_update - t_score,
         }
-        result.steps.append({"step": float(step + 1), **row})
-        window.append(row)
-    return result
+
+    return run_loop(
+        schedule=Schedule.every(cfg.eval_every, total=cfg.steps, samples_per_step=B),
+        train_step=quark_step,
+        evaluate=lambda step: evaluator(policy, prefix=[best], vocab_size=V0),
+        result=result,
+        log=log,
+        describe=lambda row: describe_row(row) + f"  pool {len(pool)}",
+    )

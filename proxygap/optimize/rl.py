@@ -1,13 +1,15 @@
 """Online RL against a proxy reward, tracked against gold: PPO, GRPO and RLOO (METHODS.md §2-3).
 
-One linear loop (:func:`train_rl`), CleanRL style. Every step:
+One step (:func:`train_rl`'s ``rl_step``) reads top to bottom, CleanRL style; the shared loop
+(:func:`proxygap.optimize.loop.run_loop`) evaluates, records and checkpoints around it. Every
+step:
 
 1. **sample** ``group_size`` responses for each of ``prompts_per_step`` training prompts from the
    current policy (:func:`proxygap.sampling.generate.sample`, seeded per step);
 2. **score** them with ``reward_fn`` (the proxy, centred on the initial policy), passed through
    the ``transform`` hook (identity unless a mitigation plugs in);
-3. **reference log-probs** (no gradient) and the per-token log ratio ``lr_t`` to ``pi_ref``;
-4. **advantages**: the KL penalty ``-beta * k(lr_t)`` joins the per-token reward when
+3. **reference log-probs** (no gradient) and the per-token log ratio to ``pi_ref``;
+4. **advantages**: the KL penalty ``-beta * k(log_ratio_t)`` joins the per-token reward when
    ``kl_mode = "reward"`` (Ziegler et al. 2019), then the algorithm's estimator: GAE with a
    separate critic (PPO, Schulman et al. 2017), group-normalised (GRPO, Shao et al. 2024) or
    leave-one-out (RLOO, Ahmadian et al. 2024);
@@ -46,7 +48,7 @@ Training metrics, means over the steps since the previous evaluation point (abse
 - ``policy/clipfrac``, ``policy/approx_kl`` (k3 of ``KL(pi_old || pi)``), ``policy/ratio_mean``;
 - ``value/loss``, ``value/mse``, ``value/clipfrac`` (PPO only);
 - ``train/loss``, ``train/grad_norm`` (before clipping), ``train/optimizer_steps``, ``train/lr``;
-- ``time/step``, ``time/sample``, ``time/score``, ``time/ref``, ``time/update``: seconds per step;
+- ``time/sample``, ``time/score``, ``time/ref``, ``time/update``, ``time/step``: seconds per step;
 - whatever the ``post_step`` hook returns (namespaced by the hook).
 """
 
@@ -55,60 +57,41 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import model_validator
 from transformers import PreTrainedModel
 
 from proxygap.estimators.kl import sequence_kl
+from proxygap.models.schedule import lr_factor
+from proxygap.optimize.checkpoint import save_checkpoint
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.kl_control import KLController, make_kl_controller
-from proxygap.optimize.rl_hooks import PostStepHook, RewardTransform, RLHooks
-from proxygap.optimize.rl_record import (
-    NonFiniteError,
-    RLResult,
-    checked_rewards,
-    record_evaluation,
-)
-from proxygap.optimize.rl_rollout import (
-    ADVANTAGES,
-    PromptStream,
-    Rollout,
-    per_token_kl,
-    token_rewards,
-)
-from proxygap.optimize.rl_update import (
-    NonFiniteLoss,
+from proxygap.optimize.loop import LoopResult, Schedule, checked_rewards, describe_row, run_loop
+from proxygap.optimize.ppo_update import (
     UpdateSettings,
-    critic_values,
-    logprobs_of,
     new_critic,
-    packed,
-    save_checkpoint,
+    packed_logprobs,
+    packed_values,
     update,
 )
-from proxygap.optimize.schedule import lr_factor
+from proxygap.optimize.rl_hooks import RLHooks
+from proxygap.optimize.rollout import ADVANTAGES, PromptStream, Rollout, per_token_kl, token_rewards
 from proxygap.sampling.generate import decode_responses, encode_prompts, sample
-from proxygap.schema import Strict
+from proxygap.schema import (
+    NonNegFloat,
+    NonNegInt,
+    OpenUnitFloat,
+    PosFloat,
+    PosInt,
+    Strict,
+    UnitFloat,
+)
+from proxygap.seeds import step_seed
 
-__all__ = [
-    "NonFiniteError",
-    "PostStepHook",
-    "RLConfig",
-    "RLHooks",
-    "RLResult",
-    "RewardTransform",
-    "rl_evaluator",
-    "train_rl",
-]
-
-PosInt = Annotated[int, Field(ge=1)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-UnitFloat = Annotated[float, Field(ge=0, le=1)]
+__all__ = ["RLConfig", "rl_evaluator", "train_rl"]
 
 
 class RLConfig(Strict):
@@ -143,7 +126,7 @@ class RLConfig(Strict):
     grad_accum: PosInt = 1  # optimiser step = minibatch_size x grad_accum rows
     forward_tokens: PosInt = 2048  # most padded tokens per forward pass (speed/memory only)
     ppo_epochs: PosInt = 1
-    clip: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    clip: OpenUnitFloat = 0.2
     vf_coef: NonNegFloat = 0.1
     value_clip: PosFloat = 0.2
     gamma: UnitFloat = 1.0
@@ -222,10 +205,6 @@ def _kl_controller(cfg: RLConfig) -> KLController:
     )
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(1)[0])
-
-
 # ---------------------------------------------------------------- the recipe
 def train_rl(
     policy: PreTrainedModel,
@@ -240,7 +219,7 @@ def train_rl(
     hooks: RLHooks | None = None,
     log: Callable[[str], Any] = print,
     checkpoint_dir: Path | str | None = None,
-) -> RLResult:
+) -> LoopResult:
     """Optimise ``policy`` in place against ``reward_fn`` for ``cfg.steps`` steps.
 
     Args:
@@ -251,9 +230,9 @@ def train_rl(
         join: ``(prompts, responses) -> texts`` as ``reward_fn`` reads them.
         reward_fn: ``texts -> (B,)`` proxy rewards (centred on the initial policy).
         evaluator: measures the policy on held-out prompts every ``cfg.eval_every`` steps.
-        hooks: reward transform and post-step hook (no-ops by default).
+        hooks: reward transform, post-step and evaluation hooks (no-ops by default).
         log: called with one line per evaluation point.
-        checkpoint_dir: where :func:`~proxygap.optimize.rl_update.save_checkpoint` writes every
+        checkpoint_dir: where :func:`~proxygap.optimize.checkpoint.save_checkpoint` writes every
             ``cfg.checkpoint_every`` steps (nothing is written if None or 0).
 
     Raises:
@@ -298,23 +277,10 @@ def train_rl(
         forward_tokens=cfg.forward_tokens,
     )
     stream = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=cfg.seed)
-    result = RLResult(config=cfg.model_dump(mode="json"))
-    window: list[dict[str, float]] = []
-    B = cfg.batch_size
-    t_start = time.perf_counter()
+    result = LoopResult(config=cfg.model_dump(mode="json"))
 
-    for step in range(cfg.steps + 1):
-        # ---- evaluate (step 0, every eval_every, and the last step)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            record_evaluation(
-                result, evaluator, policy, step=step, batch_size=B, window=window,
-                t_start=t_start, log=log, note=f"beta {controller.beta:.4f}",
-            )  # fmt: skip
-            window = []
-        if step == cfg.steps:
-            break
+    def rl_step(step: int) -> dict[str, float]:
         t_step = time.perf_counter()
-
         # ---- 1. sample
         prompts = stream.next()
         s = sample(
@@ -326,7 +292,7 @@ def train_rl(
             eos_id=eos,
             pad_id=pad,
             batch_size=cfg.sample_batch_size,
-            seed=_seed(cfg.seed, step, 1),
+            seed=step_seed(cfg.seed, step, "sample"),
         )
         mask, response_ids = s.mask.clone(), s.response_ids.clone()  # plain tensors, not inference
         rows = [prompts[i] for i in s.prompt_index.tolist()]
@@ -335,57 +301,42 @@ def train_rl(
         # ---- 2. score (proxy, then the transform hook)
         texts = join(rows, decode_responses(s, tokenizer))
         raw = reward_fn(texts)
-        reward = checked_rewards(
-            raw, hooks.transform(raw, texts, rows), n=len(rows), step=step, result=result
-        )
+        reward = checked_rewards(raw, hooks.transform(raw, texts, rows), n=len(rows))
         score = torch.from_numpy(reward).float()
         t_score = time.perf_counter()
 
         # ---- 3. reference log-probs and per-token KL
         batch = Rollout(s.prompt_ids_rows(), response_ids, mask, s.logprobs.clone())
-        batch.ref_logprobs = packed(lambda b: logprobs_of(ref, b, s=settings), batch, s=settings)
-        lr = batch.logprobs - batch.ref_logprobs  # (B, T)
-        _, kl_metrics = sequence_kl(lr, mask)
-        kl_tok, _ = per_token_kl(lr, mask, estimator=cfg.estimator)
+        batch.ref_logprobs = packed_logprobs(ref, batch, settings)
+        log_ratio = batch.logprobs - batch.ref_logprobs  # (B, T)
+        _, kl_metrics = sequence_kl(log_ratio, mask)
+        kl_tok, _ = per_token_kl(log_ratio, mask, estimator=cfg.estimator)
         beta = controller.beta
         t_ref = time.perf_counter()
 
         # ---- 4. per-token rewards and advantages
         rewards_t = token_rewards(score, kl_tok, mask, beta=reward_beta * beta)  # (B, T)
         if critic is not None:
-            batch.values = packed(lambda b: critic_values(critic, b, pad_id=pad), batch, s=settings)
+            batch.values = packed_values(critic, batch, settings)
         batch.advantages, batch.returns = advantage_fn(
-            rewards_t,
-            batch.values,
-            mask,
-            group_size=cfg.group_size,
-            gamma=cfg.gamma,
-            lam=cfg.lam,
+            rewards_t, batch.values, mask, group_size=cfg.group_size, gamma=cfg.gamma, lam=cfg.lam
         )
 
         # ---- 5. update
-        try:
-            train_metrics = update(
-                policy,
-                critic,
-                optimizer,
-                batch,
-                kl_beta=loss_beta * beta,
-                s=settings,
-                gen=torch.Generator().manual_seed(_seed(cfg.seed, step, 2)),
-            )
-        except NonFiniteLoss as err:
-            raise NonFiniteError(str(err), step=step, result=result) from err
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, "minibatch_order"))
+        train_metrics = update(
+            policy, critic, optimizer, batch, kl_beta=loss_beta * beta, s=settings, gen=gen
+        )
         lr_now = scheduler.get_last_lr()[0]
         scheduler.step()
         t_update = time.perf_counter()
 
         # ---- 6. KL controller and post-step hook
-        controller.update(kl_metrics[f"kl/{cfg.estimator}"], n_steps=B)
+        controller.update(kl_metrics[f"kl/{cfg.estimator}"], n_steps=len(batch))
         hook_metrics = hooks.post_step(policy=policy, ref=ref, optimizer=optimizer, step=step + 1)
 
-        # ---- 7. log this step
-        row = {
+        # ---- 7. the step's metrics
+        return {
             "train/reward_raw": float(np.mean(raw)),
             "train/reward_mean": float(reward.mean()),
             "train/reward_std": float(reward.std()),
@@ -397,35 +348,35 @@ def train_rl(
             "train/lr": lr_now,
             **train_metrics,
             **(hook_metrics or {}),
-            "time/step": time.perf_counter() - t_step,
             "time/sample": t_sample - t_step,
             "time/score": t_score - t_sample,
             "time/ref": t_ref - t_score,
             "time/update": t_update - t_ref,
         }
-        result.steps.append({"step": float(step + 1), **row})
-        window.append(row)
 
-        # ---- 8. checkpoint (the step's row included)
-        if (
-            checkpoint_dir is not None
-            and cfg.checkpoint_every
-            and (step + 1) % cfg.checkpoint_every == 0
-        ):
-            save_checkpoint(
-                checkpoint_dir,
-                step=step + 1,
-                policy=policy,
-                critic=critic,
-                tokenizer=tokenizer,
-                config=result.config,
-                state={
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "kl_controller": controller.state_dict(),
-                    "prompt_position": stream.position,
-                    "history": result.history,
-                    "steps": result.steps,
-                },
-            )
-    return result
+    def checkpoint(done: int) -> None:
+        assert checkpoint_dir is not None
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "kl_controller": controller.state_dict(),
+            "prompt_position": stream.position,
+            "history": result.history,
+            "steps": result.steps,
+        }
+        save_checkpoint(
+            checkpoint_dir, step=done, policy=policy, critic=critic, tokenizer=tokenizer,
+            config=result.config, state=state,
+        )  # fmt: skip
+
+    return run_loop(
+        schedule=Schedule.every(cfg.eval_every, total=cfg.steps, samples_per_step=cfg.batch_size),
+        train_step=rl_step,
+        evaluate=lambda step: evaluator(policy),
+        result=result,
+        log=log,
+        describe=lambda row: describe_row(row) + f"  beta {controller.beta:.4f}",
+        checkpoint=checkpoint if checkpoint_dir is not None else None,
+        checkpoint_every=cfg.checkpoint_every,
+        on_evaluate=hooks.on_evaluate,
+    )

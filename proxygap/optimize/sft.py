@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 from transformers import PreTrainedModel
 
+from proxygap.errors import NonFiniteError
 from proxygap.models.logprobs import response_logprobs
-from proxygap.optimize.schedule import lr_factor
+from proxygap.models.schedule import lr_factor
+from proxygap.optimize.loop import optimiser_step
 from proxygap.sampling.generate import encode_prompts
 
 
@@ -84,13 +87,9 @@ def fine_tune(
         opt, lambda s: lr_factor(s, kind="cosine", warmup=warmup, total=n_steps)
     )
     history = SFTHistory()
-    model.eval()  # no dropout: the tiny policies are trained without it
-    order = torch.empty(0, dtype=torch.long)
-    for step in range(n_steps):
-        if step % per_epoch == 0:
-            order = torch.randperm(n, generator=gen)
-        k = step % per_epoch
-        idx = order[k * batch_size : (k + 1) * batch_size]
+    params = list(model.parameters())
+
+    def batch_loss(idx: Tensor) -> tuple[Tensor, float]:
         m = mask[idx]
         width = int(m.sum(dim=1).max())
         lp = response_logprobs(
@@ -101,12 +100,19 @@ def fine_tune(
             pad_id=tokenizer.pad_token_id,
         )  # (b, T)
         loss = -lp.sum() / m.sum()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"SFT step {step}: non-finite loss {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        opt.step()
-        sched.step()
         history.loss.append(loss.item())
+        return loss, 1.0
+
+    model.eval()  # no dropout: the tiny policies are trained without it
+    order = torch.empty(0, dtype=torch.long)
+    for step in range(n_steps):
+        if step % per_epoch == 0:
+            order = torch.randperm(n, generator=gen)
+        k = step % per_epoch
+        idx = order[k * batch_size : (k + 1) * batch_size]
+        try:
+            optimiser_step(opt, params, [idx], batch_loss, max_grad_norm=max_grad_norm)
+        except NonFiniteError as err:
+            raise NonFiniteError(f"SFT: {err.message}", step=step) from err
+        sched.step()
     return history

@@ -20,8 +20,8 @@ from transformers import GPT2ForSequenceClassification, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from proxygap.losses.bradley_terry import bradley_terry_loss
+from proxygap.models.schedule import lr_factor
 from proxygap.models.tiny import tiny_gpt2_config
-from proxygap.optimize.schedule import lr_factor
 
 
 def new_reward_model(

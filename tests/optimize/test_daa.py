@@ -19,22 +19,15 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from proxygap.analysis.likelihood import likelihood_indicators, topk_entropy, topk_mass
 from proxygap.data.preferences import Pairs
 from proxygap.models.loading import load_tokenizer
-from proxygap.optimize.daa import (
-    DAAConfig,
-    pair_logps,
-    plan_schedule,
-    prepare_pairs,
-    sample_likelihood,
-    tokenize_pairs,
-    train_daa,
-)
-from proxygap.optimize.daa_sweep import beta_sweep
+from proxygap.optimize.daa import DAAConfig, plan_schedule, sample_likelihood, train_daa
+from proxygap.optimize.daa_pairs import pair_logps, prepare_pairs, tokenize_pairs
+from proxygap.optimize.daa_sweep import summarise_sweep
 from proxygap.optimize.evaluate import PolicyEvaluator
 from proxygap.sampling.generate import sample
 from proxygap.tasks import get_task
 
 TASK = get_task("reviews")
-TIME_KEYS = ("time/wall_seconds", "time/train_seconds")
+TIME_KEYS = ("time/wall", "time/eval", "time/step")
 
 
 @pytest.fixture(scope="module")
@@ -259,25 +252,47 @@ def test_gradient_accumulation_matches_one_large_batch(tok):
 
 
 def test_beta_sweep_hump_uses_the_final_checkpoints(tok):
-    policy = tiny_gpt2(tok, seed=7)
-    before = [p.detach().clone() for p in policy.parameters()]
-    cfg = DAAConfig(lr=3e-3, batch_size=8, eval_at=[0, 0.5, 1.0])
-    sweep = beta_sweep(
-        policy,
-        tok,
-        _learnable_pairs(16),
-        _learnable_pairs(8, HELDOUT_SUBJECTS),
-        cfg=cfg,
-        betas={"dpo": [0.05, 1.0]},
-        evaluator=_evaluator(tiny_gpt2(tok, seed=7), tok),
-        log=lambda _: None,
-    )
-    assert [(lo, b) for lo, b, _ in sweep.runs] == [("dpo", 0.05), ("dpo", 1.0)]
-    assert all(torch.equal(p, q) for p, q in zip(before, policy.parameters(), strict=True))
+    ref = tiny_gpt2(tok, seed=7)
+    train = prepare_pairs(ref, tok, _learnable_pairs(16))
+    held = prepare_pairs(ref, tok, _learnable_pairs(8, HELDOUT_SUBJECTS))
+    evaluator = _evaluator(ref, tok)
+    runs = []
+    for beta in (0.05, 1.0):
+        cfg = DAAConfig(beta=beta, lr=3e-3, batch_size=8, eval_at=[0, 0.5, 1.0])
+        policy = tiny_gpt2(tok, seed=7)
+        result = train_daa(
+            policy, ref, tok, train, held, cfg=cfg, evaluator=evaluator, log=lambda _: None
+        )
+        runs.append(("dpo", beta, result))
+    sweep = summarise_sweep(runs)
     finals = sorted((r.history[-1] for _, _, r in sweep.runs), key=lambda h: h["d"])
     best = max(range(2), key=lambda i: finals[i]["reward/gold"])
     assert sweep.hump["dpo"].d_peak == finals[best]["d"]
+    assert sweep.hump["dpo"].gold_peak == finals[best]["reward/gold"]
     assert len(sweep.rows()) == 2 * 3
+
+
+def test_a_non_finite_loss_stops_at_its_step(tok, monkeypatch):
+    """A NaN loss at the third optimizer step stops the run naming step 2, with the history of
+    the evaluations before it kept."""
+    from proxygap.errors import NonFiniteError
+    from proxygap.optimize import daa as daa_module
+
+    calls = {"n": 0}
+    real = daa_module.compute_daa_loss
+
+    def nan_on_third(*args, **kw):  # training calls only: evaluations run without gradient
+        losses, metrics = real(*args, **kw)
+        calls["n"] += torch.is_grad_enabled()
+        nan = torch.is_grad_enabled() and calls["n"] == 3
+        return (losses * float("nan") if nan else losses), metrics
+
+    monkeypatch.setattr(daa_module, "compute_daa_loss", nan_on_third)
+    cfg = DAAConfig(lr=3e-3, batch_size=8, eval_at=[0, 0.25, 1.0])
+    with pytest.raises(NonFiniteError, match="step 2: loss is nan") as info:
+        _run(tok, cfg)
+    assert [h["step"] for h in info.value.result.history] == [0, 1]
+    assert len(info.value.result.steps) == 2
 
 
 # --------------------------------------------------------------------------- likelihood indicators

@@ -19,10 +19,12 @@ from pydantic import ValidationError
 from transformers import GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
+from proxygap.errors import NonFiniteError
 from proxygap.mitigations.quark import QuarkPool
 from proxygap.optimize.evaluate import PolicyEvaluator
-from proxygap.optimize.quark import QuarkSettings, encode_responses, train_quark
-from proxygap.optimize.rl import NonFiniteError, RLConfig
+from proxygap.optimize.quark import QuarkSettings, train_quark
+from proxygap.optimize.quark_update import encode_responses
+from proxygap.optimize.rl import RLConfig
 from proxygap.sampling.generate import (
     condition_prompts,
     decode_responses,

@@ -17,14 +17,17 @@ import torch
 from transformers import GPT2LMHeadModel
 
 import proxygap.optimize.rl as rl_module
+from proxygap.errors import NonFiniteError
 from proxygap.estimators.advantages import kl_penalised_token_rewards
 from proxygap.models.logprobs import response_logprobs
-from proxygap.optimize import rl_rollout
+from proxygap.models.schedule import lr_factor
+from proxygap.optimize import rollout as rl_rollout
 from proxygap.optimize.evaluate import PolicyEvaluator
-from proxygap.optimize.rl import NonFiniteError, RLConfig, RLHooks, train_rl
-from proxygap.optimize.rl_rollout import PromptStream, pack
-from proxygap.optimize.rl_update import critic_values, new_critic, optimiser_steps
-from proxygap.optimize.schedule import lr_factor
+from proxygap.optimize.loop import LoopResult
+from proxygap.optimize.ppo_update import critic_values, new_critic, optimiser_steps
+from proxygap.optimize.rl import RLConfig, train_rl
+from proxygap.optimize.rl_hooks import RLHooks
+from proxygap.optimize.rollout import PromptStream, pack
 from proxygap.sampling.generate import decode_responses, encode_prompts, sample
 from proxygap.tasks.reviews.build import build_tokenizer, tiny_gpt2_config
 
@@ -516,9 +519,7 @@ def test_non_finite_error_survives_pickling():
     run so far must arrive intact."""
     import pickle
 
-    from proxygap.optimize.rl_record import RLResult
-
-    err = NonFiniteError("loss is nan", step=7, result=RLResult(history=[{"step": 5.0}]))
+    err = NonFiniteError("loss is nan", step=7, result=LoopResult(history=[{"step": 5.0}]))
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is NonFiniteError and str(back) == "step 7: loss is nan"
     assert back.step == 7 and back.result.history == [{"step": 5.0}]

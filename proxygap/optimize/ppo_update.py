@@ -1,8 +1,9 @@
-"""The learning side of online RL: critic, optimiser, schedule, the clipped update, checkpoints.
+"""The learning side of PPO, GRPO and RLOO: the critic and the clipped update.
 
 Used by :mod:`proxygap.optimize.rl`. :func:`update` runs ``epochs`` passes over a
-:class:`~proxygap.optimize.rl_rollout.Rollout` in optimiser steps of ``micro * accum`` rows,
-each accumulated over forward passes of at most ``micro`` rows. Every pass's loss is weighted
+:class:`~proxygap.optimize.rollout.Rollout` in optimiser steps of ``micro * accum`` rows,
+each accumulated over forward passes of at most ``micro`` rows
+(:func:`~proxygap.optimize.loop.optimiser_step`). Every pass's loss is weighted
 by its share of the optimiser step's response tokens (``token_mean``) or sequences
 (``seq_mean``), so the accumulated gradient equals that of the whole step's batch in one pass
 (TRL's invariance tests: batch 8x1 equals batch 1x8 with accumulation).
@@ -10,26 +11,19 @@ by its share of the optimiser step's response tokens (``token_mean``) or sequenc
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
-import math
-import os
-import shutil
-import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
 from proxygap.losses.ppo import kl_loss_term, ppo_policy_loss, ppo_value_loss
-from proxygap.models.logprobs import build_inputs, response_logprobs
-from proxygap.optimize.rl_rollout import Rollout, pack
+from proxygap.models.logprobs import build_inputs
+from proxygap.optimize.loop import optimiser_step
+from proxygap.optimize.rollout import Rollout, autocast, logprobs_of, pack, packed
 
 
 # ---------------------------------------------------------------- critic
@@ -65,7 +59,6 @@ def critic_values(critic: PreTrainedModel, batch: Rollout, *, pad_id: int) -> Te
     return values.to(torch.promote_types(values.dtype, torch.float32)) * batch.mask.to(device)
 
 
-# ---------------------------------------------------------------- optimiser and schedule
 # ---------------------------------------------------------------- the update
 @dataclass(frozen=True)
 class UpdateSettings:
@@ -112,42 +105,6 @@ def _share(batch: Rollout, total: Rollout, aggregation: str) -> float:
     return part / max(whole, 1)
 
 
-def _autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def logprobs_of(model: PreTrainedModel, batch: Rollout, *, s: UpdateSettings) -> Tensor:
-    """log pi(y_t | x, y_<t) of the batch's response tokens, ``(B, T)``, 0 off the mask (float32
-    or the model's wider dtype); with gradient unless called under ``no_grad``; bf16 autocast
-    if ``s.bf16``."""
-    device = next(model.parameters()).device
-    with _autocast(s.bf16, device):
-        return response_logprobs(
-            model, batch.prompt_ids, batch.response_ids, batch.mask, pad_id=s.pad_id
-        )
-
-
-@torch.no_grad()
-def packed(fn: Callable[[Rollout], Tensor], rollout: Rollout, *, s: UpdateSettings) -> Tensor:
-    """``fn`` applied to length-sorted forward passes over the rollout (no gradient), put back
-    in row order: ``(B, T)`` on the CPU, 0 beyond each pass's longest response."""
-    parts = [
-        (idx, fn(rollout.rows(idx)).cpu())
-        for idx in pack(
-            rollout.lengths,
-            torch.arange(len(rollout)),
-            max_rows=s.micro,
-            max_tokens=s.forward_tokens,
-        )
-    ]
-    out = torch.zeros(rollout.mask.shape, dtype=parts[0][1].dtype)
-    for idx, part in parts:
-        out[idx, : part.shape[1]] = part
-    return out
-
-
 def micro_loss(
     policy: PreTrainedModel,
     critic: PreTrainedModel | None,
@@ -168,7 +125,7 @@ def micro_loss(
     assert batch.advantages is not None and batch.ref_logprobs is not None
     device = next(policy.parameters()).device
     mask = batch.mask.to(device)
-    logp = logprobs_of(policy, batch, s=s)
+    logp = logprobs_of(policy, batch, pad_id=s.pad_id, bf16=s.bf16)
     old = logp.detach() if old_logprobs is None else old_logprobs.to(device)
     loss, metrics = ppo_policy_loss(
         logp, old, batch.advantages.to(device), mask, clip=s.clip, aggregation=s.aggregation
@@ -184,7 +141,7 @@ def micro_loss(
     metrics |= kl_metrics
     if critic is not None:
         assert batch.values is not None and batch.returns is not None
-        with _autocast(s.bf16, device):
+        with autocast(s.bf16, device):
             values = critic_values(critic, batch, pad_id=s.pad_id)
         v_loss, v_metrics = ppo_value_loss(
             values,
@@ -197,10 +154,6 @@ def micro_loss(
         loss = loss + s.vf_coef * v_loss
         metrics |= v_metrics | {"value/loss": v_loss.item()}
     return loss, metrics
-
-
-class NonFiniteLoss(FloatingPointError):
-    """A loss or gradient norm was NaN or inf."""
 
 
 def update(
@@ -216,11 +169,11 @@ def update(
     """One PPO-style update on ``rollout``; returns metrics averaged over forward passes
     (weighted by their share) and optimiser steps, plus ``train/grad_norm`` (mean over
     optimiser steps, before clipping, policy and critic together) and
-    ``train/optimizer_steps``."""
+    ``train/optimizer_steps``. Raises NonFiniteError on a NaN or inf loss or gradient norm."""
     steps = list(optimiser_steps(len(rollout), rows=s.micro * s.accum, epochs=s.epochs, gen=gen))
     old_all = None
     if len(steps) > 1:  # off-policy after the first step: freeze log pi_old now
-        old_all = packed(lambda b: logprobs_of(policy, b, s=s), rollout, s=s)
+        old_all = packed_logprobs(policy, rollout, s)
     params = [p for p in policy.parameters() if p.requires_grad]
     if critic is not None:
         params += [p for p in critic.parameters() if p.requires_grad]
@@ -229,63 +182,43 @@ def update(
     norms = []
     for rows in steps:
         whole = rollout.rows(rows)
-        optimizer.zero_grad(set_to_none=True)
-        for idx in pack(lengths, rows, max_rows=s.micro, max_tokens=s.forward_tokens):
+
+        def pass_loss(idx: Tensor, whole: Rollout = whole) -> tuple[Tensor, float]:
             batch = rollout.rows(idx)
             old = None if old_all is None else old_all[idx, : batch.mask.shape[1]]
             loss, metrics = micro_loss(policy, critic, batch, old, kl_beta=kl_beta, s=s)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss is {loss.item()}")
             share = _share(batch, whole, s.aggregation)
-            (loss * share).backward()
             for k, v in metrics.items():
                 sums[k] += v * share / len(steps)
             sums["train/loss"] += loss.item() * share / len(steps)
-        limit = s.max_grad_norm if s.max_grad_norm is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, limit)
-        if not torch.isfinite(norm):
-            raise NonFiniteLoss(f"gradient norm is {norm.item()}")
-        norms.append(norm.item())
-        optimizer.step()
+            return loss, share
+
+        passes = pack(lengths, rows, max_rows=s.micro, max_tokens=s.forward_tokens)
+        norms.append(
+            optimiser_step(optimizer, params, passes, pass_loss, max_grad_norm=s.max_grad_norm)
+        )
     return dict(sums) | {
         "train/grad_norm": sum(norms) / len(norms),
         "train/optimizer_steps": float(len(steps)),
     }
 
 
-# ---------------------------------------------------------------- checkpoints
-def save_checkpoint(
-    folder: Path | str,
-    *,
-    step: int,
-    policy: PreTrainedModel,
-    critic: PreTrainedModel | None,
-    tokenizer: Any,
-    state: dict[str, Any],
-    config: dict[str, Any],
-) -> Path:
-    """Write ``folder/step-{step:06d}`` atomically: into a temporary folder beside it, renamed
-    when complete. Holds ``policy/`` (and ``critic/``) as safetensors model folders, the
-    tokenizer, ``trainer_state.pt`` (``state``: optimiser, scheduler, KL controller, prompt
-    position, history so far, ...; loadable with ``torch.load(..., weights_only=True)``) and
-    ``rl_config.json``. Sampling and shuffling seeds derive from ``(seed, step)``, so a run
-    resumed from this state can continue exactly.
-    """
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-    try:
-        policy.save_pretrained(tmp / "policy", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "policy")
-        if critic is not None:
-            critic.save_pretrained(tmp / "critic", safe_serialization=True)
-        torch.save({"step": step, **state}, tmp / "trainer_state.pt")
-        (tmp / "rl_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+def packed_logprobs(model: PreTrainedModel, rollout: Rollout, s: UpdateSettings) -> Tensor:
+    """``log pi(y_t | ...)`` of every row of ``rollout`` under ``model`` (no gradient), in
+    packed forward passes, ``(B, T)`` on the CPU."""
+    return packed(
+        lambda b: logprobs_of(model, b, pad_id=s.pad_id, bf16=s.bf16),
+        rollout,
+        max_rows=s.micro,
+        max_tokens=s.forward_tokens,
+    )
+
+
+def packed_values(critic: PreTrainedModel, rollout: Rollout, s: UpdateSettings) -> Tensor:
+    """The critic's values of every row of ``rollout`` (no gradient), ``(B, T)`` on the CPU."""
+    return packed(
+        lambda b: critic_values(critic, b, pad_id=s.pad_id),
+        rollout,
+        max_rows=s.micro,
+        max_tokens=s.forward_tokens,
+    )

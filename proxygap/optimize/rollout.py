@@ -1,6 +1,6 @@
-"""The experience side of online RL: prompts, per-token KL rewards and advantages.
+"""The experience side of online RL: prompts, rollouts, per-token KL rewards and advantages.
 
-Pure pieces used by the recipe in :mod:`proxygap.optimize.rl`:
+What the RL step (:mod:`proxygap.optimize.rl`) reads, in the order it reads it:
 
 - :class:`PromptStream` walks through the training prompts in seeded shuffled epochs;
 - :func:`token_rewards` puts the KL penalty in the per-token reward (Ziegler et al. 2019);
@@ -8,17 +8,20 @@ Pure pieces used by the recipe in :mod:`proxygap.optimize.rl`:
   (PPO, Schulman et al. 2017), group-normalised (GRPO, Shao et al. 2024) or leave-one-out
   (RLOO, Ahmadian et al. 2024);
 - :class:`Rollout` holds one batch of experience, every tensor ``(B, T)`` or ``(B,)`` with the
-  ``G`` samples of a prompt in consecutive rows.
+  ``G`` samples of a prompt in consecutive rows; :func:`pack` cuts its rows into forward passes
+  of similar length and :func:`packed` runs a model over them (reference log-probs, values).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel
 
 from proxygap.estimators.advantages import (
     gae,
@@ -27,6 +30,7 @@ from proxygap.estimators.advantages import (
     rloo_advantages,
 )
 from proxygap.losses.ppo import KL_ESTIMATORS
+from proxygap.models.logprobs import response_logprobs
 
 
 class PromptStream:
@@ -59,17 +63,19 @@ class PromptStream:
         return [self.prompts[i] for i in idx]
 
 
-def per_token_kl(lr: Tensor, mask: Tensor, *, estimator: str) -> tuple[Tensor, int]:
-    """``k(lr_t)`` on response tokens and 0 elsewhere, with the number of k3-clamped tokens.
+def per_token_kl(log_ratio: Tensor, mask: Tensor, *, estimator: str) -> tuple[Tensor, int]:
+    """``k(log_ratio_t)`` on response tokens and 0 elsewhere, with the number of k3-clamped
+    tokens.
 
     Args:
-        lr: ``(B, T)`` log ratio ``log pi - log pi_ref`` of the sampled tokens.
+        log_ratio: ``(B, T)`` log ratio ``log pi - log pi_ref`` of the sampled tokens.
         mask: ``(B, T)`` response mask.
         estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (Schulman 2020; see
             :mod:`proxygap.estimators.kl`).
     """
     keep = mask.bool()
-    kl, n_clamped = KL_ESTIMATORS[estimator](torch.where(keep, lr, torch.zeros_like(lr)))
+    zeros = torch.zeros_like(log_ratio)
+    kl, n_clamped = KL_ESTIMATORS[estimator](torch.where(keep, log_ratio, zeros))
     return torch.where(keep, kl, torch.zeros_like(kl)), n_clamped
 
 
@@ -197,3 +203,37 @@ def pack(lengths: Tensor, idx: Tensor, *, max_rows: int, max_tokens: int) -> lis
         passes.append(order[start : start + n])
         start += n
     return passes
+
+
+def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``enabled``, else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def logprobs_of(model: PreTrainedModel, batch: Rollout, *, pad_id: int, bf16: bool) -> Tensor:
+    """log pi(y_t | x, y_<t) of the batch's response tokens, ``(B, T)``, 0 off the mask (float32
+    or the model's wider dtype); with gradient unless called under ``no_grad``; bf16 autocast
+    if ``bf16``."""
+    device = next(model.parameters()).device
+    with autocast(bf16, device):
+        return response_logprobs(
+            model, batch.prompt_ids, batch.response_ids, batch.mask, pad_id=pad_id
+        )
+
+
+@torch.no_grad()
+def packed(
+    fn: Callable[[Rollout], Tensor], rollout: Rollout, *, max_rows: int, max_tokens: int
+) -> Tensor:
+    """``fn`` applied to length-sorted forward passes over the rollout (:func:`pack`, no
+    gradient), put back in row order: ``(B, T)`` on the CPU, 0 beyond each pass's longest
+    response."""
+    idx = torch.arange(len(rollout))
+    passes = pack(rollout.lengths, idx, max_rows=max_rows, max_tokens=max_tokens)
+    parts = [(rows, fn(rollout.rows(rows)).cpu()) for rows in passes]
+    out = torch.zeros(rollout.mask.shape, dtype=parts[0][1].dtype)
+    for rows, part in parts:
+        out[rows, : part.shape[1]] = part
+    return out

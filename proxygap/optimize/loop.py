@@ -1,0 +1,229 @@
+"""The loop every optimiser runs: evaluate, train a step, record, checkpoint, stop on NaN.
+
+RL (:mod:`proxygap.optimize.rl`), Quark (:mod:`proxygap.optimize.quark`) and direct alignment
+(:mod:`proxygap.optimize.daa`) differ only in how one training step is taken and how the policy
+is evaluated; :func:`run_loop` does the rest the same way for all of them:
+
+- evaluate when the :class:`Schedule` says (e.g. at step 0 and every ``k`` steps) and after the
+  last step; an
+  evaluation row holds ``step``, ``samples_seen``, the evaluation's metrics, the means of the
+  training metrics since the previous row (absent at step 0), ``time/wall`` (seconds since the
+  start, evaluations included) and ``time/eval`` (seconds of this evaluation);
+- record every step's metrics (``LoopResult.steps``, with ``step`` = steps done and
+  ``time/step``, the step's seconds);
+- call the ``on_evaluate`` hooks with each new row (a monitor reads the run here);
+- checkpoint every ``checkpoint_every`` steps through the optimiser's own ``checkpoint``;
+- turn a NaN or inf anywhere in a step into :class:`~proxygap.errors.NonFiniteError` naming the
+  step and holding the run so far.
+
+:func:`optimiser_step` is the update every optimiser shares: gradients accumulated over forward
+passes, each pass's loss weighted by its share of the step, clipped, one optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from proxygap.errors import NonFiniteError
+
+__all__ = [
+    "EvalHook",
+    "LoopResult",
+    "Schedule",
+    "checked_rewards",
+    "optimiser_step",
+    "run_loop",
+    "window_means",
+]
+
+
+@dataclass
+class LoopResult:
+    """What a training loop records: ``history`` (one row per evaluation point), ``steps`` (the
+    training metrics of every step), ``examples`` (evaluation samples tagged with their step) and
+    ``config`` (the run's settings, JSON-ready)."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: list[dict[str, float]] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a loop evaluates: ``total`` training steps, an evaluation after every step count
+    ``evaluates`` accepts and after the last step; ``samples_per_step`` counts
+    ``samples_seen``."""
+
+    total: int
+    evaluates: Callable[[int], bool]
+    samples_per_step: int
+
+    @classmethod
+    def every(cls, k: int, *, total: int, samples_per_step: int) -> Schedule:
+        """Evaluate every ``k`` steps (and at 0 and ``total``)."""
+        return cls(total, lambda step: step % k == 0, samples_per_step)
+
+    @classmethod
+    def at(cls, steps: Iterable[int], *, total: int, samples_per_step: int) -> Schedule:
+        """Evaluate after each step count in ``steps`` (and at 0 and ``total``)."""
+        points = frozenset(steps)
+        return cls(total, points.__contains__, samples_per_step)
+
+    def is_eval(self, step: int) -> bool:
+        return step == self.total or self.evaluates(step)
+
+
+class EvalHook(Protocol):
+    """Called with every new evaluation row and the run so far (e.g. a monitor)."""
+
+    def __call__(self, row: dict[str, float], result: LoopResult) -> None: ...
+
+
+Evaluate = Callable[[int], tuple[dict[str, float], list[dict[str, Any]]]]
+"""``step -> (metrics, examples)``: the policy measured on held-out prompts."""
+TrainStep = Callable[[int], dict[str, float]]
+"""``step -> metrics``: one training step taken from step ``step`` (0-based)."""
+
+
+def run_loop(
+    *,
+    schedule: Schedule,
+    train_step: TrainStep,
+    evaluate: Evaluate,
+    result: LoopResult,
+    log: Callable[[str], Any] = print,
+    describe: Callable[[dict[str, float]], str] | None = None,
+    checkpoint: Callable[[int], Any] | None = None,
+    checkpoint_every: int = 0,
+    on_evaluate: Sequence[EvalHook] = (),
+) -> LoopResult:
+    """Run ``schedule.total`` training steps with evaluations, filling ``result`` in place.
+
+    Args:
+        schedule: how many steps and when to evaluate.
+        train_step: takes one step; returns its metrics (namespaced, e.g. ``train/loss``).
+        evaluate: measures the policy; returns its metrics and example samples.
+        result: the record to fill (its ``config`` set by the caller).
+        log: called with one line per evaluation (:func:`describe_row`, or ``describe``).
+        checkpoint: ``steps_done -> None``, called every ``checkpoint_every`` steps after the
+            step's row is recorded.
+        on_evaluate: called with each evaluation row, after it is recorded.
+
+    Raises:
+        NonFiniteError: from a step, with ``step`` and ``result`` filled in.
+    """
+    window: list[dict[str, float]] = []
+    t_start = time.perf_counter()
+    for step in range(schedule.total + 1):
+        if schedule.is_eval(step):
+            t0 = time.perf_counter()
+            metrics, examples = evaluate(step)
+            row = {
+                "step": float(step),
+                "samples_seen": float(step * schedule.samples_per_step),
+                **metrics,
+                **window_means(window),
+                "time/wall": time.perf_counter() - t_start,
+                "time/eval": time.perf_counter() - t0,
+            }
+            result.history.append(row)
+            result.examples += [{"step": step, **e} for e in examples]
+            log((describe or describe_row)(row))
+            for hook in on_evaluate:
+                hook(row, result)
+            window = []
+        if step == schedule.total:
+            break
+        t_step = time.perf_counter()
+        try:
+            metrics = train_step(step)
+        except NonFiniteError as err:
+            if err.step is not None:
+                raise
+            raise NonFiniteError(err.message, step=step, result=result) from err
+        metrics["time/step"] = time.perf_counter() - t_step
+        result.steps.append({"step": float(step + 1), **metrics})
+        window.append(metrics)
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            checkpoint(step + 1)
+    return result
+
+
+def describe_row(row: dict[str, float]) -> str:
+    """One log line for an evaluation row: step, proxy, gold with its SE, KL, wall time."""
+    return (
+        f"step {int(row['step']):5d}  proxy {row.get('reward/proxy', math.nan):+.3f}  "
+        f"gold {row['reward/gold']:+.3f}±{row['reward/gold_se']:.3f}  "
+        f"kl {row['kl/k1']:.3f}  ({row['time/wall']:.0f}s)"
+    )
+
+
+def window_means(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of every metric over ``rows`` (a key missing from some rows: mean of the others)."""
+    sums: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        for k, v in row.items():
+            sums[k].append(v)
+    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+def checked_rewards(raw: Any, reward: Any, *, n: int) -> np.ndarray:
+    """The (transformed) rewards ``reward`` as float64 ``(n,)``, after checking that ``raw`` and
+    ``reward`` have that shape and ``reward`` is finite (else :class:`NonFiniteError`)."""
+    raw, reward = np.asarray(raw, dtype=np.float64), np.asarray(reward, dtype=np.float64)
+    if raw.shape != (n,) or reward.shape != (n,):
+        raise ValueError(
+            f"rewards must have shape ({n},), got {raw.shape} and {reward.shape} after the "
+            "transform"
+        )
+    if not np.isfinite(reward).all():
+        bad = int((~np.isfinite(reward)).sum())
+        raise NonFiniteError(f"{bad} non-finite rewards")
+    return reward
+
+
+def optimiser_step(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[Tensor],
+    passes: Iterable[Any],
+    pass_loss: Callable[[Any], tuple[Tensor, float]],
+    *,
+    max_grad_norm: float | None,
+) -> float:
+    """One optimiser step with gradients accumulated over forward passes.
+
+    For every item of ``passes``, ``pass_loss(item) -> (loss, weight)`` computes that pass's loss
+    (recording its own metrics) and ``loss * weight`` is back-propagated, so the accumulated
+    gradient is that of the weighted sum (e.g. weights = each pass's share of the step's tokens
+    for a token mean over the whole step). Then the gradient norm of ``params`` is clipped to
+    ``max_grad_norm`` (None: not clipped) and the optimiser steps.
+
+    Returns:
+        The gradient norm before clipping.
+
+    Raises:
+        NonFiniteError: a pass's loss or the gradient norm is NaN or inf (the optimiser has not
+            stepped).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    for item in passes:
+        loss, weight = pass_loss(item)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"loss is {loss.item()}")
+        (loss * weight).backward()
+    limit = max_grad_norm if max_grad_norm is not None else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(list(params), limit)
+    if not torch.isfinite(norm):
+        raise NonFiniteError(f"gradient norm is {norm.item()}")
+    optimizer.step()
+    return norm.item()
