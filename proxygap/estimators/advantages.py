@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from proxygap.estimators.masks import response_mask
+
 
 def gae(
     rewards: Tensor,
@@ -42,7 +44,7 @@ def gae(
     Returns:
         ``(advantages, returns)``, both ``(B, T)`` and 0 outside the mask.
     """
-    keep = _response_mask(mask, rewards, name="rewards")
+    keep = response_mask(mask, rewards, name="rewards")
     if values.shape != rewards.shape:
         raise ValueError(
             f"values must have the shape of rewards {tuple(rewards.shape)}, "
@@ -143,7 +145,7 @@ def kl_penalised_token_rewards(score: Tensor, lr: Tensor, mask: Tensor, *, beta:
     Returns:
         ``(B, T)`` per-token rewards, 0 outside the mask.
     """
-    keep = _response_mask(mask, lr, name="lr")
+    keep = response_mask(mask, lr, name="lr")
     if score.shape != lr.shape[:1]:
         raise ValueError(
             f"score must have shape (B,) = {tuple(lr.shape[:1])}, got {tuple(score.shape)}"
@@ -170,16 +172,6 @@ def _grouped(rewards: Tensor, group_size: int, *, min_size: int) -> Tensor:
             f"batch size {rewards.shape[0]} is not a multiple of group_size {group_size}"
         )
     return rewards.view(-1, group_size)
-
-
-def _response_mask(mask: Tensor, like: Tensor, *, name: str) -> Tensor:
-    """Validate a ``(B, T)`` mask against ``like`` and return it as bool."""
-    if like.dim() != 2 or mask.shape != like.shape:
-        raise ValueError(
-            f"expected {name} and mask of the same shape (B, T), got {tuple(like.shape)} "
-            f"and {tuple(mask.shape)}"
-        )
-    return mask.bool()
 
 
 def _check_contiguous(keep: Tensor) -> None:

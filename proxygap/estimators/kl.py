@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from proxygap.estimators.masks import response_mask
+
 K3_CLAMP = 20.0
 """Default bound on ``-lr`` inside ``exp`` for k3: ``exp(20) ~ 4.9e8`` is finite in bf16/fp32."""
 
@@ -110,20 +112,10 @@ def sequence_kl(
         ``kl/k1``, ``kl/k2``, ``kl/k3`` (means over the batch of the sequence sums) and
         ``kl/clamped`` (total number of response tokens clamped in k3, over the whole batch).
     """
-    keep = _response_mask(mask, lr)
+    keep = response_mask(mask, lr, name="lr")
     lr = torch.where(keep, lr, torch.zeros_like(lr))  # padding -> 0, contributes 0 to all
     k3, n_clamped = kl_k3(lr, clamp=clamp)
     out = SequenceKL(k1=kl_k1(lr).sum(-1), k2=kl_k2(lr).sum(-1), k3=k3.sum(-1))
     metrics = {f"kl/{name}": v.detach().mean().item() for name, v in out._asdict().items()}
     metrics["kl/clamped"] = float(n_clamped)
     return out, metrics
-
-
-def _response_mask(mask: Tensor, like: Tensor) -> Tensor:
-    """Validate a ``(B, T)`` mask against ``like`` and return it as bool."""
-    if like.dim() != 2 or mask.shape != like.shape:
-        raise ValueError(
-            f"expected lr and mask of the same shape (B, T), got {tuple(like.shape)} "
-            f"and {tuple(mask.shape)}"
-        )
-    return mask.bool()

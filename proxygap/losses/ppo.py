@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from proxygap.estimators.kl import kl_k1, kl_k2, kl_k3
+from proxygap.estimators.masks import response_mask
 
 
 def token_mean(x: Tensor, keep: Tensor) -> Tensor:
@@ -78,7 +79,7 @@ def ppo_policy_loss(
         active), ``policy/approx_kl`` (k3 estimate ``rho - 1 - log rho`` of
         ``KL(pi_old || pi)``, as in CleanRL), ``policy/ratio_mean`` (mean ``rho``).
     """
-    keep = _response_mask(mask, logp, name="logp")
+    keep = response_mask(mask, logp, name="logp")
     _same_shape(logp, old_logp=old_logp)
     if advantages.shape == logp.shape[:1]:
         advantages = advantages[:, None].expand_as(logp)
@@ -133,7 +134,7 @@ def ppo_value_loss(
         ``value/clipfrac`` (fraction where the clipped branch is strictly larger) and
         ``value/mse`` (mean ``(v - R)^2``, unclipped).
     """
-    keep = _response_mask(mask, values, name="values")
+    keep = response_mask(mask, values, name="values")
     _same_shape(values, old_values=old_values, returns=returns)
     if not clip > 0.0:
         raise ValueError(f"clip must be > 0, got {clip}")
@@ -205,7 +206,7 @@ def kl_loss_term(
         ``(term, metrics)``: scalar term, and detached ``kl/loss_term`` (its value) and
         ``kl/loss_clamped`` (number of clamped response tokens).
     """
-    keep = _response_mask(mask, logp, name="logp")
+    keep = response_mask(mask, logp, name="logp")
     _same_shape(logp, ref_logp=ref_logp)
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}; allowed: {sorted(KL_ESTIMATORS)}")
@@ -231,13 +232,3 @@ def _same_shape(ref: Tensor, **others: Tensor) -> None:
     for name, t in others.items():
         if t.shape != ref.shape:
             raise ValueError(f"{name} must have shape {tuple(ref.shape)}, got {tuple(t.shape)}")
-
-
-def _response_mask(mask: Tensor, like: Tensor, *, name: str) -> Tensor:
-    """Validate a ``(B, T)`` mask against ``like`` and return it as bool."""
-    if like.dim() != 2 or mask.shape != like.shape:
-        raise ValueError(
-            f"expected {name} and mask of the same shape (B, T), got {tuple(like.shape)} "
-            f"and {tuple(mask.shape)}"
-        )
-    return mask.bool()
