@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from proxygap.mitigations.registry import MITIGATIONS, check_params
 from proxygap.optimize.daa import DAAConfig
 from proxygap.optimize.quark import QuarkSettings
 from proxygap.optimize.rl import RLConfig
@@ -209,12 +210,10 @@ class MitigationRunConfig(Strict):
 
     @model_validator(mode="after")
     def _hooks(self) -> MitigationRunConfig:
-        from proxygap.study.mitigation_hooks import check_hook
-
         for i, t in enumerate(self.transforms):
-            check_hook(t.method, t.params, kind="transform", where=f"transforms.{i}")
+            check_params(t.method, t.params, kind="transform", where=f"transforms.{i}")
         if self.post_step is not None:
-            check_hook(
+            check_params(
                 self.post_step.method,
                 self.post_step.params,
                 kind="weight_update",
@@ -228,7 +227,7 @@ class MitigationRunConfig(Strict):
             raise ValueError("constraint needs components (the proxies it holds at proxy points)")
         if self.constraint is not None and (self.transforms or self.post_step is not None):
             raise ValueError("a constraint replaces the reward transforms and post-step hooks")
-        refs = [t.method for t in self.transforms if t.method in ("lsc", "par")]
+        refs = [t.method for t in self.transforms if MITIGATIONS[t.method].needs_references]
         if refs and self.reference != "base":
             raise ValueError(
                 f"transforms {refs} compare with base-policy samples; with reference "

@@ -55,11 +55,13 @@ def keyword_parameters(fn: Callable[..., Any], *, keyword_only: bool = False) ->
     default (``inspect.Parameter.empty`` if required); with ``keyword_only`` only those after
     ``*``. ``*args`` and ``**kwargs`` are left out: :func:`check_keywords` then refuses every
     other name, so a registry built on it can list what its entries accept."""
-    kinds = {inspect.Parameter.KEYWORD_ONLY}
-    if not keyword_only:
-        kinds.add(inspect.Parameter.POSITIONAL_OR_KEYWORD)
     params = inspect.signature(fn).parameters.values()
-    return {p.name: p.default for p in params if p.kind in kinds}
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        or (not keyword_only and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
 
 
 def check_keywords(

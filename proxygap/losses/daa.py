@@ -27,7 +27,6 @@ takes the batch as a :class:`PairBatchLogps` and validates the hyperparameter na
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ from proxygap.losses.daa_checks import (
     logratios,
     n_tokens,
 )
+from proxygap.schema import check_keywords, keyword_parameters
 
 LossOutput = tuple[Tensor, dict[str, float]]
 
@@ -340,22 +340,16 @@ class DAALoss:
     def hyperparameters(self) -> dict[str, Any]:
         """Keyword-only hyperparameters and their defaults (``inspect.Parameter.empty`` if
         required)."""
-        params = inspect.signature(self.fn).parameters.values()
-        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return keyword_parameters(self.fn, keyword_only=True)
 
     def __call__(self, logps: PairBatchLogps, **hyper: float) -> LossOutput:
-        allowed = self.hyperparameters()
-        unknown = sorted(set(hyper) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"unknown hyperparameter(s) {unknown} for loss {self.name!r}; "
-                f"allowed: {sorted(allowed)}"
-            )
-        missing = sorted(
-            k for k, v in allowed.items() if v is inspect.Parameter.empty and k not in hyper
+        check_keywords(
+            dict(sorted(self.hyperparameters().items())),
+            hyper,
+            unknown=f"unknown hyperparameter(s) {{names}} for loss {self.name!r}; "
+            "allowed: {allowed}",
+            missing=f"loss {self.name!r} requires hyperparameter(s) {{names}}",
         )
-        if missing:
-            raise ValueError(f"loss {self.name!r} requires hyperparameter(s) {missing}")
         return self.fn(*self.inputs(logps), **hyper)
 
 

@@ -10,8 +10,9 @@ rewards (B,)``), so the RL recipe calls them without knowing which one it holds.
 - :func:`length_penalty`, :func:`clip_rewards`, :func:`whiten`: common baselines.
 
 A monotone per-prompt transform (LSC and PAR of one reward model) does not change which sample
-best-of-n picks, so with a single proxy these two only matter for RL. Per-prompt references come
-from :func:`proxygap.mitigations.reference.reference_rewards`.
+best-of-n picks, so with a single proxy these two only matter for RL. Per-prompt references are
+the rewards of initial-policy samples of each prompt, the ``ref_rewards`` input the caller
+supplies (:data:`proxygap.mitigations.registry.INPUTS`).
 
 Hooks may expose ``metrics`` (a dict of floats about their last call);
 :class:`ChainTransform` merges those of its members.
@@ -23,7 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from proxygap.optimize.rl_hooks import RewardTransform
+# the shape of proxygap.optimize.rl_hooks.RewardTransform, which sits in a layer above this one
+Transform = Callable[[np.ndarray, Sequence[str], Sequence[str]], np.ndarray]
 
 
 # ---------------------------------------------------------------- pure functions
@@ -154,8 +156,7 @@ def _lookup(reference: Mapping[str, object], prompts: Sequence[str], what: str) 
     if missing:
         raise KeyError(
             f"no {what} for {len(missing)} prompt(s), e.g. {missing[0]!r} ({len(reference)} "
-            "prompts have one); compute references for every training prompt with "
-            "proxygap.mitigations.reference.reference_rewards"
+            "prompts have one); score initial-policy samples of every training prompt"
         )
     return [reference[p] for p in prompts]
 
@@ -261,7 +262,7 @@ class ChainTransform:
     """Several transforms applied in order: ``t_k(... t_2(t_1(r)) ...)``. ``metrics`` merges the
     ``metrics`` of the members that have them (after the last call)."""
 
-    def __init__(self, transforms: Sequence[RewardTransform]) -> None:
+    def __init__(self, transforms: Sequence[Transform]) -> None:
         if not transforms:
             raise ValueError("ChainTransform needs at least one transform")
         self.transforms = list(transforms)

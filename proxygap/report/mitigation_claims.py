@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from proxygap.config import MitigationRunConfig
+from proxygap.config import MitigationHookConfig, MitigationRunConfig
+from proxygap.mitigations import MITIGATIONS
 from proxygap.report.format import fmt
 from proxygap.study.mitigation_stats import t_interval
 
@@ -57,6 +58,13 @@ def is_baseline(arm: MitigationRunConfig) -> bool:
 
 def _find(arms: Sequence[MitigationRunConfig], pred: Any) -> list[MitigationRunConfig]:
     return [a for a in arms if pred(a)]
+
+
+def _tests(hook: MitigationHookConfig | None, claim: str) -> bool:
+    """Whether ``hook``'s registry row declares it is tested by ``claim``
+    (:data:`proxygap.mitigations.registry.CLAIMS`)."""
+    spec = None if hook is None else MITIGATIONS.get(hook.method)
+    return spec is not None and spec.claim == claim
 
 
 def frontier_gain(
@@ -171,7 +179,7 @@ def frontier_claim(
     """Noukhovitch et al. 2023: Elastic Reset has a better reward-vs-drift Pareto front than the
     unpenalised run and than a KL penalty."""
     head = "**Noukhovitch et al., Elastic Reset (better gold-vs-drift front).** "
-    er = _find(arms, lambda a: a.post_step is not None and a.post_step.method == "elastic_reset")
+    er = _find(arms, lambda a: _tests(a.post_step, "drift_front"))
     bases = _find(arms, lambda a: _plain(a) and a.aggregation == "single")
     if not er or not bases:
         return head + "Not tested: the config needs an Elastic Reset arm and a single-member arm."
@@ -201,9 +209,7 @@ def transform_claim(
     (read here as: end gold above the unmitigated baseline's, paired over seeds, and no
     turn-down in most seeds where the baseline turns down in most; one of the two: partly)."""
     head = "**Wang et al. (LSC) and Fu et al. (PAR) mitigate hacking.** "
-    tr = _find(
-        arms, lambda a: a.transforms and all(t.method in ("lsc", "par") for t in a.transforms)
-    )
+    tr = _find(arms, lambda a: a.transforms and all(_tests(t, "shaping") for t in a.transforms))
     return head + _against_baseline(arms, tr, summary, histories, "an LSC or PAR arm")
 
 

@@ -29,14 +29,12 @@ import torch
 from transformers import PreTrainedModel
 
 from proxygap.config import MitigationRunConfig, MitigationStudyConfig
-from proxygap.mitigations import make_transform
 from proxygap.optimize.quark import train_quark
 from proxygap.optimize.rl import RLHooks, rl_evaluator, train_rl
-from proxygap.optimize.rl_hooks import no_post_step
 from proxygap.optimize.rl_record import RLResult
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
 from proxygap.study.env import Env
-from proxygap.study.mitigation_hooks import NEEDS_REFERENCES, build_post_step, build_transform
+from proxygap.study.mitigation_hooks import build_hooks, hooks_need_references
 from proxygap.study.mitigation_scoring import (
     ComponentScorer,
     EvalProbe,
@@ -114,7 +112,7 @@ def reference_rewards(ctx: ArmContext, arm: MitigationRunConfig) -> np.ndarray:
 
 
 def needs_references(arm: MitigationRunConfig) -> bool:
-    return arm.quark is not None or any(t.method in NEEDS_REFERENCES for t in arm.transforms)
+    return arm.quark is not None or hooks_need_references(arm)
 
 
 def _hooks(
@@ -124,28 +122,21 @@ def _hooks(
     points: np.ndarray | None,
     group_size: int,
 ) -> RLHooks:
-    ref_rewards = None
-    if any(t.method in NEEDS_REFERENCES for t in arm.transforms):
+    def ref_rewards() -> dict[str, np.ndarray]:
         r = reference_rewards(ctx, arm)
-        ref_rewards = {p: r[i] for i, p in enumerate(ctx.refs.prompts)}  # type: ignore[union-attr]
-    transform = build_transform(arm.transforms, ref_rewards=ref_rewards, group_size=group_size)
-    post_step = build_post_step(arm.post_step, policy=policy) or no_post_step
-    c = arm.constraint
-    if c is None:
-        return RLHooks(transform=transform, post_step=post_step)
-    if arm.transforms or arm.post_step is not None:
-        raise ValueError(f"arm {arm.name!r}: a constraint replaces transforms and post-step hooks")
-    if points is None:
-        raise ValueError(f"arm {arm.name!r} needs the proxy points of {c.points_from!r}")
-    constrained = make_transform(
-        "constrained",
-        components=ctx.component_scorer(arm),
-        thresholds=points,
-        lr=c.lr,
-        mode=c.mode,
-        objective=c.objective,
+        return {p: r[i] for i, p in enumerate(ctx.refs.prompts)}  # type: ignore[union-attr]
+
+    # every input a registry row may declare (INPUTS); a hook gets those its row names
+    return build_hooks(
+        arm,
+        {
+            "ref_rewards": ref_rewards,
+            "group_size": lambda: group_size,
+            "policy": lambda: policy,
+            "components": lambda: ctx.component_scorer(arm),
+            "thresholds": lambda: points,
+        },
     )
-    return RLHooks(transform=constrained, post_step=lambda **_: dict(constrained.metrics))
 
 
 def run_arm(

@@ -1,6 +1,5 @@
-"""Tests for proxygap.mitigations.transforms, .reference and .ensemble: LSC (Wang et al. 2024),
-PAR (Fu et al. 2025), length penalty, clipping, whitening, their hooks, per-prompt references
-from the initial policy, and the ensemble reward function (Coste et al. 2023)."""
+"""Tests for proxygap.mitigations.transforms: LSC (Wang et al. 2024), PAR (Fu et al. 2025),
+length penalty, clipping, whitening and their hooks."""
 
 from __future__ import annotations
 
@@ -8,11 +7,7 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from transformers import GPT2LMHeadModel
 
-from proxygap.mitigations.ensemble import EnsembleReward
-from proxygap.mitigations.reference import reference_rewards
 from proxygap.mitigations.transforms import (
     ChainTransform,
     ClipTransform,
@@ -29,8 +24,6 @@ from proxygap.mitigations.transforms import (
     sigmoid,
     whiten,
 )
-from proxygap.sampling.generate import decode_responses, encode_prompts, sample
-from proxygap.tasks.reviews.build import build_tokenizer, tiny_gpt2_config
 
 LOG3 = math.log(3.0)
 
@@ -157,83 +150,6 @@ def test_chain_applies_in_order_and_merges_metrics():
     )
     with pytest.raises(ValueError, match="at least one"):
         ChainTransform([])
-
-
-# ---------------------------------------------------------------- reference rewards from pi0
-TOK = build_tokenizer()
-
-
-def tiny_lm(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    cfg = tiny_gpt2_config(TOK, n_embd=16, n_layer=1, n_head=2, n_positions=32)
-    model = GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():  # p(eos) ~ 0.1 so responses end at various lengths
-        e = model.transformer.wte.weight[TOK.eos_token_id]
-        model.transformer.ln_f.bias.add_(2.5 * e / e.dot(e))
-    return model
-
-
-def join(prompts, responses):
-    return [f"{p} {r}" for p, r in zip(prompts, responses, strict=True)]
-
-
-def n_words(texts) -> np.ndarray:
-    return np.array([len(t.split()) for t in texts], dtype=np.float64)
-
-
-def test_reference_rewards_are_the_rewards_of_pi0_samples():
-    model = tiny_lm()
-    prompts = ["i enjoyed", "the plot", "i enjoyed"]  # a duplicate is sampled once
-    kw = dict(n=3, reward_fn=n_words, join=join, max_new_tokens=6, seed=5)
-    refs = reference_rewards(model, TOK, prompts, **kw)
-    assert list(refs) == ["i enjoyed", "the plot"]
-    assert all(v.shape == (3,) and v.dtype == np.float64 for v in refs.values())
-    # the same samples drawn directly, scored with the same reward
-    s = sample(
-        model,
-        encode_prompts(TOK, ["i enjoyed", "the plot"]),
-        n_per_prompt=3,
-        max_new_tokens=6,
-        eos_id=TOK.eos_token_id,
-        pad_id=TOK.pad_token_id,
-        seed=5,
-    )
-    rows = ["i enjoyed"] * 3 + ["the plot"] * 3
-    expect = n_words(join(rows, decode_responses(s, TOK))).reshape(2, 3)
-    np.testing.assert_array_equal(refs["i enjoyed"], expect[0])
-    np.testing.assert_array_equal(refs["the plot"], expect[1])
-    assert len(set(expect.ravel())) > 1  # samples differ in length, so the check has teeth
-    again = reference_rewards(model, TOK, prompts, **kw)
-    assert all(np.array_equal(refs[p], again[p]) for p in refs)
-    with pytest.raises(ValueError, match="n must be >= 1"):
-        reference_rewards(model, TOK, prompts, **(kw | {"n": 0}))
-
-
-# ---------------------------------------------------------------- ensemble reward function
-def test_ensemble_reward_centres_aggregates_and_logs_disagreement():
-    members = [lambda t: np.array([1.0, 2.0]), lambda t: np.array([3.0, 0.0])]
-    # centred with (1, 0): rows [0, 3] and [1, 0]
-    #   mean [1.5, 0.5]; min [0, 0]; population variance [2.25, 0.25]
-    #   UWO(0.5) = [1.5 - 1.125, 0.5 - 0.125] = [0.375, 0.375]; std [1.5, 0.5] -> mean 1.0
-    texts = ["a", "b"]
-    mean = EnsembleReward(members, centre=[1.0, 0.0])
-    np.testing.assert_allclose(mean(texts), [1.5, 0.5])
-    assert mean.metrics == {"ensemble/std": 1.0, "ensemble/member_mean": 1.0}
-    wco = EnsembleReward(members, centre=[1.0, 0.0], method="wco")
-    np.testing.assert_allclose(wco(texts), [0.0, 0.0])
-    assert (
-        wco(texts)[:, None] <= EnsembleReward(members, centre=[1.0, 0.0]).member_scores(texts)
-    ).all()
-    uwo = EnsembleReward(members, centre=[1.0, 0.0], method="uwo", lam=0.5)
-    np.testing.assert_allclose(uwo(texts), [0.375, 0.375])
-    uwo0 = EnsembleReward(members, centre=[1.0, 0.0], method="uwo", lam=0.0)
-    np.testing.assert_allclose(uwo0(texts), mean(texts))  # lambda = 0 is the mean
-    with pytest.raises(ValueError, match="allowed: \\['mean', 'uwo', 'wco'\\]"):
-        EnsembleReward(members, method="max")
-    with pytest.raises(ValueError, match="lam applies to method 'uwo' only"):
-        EnsembleReward(members, lam=0.1)
-    with pytest.raises(ValueError, match=r"centre must have shape \(2,\)"):
-        EnsembleReward(members, centre=[0.0])
 
 
 def test_sigmoid_is_stable():
