@@ -1,0 +1,114 @@
+"""A trained proxy reward model scoring texts: its ensemble members, normalised on base-policy
+samples.
+
+The members score a fixed set of reference texts (base-policy samples) once; their mean there
+is each member's ``centre`` and their standard deviation its ``scale`` (Gao et al. 2023, §2:
+proxies are centred on base-policy samples). Three uses share this one path:
+
+- best-of-n stores the raw scores of a pool and of the reference texts (``raw``,
+  ``reference``) and normalises them when it analyses them;
+- RL and the DAA evaluator optimise or track :meth:`ProxyScorer.reward`, the members centred,
+  then aggregated as the proxy's config says (mean, WCO or UWO; Coste et al. 2023);
+- the mitigation study reads every member standardised (centred and divided by its scale) so
+  members trained to different scales weigh alike (:meth:`ProxyScorer.standardised`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+from transformers import PreTrainedTokenizerBase as Tokenizer
+
+from proxygap.rewards.ensemble import aggregate
+from proxygap.rewards.reward_model import score_texts
+
+__all__ = ["ProxyScorer", "aggregate_members"]
+
+
+def aggregate_members(
+    members: np.ndarray, method: str, *, lam: float = 0.5, member: int | None = None
+) -> np.ndarray:
+    """``(..., K)`` member scores -> ``(...)``: member ``member`` alone for ``"single"``,
+    else the ensemble aggregation (UWO with ``lam``)."""
+    if method == "single":
+        if member is None:
+            raise ValueError("aggregation 'single' needs the member to read")
+        return members[..., member]
+    shape = members.shape[:-1]
+    flat = torch.from_numpy(np.ascontiguousarray(members.reshape(-1, members.shape[-1])))
+    kw = {"lam": lam} if method == "uwo" else {}
+    return aggregate(flat, method, **kw).numpy().reshape(shape)
+
+
+class ProxyScorer:
+    """The ``K`` members of one proxy scoring texts ``(B, K)``, with their statistics on the
+    reference texts: ``reference`` (raw scores, ``(M, K)``), ``centre`` and ``scale`` (``(K,)``;
+    a member constant on the references has scale 1)."""
+
+    def __init__(
+        self,
+        name: str,
+        models: Sequence[PreTrainedModel],
+        tokenizer: Tokenizer,
+        reference: Sequence[str],
+        *,
+        aggregation: str = "mean",
+        uwo_lambda: float = 0.5,
+        batch_size: int = 1024,
+    ) -> None:
+        if not models:
+            raise ValueError(f"proxy {name!r} has no members")
+        self.name, self.models, self.tokenizer = name, list(models), tokenizer
+        self.aggregation, self.uwo_lambda, self.batch_size = aggregation, uwo_lambda, batch_size
+        self.reference = self.raw(reference)
+        self.centre = self.reference.mean(axis=0)
+        scale = self.reference.std(axis=0)
+        scale[scale == 0] = 1.0
+        self.scale = scale
+        self.standardised_reference = (self.reference - self.centre) / self.scale
+        """The reference texts' standardised scores, ``(M, K)``."""
+
+    @property
+    def n_members(self) -> int:
+        return len(self.models)
+
+    def raw(
+        self,
+        texts: Sequence[str],
+        members: Sequence[int] | None = None,
+        *,
+        progress: str | None = None,
+    ) -> np.ndarray:
+        """Raw scores ``(B, K)`` (or of ``members`` only), float64; ``progress`` labels a
+        progress bar per member."""
+        idx = range(len(self.models)) if members is None else members
+        cols = [
+            score_texts(
+                self.models[k],
+                self.tokenizer,
+                list(texts),
+                batch_size=self.batch_size,
+                progress=None if progress is None else f"{progress} [{k + 1}]",
+            )
+            for k in idx
+        ]
+        return np.stack(cols, axis=1).astype(np.float64)
+
+    def centred(self, texts: Sequence[str]) -> np.ndarray:
+        """Every member minus its centre, ``(B, K)``."""
+        return self.raw(texts) - self.centre
+
+    def standardised(self, texts: Sequence[str]) -> np.ndarray:
+        """Every member centred and divided by its scale, ``(B, K)``."""
+        return (self.raw(texts) - self.centre) / self.scale
+
+    def member(self, k: int, texts: Sequence[str]) -> np.ndarray:
+        """Member ``k`` alone, standardised, ``(B,)`` (scores one model only)."""
+        return (self.raw(texts, [k])[:, 0] - self.centre[k]) / self.scale[k]
+
+    def reward(self, texts: Sequence[str]) -> np.ndarray:
+        """The proxy's reward ``(B,)``: the members centred, then aggregated as configured."""
+        return aggregate_members(self.centred(texts), self.aggregation, lam=self.uwo_lambda)
