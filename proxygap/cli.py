@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,22 @@ app = typer.Typer(
 task_app = typer.Typer(help="Built-in tasks.", no_args_is_help=True)
 app.add_typer(task_app, name="task")
 console = Console(stderr=True, soft_wrap=True)
+
+if TYPE_CHECKING:
+    from proxygap.config import StudyConfig
+
+
+def run_and_report(
+    cfg: StudyConfig, runs_root: Path | str = "runs", *, restart: bool = False, log: Any = print
+) -> Path:
+    """Run (or resume) the study ``cfg`` under ``runs_root``, then write its report from what
+    the stages found; return the run folder."""
+    from proxygap.report.render import write_report
+    from proxygap.study import run_study
+
+    result = run_study(cfg, runs_root, restart=restart, log=log)
+    write_report(result)
+    return result.dir
 
 
 @app.command()
@@ -34,12 +50,11 @@ def run(
     from proxygap.data.preferences import PreferenceFileError
     from proxygap.models.loading import ModelLoadError
     from proxygap.store.run import RunFolderError
-    from proxygap.study import run_study
 
     try:
         path = Path(config) if config and Path(config).exists() else None
         cfg = load_config(path or builtin_config_path(config or "demo"))
-        out = run_study(cfg, runs_dir, restart=restart, log=console.print)
+        out = run_and_report(cfg, runs_dir, restart=restart, log=console.print)
     except (ConfigError, PreferenceFileError, ModelLoadError, RunFolderError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None

@@ -279,11 +279,12 @@ def _failed(err: BaseException, seconds: float | None) -> dict[str, Any]:
 
 def run_cell(config: dict[str, Any], cells_dir: str) -> dict[str, Any]:
     """Run (or resume) one cell's study; never raises: a failure comes back as ``error``."""
+    from proxygap.report.render import write_report
     from proxygap.study import run_study
 
     t0 = time.perf_counter()
     try:
-        run_study(parse_config(config), Path(cells_dir), log=lambda *_: None)
+        write_report(run_study(parse_config(config), Path(cells_dir), log=lambda *_: None))
     except Exception as err:  # one failing cell must not stop the sweep
         return _failed(err, time.perf_counter() - t0)
     return {"ok": True, "seconds": time.perf_counter() - t0, "error": None, "traceback": None}
@@ -346,7 +347,7 @@ def run_ray(
 
 
 @dataclass(frozen=True)
-class SweepResult:
+class GridSweepResult:
     """Where the sweep wrote its outputs, and which cells failed."""
 
     dir: Path
@@ -361,7 +362,7 @@ def run_sweep(
     *,
     backend: str | None = None,
     log: Log = print,
-) -> SweepResult:
+) -> GridSweepResult:
     """Run (or resume) every cell of a sweep file, then aggregate and write the report."""
     from proxygap.report.sweep import write_sweep_outputs
 
@@ -388,4 +389,4 @@ def run_sweep(
     ]
     write_sweep_outputs(sweep_dir, spec.model_dump(mode="json"), records, backend=chosen)
     failed = [r["name"] for r in records if not r["ok"]]
-    return SweepResult(sweep_dir, chosen, len(cells), failed)
+    return GridSweepResult(sweep_dir, chosen, len(cells), failed)

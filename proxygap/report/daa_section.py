@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxygap.optimize.bon import BonCurve
 from proxygap.report.document import Document, Heading, Image, Paragraph, Table
 from proxygap.report.format import fmt
 from proxygap.report.plots import plot_daa
-from proxygap.store.run import RunFolder
 
 if TYPE_CHECKING:
     from proxygap.config import StudyConfig
-    from proxygap.optimize.daa_sweep import SweepResult
+    from proxygap.study.results import DAASweep
 
 
-def _table(sweep: SweepResult) -> Table:
+def _table(sweep: DAASweep) -> Table:
     header = [
         "loss", "β", "epoch", "d", "gold ± SE", "win rate", "length", "proxy",
         "held-out acc", "top-k entropy", "top-k mass",
@@ -42,7 +42,7 @@ def _table(sweep: SweepResult) -> Table:
     return Table(header, rows, caption="Every checkpoint of every run (gold in SD units)")
 
 
-def _summary(sweep: SweepResult) -> tuple[Table, Paragraph]:
+def _summary(sweep: DAASweep) -> tuple[Table, Paragraph]:
     rows, humped = [], []
     for loss, hump in sweep.hump.items():
         fits = sweep.fits[loss]
@@ -94,16 +94,16 @@ def _summary(sweep: SweepResult) -> tuple[Table, Paragraph]:
 
 def daa_section(
     doc: Document,
-    run: RunFolder,
+    run_dir: Path,
     cfg: StudyConfig,
-    sweep: SweepResult,
+    sweep: DAASweep,
     bon: Sequence[BonCurve],
     rl_runs: Sequence,
 ) -> None:
     """Add the DAA section (summary, plot with BoN and RL overlaid, all checkpoints)."""
     assert cfg.daa is not None
     s = cfg.daa.settings
-    plot_daa(sweep, bon, rl_runs, run.path("plots", "daa_gold.png"))
+    plot_daa(sweep, bon, rl_runs, run_dir / "plots" / "daa_gold.png")
     doc.add(Heading("Direct alignment"))
     doc.add(
         Paragraph(

@@ -7,6 +7,7 @@ numbers."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxygap.config import MitigationRunConfig
@@ -26,11 +27,10 @@ from proxygap.report.mitigation_claims import (
 )
 from proxygap.report.mitigation_plots import plot_mitigation_rl, plot_mitigation_std
 from proxygap.report.plots import plot_bon
-from proxygap.store.run import RunFolder
 
 if TYPE_CHECKING:
     from proxygap.config import StudyConfig
-    from proxygap.study.mitigations import MitigationResult
+    from proxygap.study.results import MitigationResult
 
 COLUMNS = ["gold_peak", "d_peak", "gold_end", "drop", "gap_end", "std_growth"]
 HEADER = [
@@ -86,7 +86,7 @@ def _row(summary: Mapping[str, Mapping[str, float]]) -> list[str]:
 
 
 def mitigation_section(
-    doc: Document, run: RunFolder, cfg: StudyConfig, result: MitigationResult
+    doc: Document, run_dir: Path, cfg: StudyConfig, result: MitigationResult
 ) -> None:
     """Add the mitigation section (tables, plots, claims) to ``doc``."""
     m = result.config
@@ -106,7 +106,7 @@ def mitigation_section(
     )
     if result.bon and m.bon is not None:
         curves = [v.curve for v in result.bon]
-        plot_bon(curves, run.path("plots", "mitigation_bon.png"), title="best-of-n selection")
+        plot_bon(curves, run_dir / "plots" / "mitigation_bon.png", title="best-of-n selection")
         rows = [[v.name, *_row(v.summary)] for v in result.bon]
         doc.add(
             Table(
@@ -120,8 +120,8 @@ def mitigation_section(
         )
     if result.histories:
         base = next((a.name for a in m.rl if is_baseline(a)), None)
-        plot_mitigation_rl(result.histories, base, run.path("plots", "mitigation_rl.png"))
-        plot_mitigation_std(result.histories, run.path("plots", "mitigation_std.png"))
+        plot_mitigation_rl(result.histories, base, run_dir / "plots" / "mitigation_rl.png")
+        plot_mitigation_std(result.histories, run_dir / "plots" / "mitigation_std.png")
         rows = [[a.name, describe(a, m.member), *_row(result.summary[a.name])] for a in m.rl]
         doc.add(
             Paragraph(

@@ -1,9 +1,9 @@
-"""The study report: ``report.md`` and a self-contained ``report.html`` in the run folder."""
+"""The study report: ``report.md`` and a self-contained ``report.html`` in the run folder,
+written from what the study returned (:class:`proxygap.study.results.StudyResult`)."""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
 
 from proxygap.config import StudyConfig
 from proxygap.report.daa_section import daa_section
@@ -13,13 +13,7 @@ from proxygap.report.mitigation_section import mitigation_section
 from proxygap.report.plots import plot_bon, plot_proxy_vs_gold
 from proxygap.report.rl_section import rl_section
 from proxygap.store.atomic import atomic_write_text
-from proxygap.store.run import RunFolder
-
-if TYPE_CHECKING:
-    from proxygap.optimize.daa_sweep import SweepResult
-    from proxygap.study import ProxyResult
-    from proxygap.study.mitigations import MitigationResult
-    from proxygap.study.rl import RLRunResult
+from proxygap.study.results import ProxyResult, StudyResult
 
 
 def _setup_section(doc: Document, cfg: StudyConfig, gold_scale: float) -> None:
@@ -141,21 +135,12 @@ def _reading(results: list[ProxyResult]) -> list[Paragraph]:
     return out
 
 
-def write_report(
-    run: RunFolder,
-    cfg: StudyConfig,
-    results: list[ProxyResult],
-    picks: list[dict[str, Any]],
-    *,
-    gold_scale: float,
-    extra: dict[str, Any],
-    rl_runs: list[RLRunResult] | None = None,
-    daa: SweepResult | None = None,
-    mitigations: MitigationResult | None = None,
-) -> None:
-    """Render plots, ``report.md`` and ``report.html`` into the run folder."""
+def write_report(study: StudyResult) -> None:
+    """Render plots, ``report.md`` and ``report.html`` into the study's run folder."""
+    cfg, run_dir, results, picks = study.config, study.dir, study.proxies, study.picks
+    extra, rl_runs, daa, mitigations = study.timings, study.rl_runs, study.daa, study.mitigations
     doc = Document(f"proxygap study `{cfg.name}`")
-    versions = json.loads((run.dir / "versions.json").read_text())
+    versions = json.loads((run_dir / "versions.json").read_text())
     doc.add(
         Paragraph(
             f"proxygap {versions.get('proxygap')}, torch {versions.get('torch')}, "
@@ -163,11 +148,11 @@ def write_report(
             f"wall time {fmt(extra.get('wall_seconds'), 1)} s (this invocation)."
         )
     )
-    _setup_section(doc, cfg, gold_scale)
+    _setup_section(doc, cfg, study.gold_scale)
     if results:
         curves = [r.curve for r in results]
-        plot_bon(curves, run.path("plots", "bon_gold_proxy.png"))
-        plot_proxy_vs_gold(curves, run.path("plots", "bon_proxy_vs_gold.png"))
+        plot_bon(curves, run_dir / "plots" / "bon_gold_proxy.png")
+        plot_proxy_vs_gold(curves, run_dir / "plots" / "bon_proxy_vs_gold.png")
         doc.add(Heading("Best-of-n"))
         doc.add(_proxy_table(results, cfg))
         doc.add(*_reading(results))
@@ -209,11 +194,11 @@ def write_report(
             doc.add(Table(["n", "prompt ‖ response", "proxy", "gold"], rows, caption=r.config.name))
     if rl_runs:
         bon = next((r.curve for r in results if cfg.rl and r.config.name == cfg.rl.proxy), None)
-        rl_section(doc, run, cfg, rl_runs, bon)
+        rl_section(doc, run_dir, cfg, rl_runs, bon)
     if daa is not None:
-        daa_section(doc, run, cfg, daa, [r.curve for r in results], rl_runs or [])
+        daa_section(doc, run_dir, cfg, daa, [r.curve for r in results], rl_runs)
     if mitigations is not None:
-        mitigation_section(doc, run, cfg, mitigations)
+        mitigation_section(doc, run_dir, cfg, mitigations)
     doc.add(Heading("Files"))
     doc.add(
         Paragraph(
@@ -225,5 +210,5 @@ def write_report(
             "`daa/<loss>-<beta>/result.json` and `daa/summary.json`."
         )
     )
-    atomic_write_text(run.path("report.md"), doc.markdown())
-    atomic_write_text(run.path("report.html"), doc.html(run.dir))
+    atomic_write_text(run_dir / "report.md", doc.markdown())
+    atomic_write_text(run_dir / "report.html", doc.html(run_dir))

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxygap.optimize.bon import BonCurve
 from proxygap.report.document import Document, Heading, Image, Paragraph, Table
 from proxygap.report.format import fmt
 from proxygap.report.plots import plot_rl
-from proxygap.store.run import RunFolder
 
 if TYPE_CHECKING:
     from proxygap.config import StudyConfig
-    from proxygap.study.rl import RLRunResult
+    from proxygap.study.results import RLRunResult
 
 
 def _table(runs: list[RLRunResult]) -> Table:
@@ -104,7 +104,7 @@ def _frontier_verdict(run: RLRunResult, base: RLRunResult) -> str:
 
 def rl_section(
     doc: Document,
-    run: RunFolder,
+    run_dir: Path,
     cfg: StudyConfig,
     runs: list[RLRunResult],
     bon: BonCurve | None,
@@ -112,7 +112,7 @@ def rl_section(
     """Add the RL section (table, reading, plot, examples) to ``doc``."""
     assert cfg.rl is not None
     s = cfg.rl.settings
-    plot_rl(runs, bon, run.path("plots", "rl_gold_proxy.png"), proxy=cfg.rl.proxy)
+    plot_rl(runs, bon, run_dir / "plots" / "rl_gold_proxy.png", proxy=cfg.rl.proxy)
     doc.add(Heading("Online RL"))
     doc.add(
         Paragraph(

@@ -4,6 +4,9 @@ A run folder holds ``config.yaml`` (the resolved config), ``versions.json`` (pac
 revision, machine) and one output per stage, each written atomically. Starting a run on an
 existing folder resumes it: finished stages are read back, not recomputed. A folder made by a
 different config is refused unless the caller asks to start over.
+
+The folder takes the config as plain data: its name and its fully resolved form as a JSON-like
+dict (``StudyConfig.model_dump(mode="json")``), written out as YAML in field order.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import json
 import platform
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from proxygap.config import StudyConfig, dump_config
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
 
 
@@ -27,11 +31,19 @@ class RunFolderError(RuntimeError):
     """A run folder that cannot be used as asked (other config, unwritable, outside the root)."""
 
 
-def config_digest(cfg: StudyConfig) -> str:
-    """Digest of what decides the results: the resolved config without ``runtime.workers``
-    (how many processes run independent, self-seeded runs changes no number)."""
-    same = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"workers": 1})})
-    return hashlib.sha256(dump_config(same).encode()).hexdigest()[:16]
+def config_text(config: Mapping[str, Any]) -> str:
+    """The resolved config (a JSON-like dict) as YAML, keys in their order."""
+    return yaml.safe_dump(dict(config), sort_keys=False)
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """Digest of what decides the results: the resolved config (a JSON-like dict) without
+    ``runtime.workers`` (how many processes run independent, self-seeded runs changes no
+    number)."""
+    same = dict(config)
+    if isinstance(same.get("runtime"), Mapping):
+        same["runtime"] = {**same["runtime"], "workers": 1}
+    return hashlib.sha256(config_text(same).encode()).hexdigest()[:16]
 
 
 def versions() -> dict[str, Any]:
@@ -59,15 +71,17 @@ def versions() -> dict[str, Any]:
 
 
 class RunFolder:
-    """The folder of one run; ``path(name)`` locates a stage output inside it."""
+    """The folder ``root / name`` of one run of the resolved config ``config`` (a JSON-like
+    dict); ``path(name)`` locates a stage output inside it."""
 
-    def __init__(self, root: Path, cfg: StudyConfig, *, restart: bool = False) -> None:
+    def __init__(
+        self, root: Path, name: str, config: Mapping[str, Any], *, restart: bool = False
+    ) -> None:
         root = Path(root)
-        self.dir = (root / cfg.name).resolve()
+        self.dir = (root / name).resolve()
         if root.resolve() not in self.dir.parents:
-            raise RunFolderError(f"run name {cfg.name!r} escapes the runs folder {str(root)!r}")
-        self.cfg = cfg
-        digest = config_digest(cfg)
+            raise RunFolderError(f"run name {name!r} escapes the runs folder {str(root)!r}")
+        digest = config_digest(config)
         marker = self.dir / "config.digest"
         if self.dir.exists() and marker.exists():
             old = marker.read_text().strip()
@@ -83,7 +97,7 @@ class RunFolder:
             shutil.rmtree(self.dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.dir / "config.yaml", dump_config(cfg))
+            atomic_write_text(self.dir / "config.yaml", config_text(config))
             atomic_write_text(marker, digest + "\n")
             atomic_write_json(self.dir / "versions.json", versions())
         except OSError as err:

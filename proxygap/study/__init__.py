@@ -9,7 +9,13 @@ Stages, each written atomically into the run folder and skipped when already don
    held-out pairs (pairwise accuracy against gold) and on base-policy samples (rank correlation).
 3. ``pool`` — ``pool_size`` samples for each of ``n_prompts`` fresh prompts.
 4. ``scores`` — gold and every proxy member on the pool and on the held-out base samples.
-5. ``bon`` — best-of-n curves, law fits and turn-down tests; then the report.
+5. ``bon`` — best-of-n curves, law fits and turn-down tests.
+6. ``rl:<run>``, ``mitigation*``, ``daa:<run>`` — online RL over KL coefficients
+   (:mod:`proxygap.study.rl`), the mitigation study (:mod:`proxygap.study.mitigations`) and
+   direct alignment (:mod:`proxygap.study.daa`), when the config asks for them.
+
+:func:`run_study` returns a :class:`~proxygap.study.results.StudyResult`; the report is written
+from it by :func:`proxygap.report.render.write_report`.
 
 Normalisation (Gao et al. §2): proxy members are centred and gold is scaled to unit standard
 deviation on base-policy samples (the held-out pair responses, at the preference temperature).
@@ -21,12 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from proxygap.config import StudyConfig
 from proxygap.store.atomic import atomic_write_json
 from proxygap.study.bon import (
-    ProxyResult,
     analyse,
     examples,
     normalised,
@@ -34,59 +37,44 @@ from proxygap.study.bon import (
     stage_scores,
     write_results,
 )
+from proxygap.study.context import StudyContext, reference_texts, setup
 from proxygap.study.daa import stage_daa
 from proxygap.study.data import stage_preferences, stage_proxy
-from proxygap.study.env import Env, NonFiniteError, reference_texts, setup
 from proxygap.study.mitigations import stage_mitigations
+from proxygap.study.results import ProxyResult, StudyResult
 from proxygap.study.rl import stage_rl
 
-__all__ = ["Env", "NonFiniteError", "ProxyResult", "normalised", "run_study"]
+__all__ = ["ProxyResult", "StudyContext", "StudyResult", "normalised", "run_study"]
 
 
 def run_study(
     cfg: StudyConfig, runs_root: Path | str = "runs", *, restart: bool = False, log: Any = print
-) -> Path:
-    """Run (or resume) a whole study; return the run folder."""
-    from proxygap.report.render import write_report
-
+) -> StudyResult:
+    """Run (or resume) every stage of a study; return what they found (the report is
+    :func:`proxygap.report.render.write_report`)."""
     t_start = time.perf_counter()
-    env = setup(cfg, Path(runs_root), restart=restart, log=log)
-    if env.run.resumed:
-        log(f"resuming {env.run.dir}")
-    train, held = stage_preferences(env)
+    ctx = setup(cfg, Path(runs_root), restart=restart, log=log)
+    if ctx.run.resumed:
+        log(f"resuming {ctx.run.dir}")
+    train, held = stage_preferences(ctx)
+    ctx.use_heldout(held)
     for proxy in cfg.proxies:
-        stage_proxy(env, proxy, train)
-    results: list[ProxyResult] = []
-    picks: list[dict[str, Any]] = []
-    ref_gold = np.concatenate([held.gold_chosen, held.gold_rejected])
-    gold_scale = float(ref_gold.std()) or 1.0
+        stage_proxy(ctx, proxy, train)
+    out = StudyResult(cfg, ctx.run.dir, ctx.gold_scale, timings=ctx.timings)
     if cfg.bon is not None:
-        prompts, responses = stage_pool(env)
-        scores = stage_scores(env, prompts, responses, held)
+        prompts, responses = stage_pool(ctx)
+        scores = stage_scores(ctx, prompts, responses)
         N = cfg.bon.pool_size
-        pool_texts = env.task.join([prompts[i // N] for i in range(len(responses))], responses)
-        results = analyse(env, scores, held, pool_texts)
-        picks = examples(env, scores, prompts, responses)
-        write_results(env, results, gold_scale)
-        atomic_write_json(env.run.path("samples.json"), picks)
-        if env.task.wellformed is not None:
-            env.timings["wellformed_base"] = float(
-                env.task.wellformed(reference_texts(env, held)).mean()
-            )
-            env.timings["wellformed_pool"] = float(env.task.wellformed(pool_texts).mean())
-    rl_runs = stage_rl(env, held, gold_scale)
-    mitigations = stage_mitigations(env, train, held, gold_scale)
-    daa = stage_daa(env, train, held, gold_scale)
-    env.timings["wall_seconds"] = time.perf_counter() - t_start
-    write_report(
-        env.run,
-        cfg,
-        results,
-        picks,
-        gold_scale=gold_scale,
-        extra=env.timings,
-        rl_runs=rl_runs,
-        daa=daa,
-        mitigations=mitigations,
-    )
-    return env.run.dir
+        pool_texts = ctx.task.join([prompts[i // N] for i in range(len(responses))], responses)
+        out.proxies = analyse(ctx, scores, pool_texts)
+        out.picks = examples(ctx, scores, prompts, responses)
+        write_results(ctx, out.proxies)
+        atomic_write_json(ctx.run.path("samples.json"), out.picks)
+        if ctx.task.wellformed is not None:
+            ctx.timings["wellformed_base"] = float(ctx.task.wellformed(reference_texts(ctx)).mean())
+            ctx.timings["wellformed_pool"] = float(ctx.task.wellformed(pool_texts).mean())
+    out.rl_runs = stage_rl(ctx)
+    out.mitigations = stage_mitigations(ctx, train)
+    out.daa = stage_daa(ctx, train)
+    ctx.timings["wall_seconds"] = time.perf_counter() - t_start
+    return out

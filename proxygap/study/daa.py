@@ -17,70 +17,72 @@ import json
 import numpy as np
 
 from proxygap.data.preferences import Pairs, relabel
-from proxygap.optimize.daa import DAAConfig, DAAResult, daa_evaluator, prepare_pairs, train_daa
-from proxygap.optimize.daa_sweep import SweepResult, summarise_sweep
+from proxygap.optimize.daa import DAAConfig, daa_evaluator, prepare_pairs, train_daa
+from proxygap.optimize.daa_sweep import DAASweep, summarise_sweep
+from proxygap.optimize.loop import LoopResult
+from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json
-from proxygap.study.env import Env
-from proxygap.study.rl import proxy_scorer
+from proxygap.study.context import StudyContext
+from proxygap.study.scoring import proxy_scorer
 from proxygap.study.sft import stage_sft
 
 
-def stage_daa(env: Env, train: Pairs, held: Pairs, gold_scale: float) -> SweepResult | None:
+def stage_daa(ctx: StudyContext, train: Pairs) -> DAASweep | None:
     """Run (or read back) every DAA run of the study; None if the study has no ``daa``."""
-    spec = env.cfg.daa
+    spec = ctx.cfg.daa
     if spec is None:
         return None
-    runs: list[tuple[str, float, DAAResult]] = []
+    runs: list[tuple[str, float, LoopResult]] = []
     todo = [
         (loss, beta)
         for loss, betas in spec.betas.items()
         for beta in betas
-        if not env.run.done(f"daa:{loss}-{beta:g}")
+        if not ctx.run.done(f"daa:{loss}-{beta:g}")
     ]
     prepared = evaluator = ref = None
-    start = env.policy
+    start = ctx.policy
     if todo:
         if spec.reference != "base":
-            assert env.cfg.sft is not None  # the config check guarantees it
-            start = stage_sft(env, train, env.cfg.sft)[spec.reference]
+            assert ctx.cfg.sft is not None  # the config check guarantees it
+            start = stage_sft(ctx, train, ctx.cfg.sft)[spec.reference]
         n = spec.n_pairs or len(train)
-        pairs = relabel(train.subset(np.arange(n)), noise=spec.label_noise, seed=env.cfg.seed + 11)
+        pairs = relabel(train.subset(np.arange(n)), noise=spec.label_noise, seed=ctx.cfg.seed + 11)
         ref = copy.deepcopy(start).eval().requires_grad_(False)
         prepared = (
-            prepare_pairs(ref, env.tokenizer, pairs),
-            prepare_pairs(ref, env.tokenizer, held),
+            prepare_pairs(ref, ctx.tokenizer, pairs),
+            prepare_pairs(ref, ctx.tokenizer, ctx.heldout),
         )
         proxy = None
         if spec.proxy is not None:
-            cfg_proxy = next(p for p in env.cfg.proxies if p.name == spec.proxy)
-            proxy = proxy_scorer(env, cfg_proxy, held)
+            proxy = proxy_scorer(ctx, spec.proxy).reward
         evaluator = daa_evaluator(
-            env.policy,
-            env.tokenizer,
-            task=env.task,
+            ctx.policy,
+            ctx.tokenizer,
+            task=ctx.task,
             proxy=proxy,
             cfg=spec.settings,
-            gold_scale=gold_scale,
-            seed=env.cfg.seed * 1000 + 7,
+            gold_scale=ctx.gold_scale,
+            seed=study_seed(ctx.cfg.seed, "policy_eval"),
         )
     for loss, betas in spec.betas.items():
         for beta in betas:
             name = f"{loss}-{beta:g}"
-            folder = env.run.dir / "daa" / name
-            if env.run.done(f"daa:{name}"):
+            folder = ctx.run.dir / "daa" / name
+            if ctx.run.done(f"daa:{name}"):
                 saved = json.loads((folder / "result.json").read_text())
-                runs.append((loss, beta, DAAResult(saved["history"], saved["examples"])))
+                done = LoopResult(history=saved["history"], examples=saved["examples"])
+                runs.append((loss, beta, done))
                 continue
             assert prepared is not None and evaluator is not None and ref is not None
             cfg = DAAConfig.model_validate(
                 {**spec.settings.model_dump(), "loss": loss, "beta": beta}
             )
-            env.log(f"DAA {loss} beta {beta:g}")
+            ctx.log(f"DAA {loss} beta {beta:g}")
             policy = copy.deepcopy(start).requires_grad_(True)
             result = train_daa(
                 policy,
                 ref,
-                env.tokenizer,
+                ctx.tokenizer,
                 *prepared,
                 cfg=cfg,
                 evaluator=evaluator,
@@ -89,11 +91,11 @@ def stage_daa(env: Env, train: Pairs, held: Pairs, gold_scale: float) -> SweepRe
             atomic_write_json(
                 folder / "result.json", {"history": result.history, "examples": result.examples}
             )
-            env.run.mark_done(f"daa:{name}", {"loss": loss, "beta": beta})
+            ctx.run.mark_done(f"daa:{name}", {"loss": loss, "beta": beta})
             runs.append((loss, beta, result))
     sweep = summarise_sweep(runs)
     atomic_write_json(
-        env.run.path("daa", "summary.json"),
+        ctx.run.path("daa", "summary.json"),
         {
             "fits": {
                 loss: {k: (f.as_dict() if f else None) for k, f in fits.items()}

@@ -12,22 +12,21 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from proxygap.config import ProxyConfig
 from proxygap.data.preferences import Pairs, label_pairs, read_jsonl, relabel, write_jsonl
-from proxygap.models.loading import (
-    load_reward_model,
-)
+from proxygap.errors import NonFiniteError
 from proxygap.rewards.reward_model import (
     RewardTrainConfig,
     n_parameters,
     new_reward_model,
     train_reward_model,
 )
-from proxygap.study.env import Env, NonFiniteError, sample_responses
+from proxygap.seeds import study_seed
+from proxygap.study.context import StudyContext, sample_responses
 
 
 # ---------------------------------------------------------------- stage 1: preferences
-def stage_preferences(env: Env) -> tuple[Pairs, Pairs]:
+def stage_preferences(ctx: StudyContext) -> tuple[Pairs, Pairs]:
     """Training and held-out pairs (clean gold labels; proxies relabel their share)."""
-    cfg, run = env.cfg, env.run
+    cfg, run = ctx.cfg, ctx.run
     path = run.path("preferences.jsonl")
     n_train, n_held = cfg.preferences.n_pairs, cfg.preferences.n_heldout
     if cfg.preferences.file:
@@ -43,14 +42,16 @@ def stage_preferences(env: Env) -> tuple[Pairs, Pairs]:
         t0 = time.perf_counter()
         need = n_train + n_held
         # sample spare prompts: a few pairs are dropped below
-        prompts = env.task.prompts(int(need * 1.05) + 64, seed=cfg.seed * 1000 + 1)
+        prompts = ctx.task.prompts(
+            int(need * 1.05) + 64, seed=study_seed(cfg.seed, "preference_prompts")
+        )
         responses = sample_responses(
-            env,
+            ctx,
             prompts,
             n=2,
             temperature=cfg.preferences.temperature,
             max_new=cfg.preferences.max_new_tokens,
-            seed=cfg.seed * 1000 + 2,
+            seed=study_seed(cfg.seed, "preference_samples"),
             desc="sample preference pairs",
         )
         # identical or empty responses make no usable pair: gold cannot prefer either, and a
@@ -71,8 +72,8 @@ def stage_preferences(env: Env) -> tuple[Pairs, Pairs]:
         prompts = [prompts[i] for i in keep]
         a = [responses[2 * i] for i in keep]
         b = [responses[2 * i + 1] for i in keep]
-        gold_a = env.gold_fn(env.task.join(prompts, a))
-        gold_b = env.gold_fn(env.task.join(prompts, b))
+        gold_a = ctx.gold_fn(ctx.task.join(prompts, a))
+        gold_b = ctx.gold_fn(ctx.task.join(prompts, b))
         for side, gold in (("a", gold_a), ("b", gold_b)):
             bad = ~np.isfinite(gold)
             if bad.any():
@@ -95,16 +96,6 @@ def stage_preferences(env: Env) -> tuple[Pairs, Pairs]:
 
 
 # ---------------------------------------------------------------- stage 2: proxies
-def proxy_members(env: Env, proxy: ProxyConfig) -> list[PreTrainedModel]:
-    """Load the trained members of ``proxy`` from the run folder."""
-    if proxy.path:
-        return [load_reward_model(proxy.path, trust_remote_code=env.cfg.task.trust_remote_code)]
-    return [
-        load_reward_model(env.run.dir / "proxies" / proxy.name / f"member-{k}")
-        for k in range(proxy.ensemble)
-    ]
-
-
 def save_model(model: PreTrainedModel, tokenizer: Tokenizer, folder: Path) -> None:
     """Save a model folder atomically: write beside it, then rename."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -121,9 +112,9 @@ def save_model(model: PreTrainedModel, tokenizer: Tokenizer, folder: Path) -> No
     tmp.rename(folder)
 
 
-def stage_proxy(env: Env, proxy: ProxyConfig, train: Pairs) -> None:
+def stage_proxy(ctx: StudyContext, proxy: ProxyConfig, train: Pairs) -> None:
     stage = f"proxy:{proxy.name}"
-    if proxy.path or env.run.done(stage):
+    if proxy.path or ctx.run.done(stage):
         return
     n = proxy.n_pairs or len(train)
     share = train.subset(np.arange(n))
@@ -131,37 +122,37 @@ def stage_proxy(env: Env, proxy: ProxyConfig, train: Pairs) -> None:
         "mode": proxy.labels,
         "temperature": proxy.bt_temperature,
         "noise": proxy.label_noise,
-        "seed": proxy.seed + 7 * env.cfg.seed,
+        "seed": proxy.seed + 7 * ctx.cfg.seed,
     }
     if proxy.target == "gold":
         share = relabel(share, **label)
     else:  # one component of gold labels the pairs (constrained RLHF's component proxies)
-        score = env.task.components[proxy.target]
+        score = ctx.task.components[proxy.target]
         a, b = share.chosen, share.rejected
         share = label_pairs(
             share.prompt,
             a,
             b,
-            score(env.task.join(share.prompt, a)),
-            score(env.task.join(share.prompt, b)),
+            score(ctx.task.join(share.prompt, a)),
+            score(ctx.task.join(share.prompt, b)),
             **label,
         )
-    chosen = env.task.join(share.prompt, share.chosen)
-    rejected = env.task.join(share.prompt, share.rejected)
+    chosen = ctx.task.join(share.prompt, share.chosen)
+    rejected = ctx.task.join(share.prompt, share.rejected)
     info: dict[str, Any] = {"members": []}
     for k in range(proxy.ensemble):
         seed = 1000 * proxy.seed + k
         model = new_reward_model(
-            env.tokenizer,
+            ctx.tokenizer,
             n_embd=proxy.n_embd,
             n_layer=proxy.n_layer,
             n_head=proxy.n_head,
-            n_positions=int(env.policy.config.n_positions),
+            n_positions=int(ctx.policy.config.n_positions),
             seed=seed,
         )
         hist = train_reward_model(
             model,
-            env.tokenizer,
+            ctx.tokenizer,
             chosen,
             rejected,
             cfg=RewardTrainConfig(
@@ -169,9 +160,9 @@ def stage_proxy(env: Env, proxy: ProxyConfig, train: Pairs) -> None:
             ),
             progress=f"train proxy {proxy.name} [{k + 1}/{proxy.ensemble}]",
         )
-        save_model(model, env.tokenizer, env.run.path("proxies", proxy.name, f"member-{k}"))
+        save_model(model, ctx.tokenizer, ctx.run.path("proxies", proxy.name, f"member-{k}"))
         info["members"].append(
             {"seed": seed, "seconds": hist.seconds, "final_loss": float(np.mean(hist.loss[-20:]))}
         )
     info["n_params"] = n_parameters(model)
-    env.run.mark_done(stage, info)
+    ctx.run.mark_done(stage, info)

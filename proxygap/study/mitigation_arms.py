@@ -29,18 +29,15 @@ import torch
 from transformers import PreTrainedModel
 
 from proxygap.config import MitigationRunConfig, MitigationStudyConfig
+from proxygap.optimize.loop import LoopResult
 from proxygap.optimize.quark import train_quark
 from proxygap.optimize.rl import RLHooks, rl_evaluator, train_rl
-from proxygap.optimize.rl_record import RLResult
+from proxygap.rewards.proxy import ProxyScorer, aggregate_members
+from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
-from proxygap.study.env import Env
+from proxygap.study.context import StudyContext
 from proxygap.study.mitigation_hooks import build_hooks, hooks_need_references
-from proxygap.study.mitigation_scoring import (
-    ComponentScorer,
-    EvalProbe,
-    MemberScorer,
-    aggregate_members,
-)
+from proxygap.study.mitigation_scoring import ComponentScorer, EvalProbe
 
 ScoreFn = Callable[[Sequence[str]], np.ndarray]
 
@@ -61,18 +58,16 @@ class References:
 class ArmContext:
     """What every arm shares: the study, its scorers, prompts, references and start policies."""
 
-    env: Env
-    members: MemberScorer
-    gold_scale: float
+    study: StudyContext
+    members: ProxyScorer  # the ensemble proxy; arms read its members standardised
     prompts: list[str]
     policies: dict[str, PreTrainedModel]  # "base", and "sft", "soup" when the study has them
     refs: References | None = None
     components: dict[tuple[str, ...], ComponentScorer] = field(default_factory=dict)
-    held: Any = None
 
     @property
-    def study(self) -> MitigationStudyConfig:
-        m = self.env.cfg.mitigations
+    def spec(self) -> MitigationStudyConfig:
+        m = self.study.cfg.mitigations
         assert m is not None
         return m
 
@@ -81,7 +76,7 @@ class ArmContext:
             return None
         key = tuple(arm.components)
         if key not in self.components:
-            self.components[key] = ComponentScorer(self.env, self.held, arm.components)
+            self.components[key] = ComponentScorer(self.study, arm.components)
         return self.components[key]
 
 
@@ -90,11 +85,11 @@ def train_reward(ctx: ArmContext, arm: MitigationRunConfig) -> ScoreFn:
     comps = ctx.component_scorer(arm)
     if comps is not None:
         return lambda texts: comps(texts).sum(axis=1)
-    k = ctx.study.member
+    k = ctx.spec.member
     if arm.aggregation == "single":
         return lambda texts: ctx.members.member(k, texts)
     return lambda texts: aggregate_members(
-        ctx.members(texts), arm.aggregation, member=k, lam=arm.uwo_lambda
+        ctx.members.standardised(texts), arm.aggregation, member=k, lam=arm.uwo_lambda
     )
 
 
@@ -107,7 +102,7 @@ def reference_rewards(ctx: ArmContext, arm: MitigationRunConfig) -> np.ndarray:
     if comps is not None:
         return comps(refs.texts).sum(axis=1).reshape(len(refs.prompts), -1)
     return aggregate_members(
-        refs.members, arm.aggregation, member=ctx.study.member, lam=arm.uwo_lambda
+        refs.members, arm.aggregation, member=ctx.spec.member, lam=arm.uwo_lambda
     )
 
 
@@ -146,7 +141,7 @@ def run_arm(
     step), ``examples.json`` and ``history.json`` (the caller marks the stage done) and return
     the history. ``points``: the proxy points of a
     constrained arm."""
-    env, m = ctx.env, ctx.study
+    study, m = ctx.study, ctx.spec
     # validated again: e.g. an adaptive KL controller needs kl_coef > 0
     cfg = type(m.settings).model_validate(
         {**m.settings.model_dump(), "kl_coef": arm.kl_coef, "seed": seed}
@@ -156,8 +151,8 @@ def run_arm(
     policy = copy.deepcopy(start).train()
     probe = EvalProbe(ctx.members, arm, member=m.member, components=ctx.component_scorer(arm))
     evaluator = rl_evaluator(
-        env.policy, env.tokenizer, task=env.task, proxy=probe, cfg=cfg,
-        gold_scale=ctx.gold_scale, seed=env.cfg.seed * 1000 + 7,
+        study.policy, study.tokenizer, task=study.task, proxy=probe, cfg=cfg,
+        gold_scale=study.gold_scale, seed=study_seed(study.cfg.seed, "policy_eval"),
     )  # fmt: skip
     reward_fn = train_reward(ctx, arm)
     if arm.quark is not None:
@@ -169,15 +164,15 @@ def run_arm(
             refs.responses,
             reference_rewards(ctx, arm).reshape(-1),
         )
-        result: RLResult = train_quark(
-            policy, start, env.tokenizer, cfg=cfg, quark=arm.quark, train_prompts=ctx.prompts,
-            join=env.task.join, reward_fn=reward_fn, evaluator=evaluator, initial=initial,
+        result: LoopResult = train_quark(
+            policy, start, study.tokenizer, cfg=cfg, quark=arm.quark, train_prompts=ctx.prompts,
+            join=study.task.join, reward_fn=reward_fn, evaluator=evaluator, initial=initial,
             log=lambda *_: None,
         )  # fmt: skip
     else:
         result = train_rl(
-            policy, start, env.tokenizer, cfg=cfg, train_prompts=ctx.prompts,
-            join=env.task.join, reward_fn=reward_fn, evaluator=evaluator,
+            policy, start, study.tokenizer, cfg=cfg, train_prompts=ctx.prompts,
+            join=study.task.join, reward_fn=reward_fn, evaluator=evaluator,
             hooks=_hooks(ctx, arm, policy, points, cfg.group_size), log=lambda *_: None,
         )  # fmt: skip
     history = result.history
@@ -186,7 +181,7 @@ def run_arm(
         raise RuntimeError(f"{len(probes)} probe measurements for {len(history)} evaluations")
     for row, extra in zip(history, probes, strict=True):
         row.update(extra)
-    folder = env.run.dir / "mitigations" / arm.name / f"seed-{seed}"
+    folder = study.run.dir / "mitigations" / arm.name / f"seed-{seed}"
     atomic_write_text(folder / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in result.steps))
     atomic_write_json(folder / "examples.json", result.examples)
     atomic_write_json(folder / "history.json", history)  # last: its presence means complete

@@ -12,32 +12,23 @@ the ensemble is fixed and the sampling varies, as in the RL arms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from proxygap.config import MitigationBonConfig, MitigationStudyConfig
+from proxygap.errors import NonFiniteError
 from proxygap.estimators.bon import best_of_n, kl_bon
-from proxygap.optimize.bon import BonCurve, bon_curve, log_spaced_ns
+from proxygap.optimize.bon import bon_curve, log_spaced_ns
+from proxygap.rewards.proxy import ProxyScorer, aggregate_members
+from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write
-from proxygap.study.env import Env, sample_responses
-from proxygap.study.mitigation_scoring import MemberScorer, aggregate_members
+from proxygap.study.context import StudyContext, sample_responses
 from proxygap.study.mitigation_stats import summarise_runs
+from proxygap.study.results import BonVariant
 
-__all__ = ["BonVariant", "bon_seed_quantities", "stage_mitigation_bon"]
-
-
-@dataclass
-class BonVariant:
-    """One selection rule: its curve over all seeds' prompts (for the plot), its quantities per
-    seed and their summary over seeds."""
-
-    name: str
-    curve: BonCurve
-    runs: list[dict[str, float]]
-    summary: dict[str, dict[str, float]]
+__all__ = ["bon_seed_quantities", "stage_mitigation_bon"]
 
 
 def bon_seed_quantities(per_prompt: np.ndarray, d: np.ndarray) -> dict[str, float]:
@@ -72,42 +63,44 @@ def bon_seed_quantities(per_prompt: np.ndarray, d: np.ndarray) -> dict[str, floa
     }
 
 
-def _pool(env: Env, scorer: MemberScorer, b: MitigationBonConfig, seed: int) -> dict[str, Any]:
-    path = env.run.path("mitigations", "bon", f"seed-{seed}.npz")
+def _pool(
+    ctx: StudyContext, scorer: ProxyScorer, b: MitigationBonConfig, seed: int
+) -> dict[str, Any]:
+    path = ctx.run.path("mitigations", "bon", f"seed-{seed}.npz")
     stage = f"mitigation-bon:{seed}"
-    if env.run.done(stage):
+    if ctx.run.done(stage):
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    prompts = env.task.prompts(b.n_prompts, seed=env.cfg.seed * 1000 + 11)
+    prompts = ctx.task.prompts(b.n_prompts, seed=study_seed(ctx.cfg.seed, "mitigation_bon_prompts"))
     N = b.pool_size
     responses = sample_responses(
-        env,
+        ctx,
         prompts,
         n=N,
         temperature=b.temperature,
         max_new=b.max_new_tokens,
-        seed=env.cfg.seed * 1000 + 100 + seed,
+        seed=study_seed(ctx.cfg.seed, "mitigation_bon_pool", index=seed),
         desc=f"sample best-of-n pool (seed {seed})",
     )
-    texts = env.task.join([prompts[i // N] for i in range(len(responses))], responses)
-    gold = np.asarray(env.gold_fn(texts), dtype=np.float64).reshape(len(prompts), N)
+    texts = ctx.task.join([prompts[i // N] for i in range(len(responses))], responses)
+    gold = np.asarray(ctx.gold_fn(texts), dtype=np.float64).reshape(len(prompts), N)
     if not np.isfinite(gold).all():
-        raise FloatingPointError(f"stage {stage!r}: non-finite gold scores on the pool")
-    out = {"gold": gold, "members": scorer(texts).reshape(len(prompts), N, -1)}
+        raise NonFiniteError(f"stage {stage!r}: non-finite gold scores on the pool")
+    out = {"gold": gold, "members": scorer.standardised(texts).reshape(len(prompts), N, -1)}
     atomic_write(path, lambda p: np.savez(p.open("wb"), **out))
-    env.run.mark_done(stage, {"seed": seed})
+    ctx.run.mark_done(stage, {"seed": seed})
     return out
 
 
 def stage_mitigation_bon(
-    env: Env, scorer: MemberScorer, m: MitigationStudyConfig, *, gold_scale: float
+    ctx: StudyContext, scorer: ProxyScorer, m: MitigationStudyConfig
 ) -> list[BonVariant]:
     """Every selection rule on every seed's pool; quantities per seed, summaries over seeds."""
     b = m.bon
     if b is None:
         return []
-    pools = [_pool(env, scorer, b, seed) for seed in m.seeds]
-    golds = [p["gold"] / gold_scale for p in pools]  # (P, N) each, SD units
+    pools = [_pool(ctx, scorer, b, seed) for seed in m.seeds]
+    golds = [p["gold"] / ctx.gold_scale for p in pools]  # (P, N) each, SD units
     stds = [p["members"].std(axis=-1) for p in pools]  # (P, N) population std across members
     ns = log_spaced_ns(b.pool_size, b.n_points)
     ns = ns if ns[0] == 1 else np.concatenate([[1], ns])
@@ -118,7 +111,8 @@ def stage_mitigation_bon(
         def select(members: np.ndarray, method: str = method) -> np.ndarray:
             return aggregate_members(members, method, member=m.member, lam=b.uwo_lambda)
 
-        scale = float(select(scorer.ref).std()) or 1.0  # SD on base-policy samples
+        # SD on base-policy samples
+        scale = float(select(scorer.standardised_reference).std()) or 1.0
         runs, selects = [], []
         for pool, gold, std in zip(pools, golds, stds, strict=True):
             score = select(pool["members"]) / scale  # (P, N)

@@ -30,58 +30,52 @@ import json
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from proxygap.config import MitigationRunConfig, MitigationStudyConfig
+from proxygap.config import MitigationRunConfig
 from proxygap.data.preferences import Pairs
+from proxygap.rewards.proxy import ProxyScorer
+from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json
-from proxygap.study.env import Env, sample_responses
+from proxygap.study.context import StudyContext, sample_responses
 from proxygap.study.mitigation_arms import ArmContext, References, needs_references, run_arm
-from proxygap.study.mitigation_bon import BonVariant, stage_mitigation_bon
-from proxygap.study.mitigation_scoring import MemberScorer
+from proxygap.study.mitigation_bon import stage_mitigation_bon
 from proxygap.study.mitigation_stats import (
     QUANTITIES,
     proxy_points,
     rl_run_quantities,
     summarise_runs,
 )
+from proxygap.study.results import MitigationResult
+from proxygap.study.scoring import proxy_scorer
 from proxygap.study.sft import stage_sft
 
-__all__ = ["MitigationResult", "stage_mitigations"]
+__all__ = ["stage_mitigations"]
 
-Task = tuple[MitigationRunConfig, int, np.ndarray | None]  # arm, seed, proxy points
-
-
-@dataclass
-class MitigationResult:
-    config: MitigationStudyConfig
-    bon: list[BonVariant] = field(default_factory=list)
-    histories: dict[str, list[list[dict[str, float]]]] = field(default_factory=dict)
-    summary: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    points: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> component -> point
+ArmRun = tuple[MitigationRunConfig, int, np.ndarray | None]  # arm, seed, proxy points
 
 
-def _references(env: Env, members: MemberScorer, prompts: list[str]) -> References:
+def _references(ctx: StudyContext, members: ProxyScorer, prompts: list[str]) -> References:
     """``reference_samples`` initial-policy samples of every distinct training prompt, scored
-    by every member."""
-    m = env.cfg.mitigations
+    by every member (standardised)."""
+    m = ctx.cfg.mitigations
     assert m is not None
     unique = list(dict.fromkeys(prompts))
     M = m.reference_samples
     responses = sample_responses(
-        env,
+        ctx,
         unique,
         n=M,
         temperature=m.settings.temperature,
         max_new=m.settings.max_new_tokens,
-        seed=env.cfg.seed * 1000 + 9,
+        seed=study_seed(ctx.cfg.seed, "reference_samples"),
         desc=None,
     )
-    texts = env.task.join([unique[i // M] for i in range(len(responses))], responses)
-    return References(unique, responses, texts, members(texts).reshape(len(unique), M, -1))
+    texts = ctx.task.join([unique[i // M] for i in range(len(responses))], responses)
+    scores = members.standardised(texts).reshape(len(unique), M, -1)
+    return References(unique, responses, texts, scores)
 
 
 # ---------------------------------------------------------------- running the arms
@@ -97,29 +91,29 @@ def _stage(arm: MitigationRunConfig, seed: int) -> str:
     return f"mitigation:{arm.name}:{seed}"
 
 
-def _run(ctx: ArmContext, tasks: list[Task]) -> None:
-    """Run the tasks (none of them done yet), marking each stage done as it finishes."""
+def _run(arms: ArmContext, runs: list[ArmRun]) -> None:
+    """Run the runs (none of them done yet), marking each stage done as it finishes."""
     global _CONTEXT
-    env = ctx.env
-    workers = min(env.cfg.runtime.workers, len(tasks))
+    ctx = arms.study
+    workers = min(ctx.cfg.runtime.workers, len(runs))
 
     def finished(arm: MitigationRunConfig, seed: int) -> None:
-        env.run.mark_done(_stage(arm, seed), {"mitigation": arm.name, "seed": seed})
+        ctx.run.mark_done(_stage(arm, seed), {"mitigation": arm.name, "seed": seed})
 
     if workers <= 1 or not sys.platform.startswith("linux"):
         if workers > 1:
-            env.log("runtime.workers > 1 needs Linux (fork); running the arms one at a time")
-        for arm, seed, points in tasks:
-            env.log(f"mitigation {arm.name}, seed {seed}")
-            run_arm(ctx, arm, seed, points=points)
+            ctx.log("runtime.workers > 1 needs Linux (fork); running the arms one at a time")
+        for arm, seed, points in runs:
+            ctx.log(f"mitigation {arm.name}, seed {seed}")
+            run_arm(arms, arm, seed, points=points)
             finished(arm, seed)
         return
-    env.log(f"{len(tasks)} mitigation runs on {workers} worker processes")
-    _CONTEXT = ctx
+    ctx.log(f"{len(runs)} mitigation runs on {workers} worker processes")
+    _CONTEXT = arms
     errors: list[tuple[str, BaseException]] = []
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     try:
-        futures = {pool.submit(_work, *t): t for t in tasks}
+        futures = {pool.submit(_work, *r): r for r in runs}
         for fut in as_completed(futures):
             arm, seed, _ = futures[fut]
             if fut.cancelled():
@@ -127,10 +121,10 @@ def _run(ctx: ArmContext, tasks: list[Task]) -> None:
             err = fut.exception()
             if err is None:
                 finished(arm, seed)
-                env.log(f"mitigation {arm.name}, seed {seed}: done")
+                ctx.log(f"mitigation {arm.name}, seed {seed}: done")
                 continue
             errors.append((f"mitigation {arm.name}, seed {seed}", err))
-            env.log(f"mitigation {arm.name}, seed {seed} failed: {err}")
+            ctx.log(f"mitigation {arm.name}, seed {seed} failed: {err}")
             for f in futures:  # start nothing new; the runs under way finish and are kept
                 f.cancel()
     finally:
@@ -144,34 +138,33 @@ def _run(ctx: ArmContext, tasks: list[Task]) -> None:
         ) from err
 
 
-def _histories(env: Env, arm: MitigationRunConfig, seeds: list[int]) -> list[list[dict]]:
-    folder = env.run.dir / "mitigations" / arm.name
+def _histories(ctx: StudyContext, arm: MitigationRunConfig, seeds: list[int]) -> list[list[dict]]:
+    folder = ctx.run.dir / "mitigations" / arm.name
     return [json.loads((folder / f"seed-{s}" / "history.json").read_text()) for s in seeds]
 
 
-def stage_mitigations(
-    env: Env, train: Pairs, held: Pairs, gold_scale: float
-) -> MitigationResult | None:
+def stage_mitigations(ctx: StudyContext, train: Pairs) -> MitigationResult | None:
     """Best-of-n variants and every (arm, seed) run; writes ``mitigations/summary.json``."""
-    m = env.cfg.mitigations
+    m = ctx.cfg.mitigations
     if m is None:
         return None
     out = MitigationResult(m)
-    members = MemberScorer(env, held, m.proxy)
-    out.bon = stage_mitigation_bon(env, members, m, gold_scale=gold_scale)
+    members = proxy_scorer(ctx, m.proxy)
+    out.bon = stage_mitigation_bon(ctx, members, m)
     if m.rl:
-        policies = {"base": env.policy}
-        if env.cfg.sft is not None:
-            policies |= stage_sft(env, train, env.cfg.sft)
+        policies = {"base": ctx.policy}
+        if ctx.cfg.sft is not None:
+            policies |= stage_sft(ctx, train, ctx.cfg.sft)
         s = m.settings
-        prompts = env.task.prompts(s.steps * s.prompts_per_step, seed=env.cfg.seed * 1000 + 8)
-        ctx = ArmContext(env, members, gold_scale, prompts, policies, held=held)
-        todo = [(a, seed) for a in m.rl for seed in m.seeds if not env.run.done(_stage(a, seed))]
+        prompt_seed = study_seed(ctx.cfg.seed, "mitigation_train_prompts")
+        prompts = ctx.task.prompts(s.steps * s.prompts_per_step, seed=prompt_seed)
+        arms = ArmContext(ctx, members, prompts, policies)
+        todo = [(a, seed) for a in m.rl for seed in m.seeds if not ctx.run.done(_stage(a, seed))]
         if any(needs_references(a) for a, _ in todo):
-            ctx.refs = _references(env, members, prompts)
+            arms.refs = _references(ctx, members, prompts)
         # constrained arms need the proxy points of an arm of the first wave
         for wave in ([a for a in m.rl if a.constraint is None], [a for a in m.rl if a.constraint]):
-            tasks: list[Task] = []
+            pending: list[ArmRun] = []
             for arm in wave:
                 points = None
                 if arm.constraint is not None:
@@ -179,16 +172,16 @@ def stage_mitigations(
                     values = proxy_points(source, arm.components)
                     out.points[arm.name] = dict(zip(arm.components, values.tolist(), strict=True))
                     points = values
-                tasks += [(arm, seed, points) for a, seed in todo if a is arm]
-            if tasks:
-                _run(ctx, tasks)
+                pending += [(arm, seed, points) for a, seed in todo if a is arm]
+            if pending:
+                _run(arms, pending)
             for arm in wave:
-                out.histories[arm.name] = _histories(env, arm, m.seeds)
+                out.histories[arm.name] = _histories(ctx, arm, m.seeds)
         for arm in m.rl:
             runs = [rl_run_quantities(h) for h in out.histories[arm.name]]
             out.summary[arm.name] = summarise_runs(runs)
     atomic_write_json(
-        env.run.path("mitigations", "summary.json"),
+        ctx.run.path("mitigations", "summary.json"),
         {
             "quantities": list(QUANTITIES),
             "bon": {v.name: v.summary for v in out.bon},

@@ -22,16 +22,16 @@ from proxygap.data.preferences import Pairs
 from proxygap.mitigations.soup import weight_average
 from proxygap.models.loading import load_policy
 from proxygap.optimize.sft import fine_tune
+from proxygap.study.context import StudyContext
 from proxygap.study.data import save_model
-from proxygap.study.env import Env
 
 __all__ = ["stage_sft"]
 
 
-def stage_sft(env: Env, train: Pairs, cfg: SFTConfig) -> dict[str, PreTrainedModel]:
+def stage_sft(ctx: StudyContext, train: Pairs, cfg: SFTConfig) -> dict[str, PreTrainedModel]:
     """``{"sft": variant a, "soup": the average of a and b}``, trained or read back."""
-    folder = env.run.dir / "sft"
-    if not env.run.done("sft"):
+    folder = ctx.run.dir / "sft"
+    if not ctx.run.done("sft"):
         n = cfg.n_texts
         if 2 * n > len(train):
             raise ValueError(f"sft.n_texts ({n}) x 2 exceeds the {len(train)} training pairs")
@@ -39,18 +39,18 @@ def stage_sft(env: Env, train: Pairs, cfg: SFTConfig) -> dict[str, PreTrainedMod
         variants, info = [], {}
         for i, name in enumerate(["a", "b"]):
             part = train.subset(np.arange(i * n, (i + 1) * n))
-            model = copy.deepcopy(env.policy)
-            env.log(f"SFT variant {name}: {n} chosen responses, seed {i}")
+            model = copy.deepcopy(ctx.policy)
+            ctx.log(f"SFT variant {name}: {n} chosen responses, seed {i}")
             hist = fine_tune(
-                model, env.tokenizer, part.prompt, part.chosen, epochs=cfg.epochs, lr=cfg.lr,
+                model, ctx.tokenizer, part.prompt, part.chosen, epochs=cfg.epochs, lr=cfg.lr,
                 batch_size=cfg.batch_size, seed=i,
             )  # fmt: skip
-            save_model(model, env.tokenizer, folder / name)
+            save_model(model, ctx.tokenizer, folder / name)
             variants.append(model)
             info[name] = {"first_loss": hist.loss[0], "final_loss": float(np.mean(hist.loss[-10:]))}
-        save_model(weight_average(variants), env.tokenizer, folder / "soup")
-        env.run.mark_done("sft", info | {"seconds": time.perf_counter() - t0})
-    device = env.cfg.runtime.device
+        save_model(weight_average(variants), ctx.tokenizer, folder / "soup")
+        ctx.run.mark_done("sft", info | {"seconds": time.perf_counter() - t0})
+    device = ctx.cfg.runtime.device
     return {
         "sft": load_policy(folder / "a").to(device).eval(),
         "soup": load_policy(folder / "soup").to(device).eval(),

@@ -116,13 +116,13 @@ def test_component_proxy_is_trained_on_its_component(tmp_path, monkeypatch) -> N
     from proxygap.data.preferences import label_pairs
     from proxygap.rewards.reward_model import TrainHistory
     from proxygap.study.data import stage_proxy
-    from proxygap.study.env import setup
+    from proxygap.study.context import setup
 
     cfg = parse_config({
         "name": "comp", "preferences": {"n_pairs": 200, "n_heldout": 10}, "bon": None,
         "proxies": [{"name": "s", "target": "sentiment", "n_embd": 32, "n_layer": 1}],
     })  # fmt: skip
-    env = setup(cfg, tmp_path, log=lambda *_: None)
+    ctx = setup(cfg, tmp_path, log=lambda *_: None)
     texts = sample_corpus(400, seed=9)
     a, b = texts[:200], texts[200:]
     pairs = label_pairs([""] * 200, a, b, gold_score(a), gold_score(b))
@@ -133,7 +133,7 @@ def test_component_proxy_is_trained_on_its_component(tmp_path, monkeypatch) -> N
         return TrainHistory(loss=[0.0], accuracy=[1.0])
 
     monkeypatch.setattr(data_module, "train_reward_model", fake_train)
-    stage_proxy(env, cfg.proxies[0], pairs)
+    stage_proxy(ctx, cfg.proxies[0], pairs)
     sc, sr = sentiment_score(seen["chosen"]), sentiment_score(seen["rejected"])
     assert (sc >= sr).all() and (sc > sr).mean() > 0.5
     # gold orders some of these pairs the other way: the labels are not gold's

@@ -20,8 +20,8 @@ from proxygap.report.mitigation_claims import (
     transform_claim,
     variance_claim,
 )
+from proxygap.rewards.proxy import aggregate_members
 from proxygap.study.mitigation_bon import bon_seed_quantities
-from proxygap.study.mitigation_scoring import aggregate_members
 from proxygap.study.mitigation_stats import (
     QUANTITIES,
     proxy_points,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from proxygap.cli import run_and_report
 from proxygap.config import ConfigError, parse_config
-from proxygap.study import run_study
 
 T2 = math.sqrt(2) * 0.95 / math.sqrt(1 - 0.95**2)  # t_{0.975, 2}, see test_mitigation_numbers
 
@@ -156,7 +156,7 @@ def test_component_targets_are_checked() -> None:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every kind of arm, on two worker processes."""
     root = tmp_path_factory.mktemp("runs")
-    return run_study(parse_config(TINY), root, log=lambda *_: None)
+    return run_and_report(parse_config(TINY), root, log=lambda *_: None)
 
 
 def _history(run: Path, arm: str, seed: int) -> list[dict]:
@@ -282,7 +282,7 @@ def test_workers_do_not_change_results(tiny_run: Path, tmp_path: Path) -> None:
     data["mitigations"]["rl"] = [a for a in data["mitigations"]["rl"] if a["name"] in keep]
     data["mitigations"]["bon"] = None
     data["runtime"]["workers"] = 1
-    run = run_study(parse_config(data), tmp_path, log=lambda *_: None)
+    run = run_and_report(parse_config(data), tmp_path, log=lambda *_: None)
     for arm in ("single", "composite", "constrained"):
         for seed in (0, 1, 2):
             a, b = _history(run, arm, seed), _history(tiny_run, arm, seed)
@@ -308,7 +308,7 @@ def test_a_failed_worker_run_keeps_the_finished_ones(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(study_module, "run_arm", failing)
     with pytest.raises(RuntimeError, match=r"mitigation uwo, seed 1 failed: reward is nan"):
-        run_study(cfg, tmp_path, log=lambda *_: None)
+        run_and_report(cfg, tmp_path, log=lambda *_: None)
     run = tmp_path / "tinymit"
     done = set(json.loads((run / "stages.json").read_text()))
     assert {f"mitigation:single:{s}" for s in (0, 1, 2)} <= done
@@ -317,7 +317,7 @@ def test_a_failed_worker_run_keeps_the_finished_ones(tmp_path: Path, monkeypatch
               for s in (0, 1, 2)}  # fmt: skip
     monkeypatch.setattr(study_module, "run_arm", real)
     lines: list[str] = []
-    run_study(cfg, tmp_path, log=lambda *a: lines.append(" ".join(a)))
+    run_and_report(cfg, tmp_path, log=lambda *a: lines.append(" ".join(a)))
     assert [x for x in lines if x.startswith("mitigation")] == ["mitigation uwo, seed 1"]
     for s, t in stamps.items():
         path = run / "mitigations" / "single" / f"seed-{s}" / "history.json"
@@ -331,6 +331,6 @@ def test_resume_reads_back_every_run(tiny_run: Path) -> None:
     assert len(files) == 3 * len(ARMS)
     before = [f.read_bytes() for f in files]
     lines: list[str] = []
-    run_study(parse_config(TINY), tiny_run.parent, log=lambda *a: lines.append(" ".join(a)))
+    run_and_report(parse_config(TINY), tiny_run.parent, log=lambda *a: lines.append(" ".join(a)))
     assert not any(line.startswith("mitigation ") for line in lines)
     assert [f.read_bytes() for f in files] == before

@@ -22,10 +22,11 @@ from typer.testing import CliRunner
 from proxygap.cli import app
 from proxygap.config import parse_config
 from proxygap.data.preferences import read_jsonl
+from proxygap.errors import NonFiniteError
 from proxygap.models.loading import load_tokenizer
 from proxygap.rewards.reward_model import new_reward_model
 from proxygap.store.run import RunFolderError
-from proxygap.study import NonFiniteError, run_study
+from proxygap.study import run_study
 from proxygap.tasks import TASKS, get_task
 
 # one two-member proxy: member 1 trains for about a second after member 0 is saved

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from proxygap.cli import run_and_report
 from proxygap.config import ConfigError, parse_config
 from proxygap.store.run import RunFolderError
-from proxygap.study import run_study
 
 TINY = {
     "name": "tiny",
@@ -38,7 +38,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")
-    return run_study(parse_config(TINY), root, log=lambda *_: None)
+    return run_and_report(parse_config(TINY), root, log=lambda *_: None)
 
 
 def _curves(run: Path) -> list[dict[str, str]]:
@@ -78,7 +78,7 @@ def test_curves_follow_the_estimator_definitions(tiny_run: Path) -> None:
 
 def test_best_of_pool_equals_the_pool_argmax(tiny_run: Path) -> None:
     """At n = N the estimator must return the gold of each prompt's proxy argmax."""
-    from proxygap.study import normalised
+    from proxygap.study.bon import normalised
 
     cfg = parse_config(TINY)
     with np.load(tiny_run / "scores.npz") as z:
@@ -112,7 +112,7 @@ def test_summary_numbers_are_sane(tiny_run: Path) -> None:
 def test_resume_reuses_stages_and_reproduces(tiny_run: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in [tiny_run / "pool.jsonl", tiny_run / "scores.npz"]}
     summary = (tiny_run / "summary.json").read_text()
-    run_study(parse_config(TINY), tiny_run.parent, log=lambda *_: None)
+    run_and_report(parse_config(TINY), tiny_run.parent, log=lambda *_: None)
     after = {p: p.stat().st_mtime_ns for p in before}
     assert before == after  # finished stages were read back, not recomputed
     assert (tiny_run / "summary.json").read_text() == summary
@@ -120,8 +120,8 @@ def test_resume_reuses_stages_and_reproduces(tiny_run: Path) -> None:
 
 def test_same_seed_same_metrics_in_a_fresh_folder(tiny_run: Path, tmp_path: Path) -> None:
     cfg = parse_config({**TINY, "proxies": TINY["proxies"][:1]})
-    a = run_study(cfg, tmp_path / "a", log=lambda *_: None)
-    b = run_study(cfg, tmp_path / "b", log=lambda *_: None)
+    a = run_and_report(cfg, tmp_path / "a", log=lambda *_: None)
+    b = run_and_report(cfg, tmp_path / "b", log=lambda *_: None)
     assert (a / "bon_curves.csv").read_text() == (b / "bon_curves.csv").read_text()
     assert (a / "preferences.jsonl").read_text() == (b / "preferences.jsonl").read_text()
 
@@ -129,7 +129,7 @@ def test_same_seed_same_metrics_in_a_fresh_folder(tiny_run: Path, tmp_path: Path
 def test_changed_config_on_existing_folder_is_refused(tiny_run: Path) -> None:
     changed = parse_config({**TINY, "seed": 4})
     with pytest.raises(RunFolderError, match="different config"):
-        run_study(changed, tiny_run.parent, log=lambda *_: None)
+        run_and_report(changed, tiny_run.parent, log=lambda *_: None)
     assert (tiny_run / "summary.json").is_file()  # nothing was lost
 
 
@@ -159,7 +159,7 @@ TINY_RL_DAA = {
 
 def test_rl_and_daa_stages_write_histories_and_report(tmp_path: Path) -> None:
     cfg = parse_config(TINY_RL_DAA)
-    run = run_study(cfg, tmp_path, log=lambda *_: None)
+    run = run_and_report(cfg, tmp_path, log=lambda *_: None)
     for kl in ("kl-0", "kl-0.5"):
         history = json.loads((run / "rl" / kl / "history.json").read_text())
         assert [h["step"] for h in history] == [0, 2, 4]
@@ -178,7 +178,7 @@ def test_rl_and_daa_stages_write_histories_and_report(tmp_path: Path) -> None:
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2  # the RL and the DAA plot
     stamp = (run / "rl" / "kl-0" / "history.json").stat().st_mtime_ns
-    run_study(cfg, tmp_path, log=lambda *_: None)  # resume: every stage is read back
+    run_and_report(cfg, tmp_path, log=lambda *_: None)  # resume: every stage is read back
     assert (run / "rl" / "kl-0" / "history.json").stat().st_mtime_ns == stamp
 
 
@@ -193,7 +193,7 @@ def test_daa_from_the_soup_uses_it_as_start_and_reference(tmp_path: Path) -> Non
         "sft": {"n_texts": 100, "batch_size": 16, "lr": 3e-3, "epochs": 2},
         "daa": {**TINY_RL_DAA["daa"], "betas": {"dpo": [0.1]}, "reference": "soup"},
     }
-    run = run_study(parse_config(data), tmp_path, log=lambda *_: None)
+    run = run_and_report(parse_config(data), tmp_path, log=lambda *_: None)
     first = json.loads((run / "daa" / "dpo-0.1" / "result.json").read_text())["history"][0]
     assert first["daa/heldout_margin"] == pytest.approx(0.0, abs=1e-5)
     assert first["d"] > 0.05
