@@ -113,7 +113,7 @@ def test_check_params_names_the_field_and_the_allowed_names():
     # the optimisers a row applies to
     assert check_params("length_penalty", {"coef": 0.1}, kind="transform", optimiser="bon",
                         where="x").name == "length_penalty"  # fmt: skip
-    with pytest.raises(ValueError, match=r"unknown transform 'lsc'; allowed: \['clip', 'length_"):
+    with pytest.raises(ValueError, match=r"unknown transform 'lsc'; allowed: \[.*'length_penalty'"):
         check_params("lsc", {}, kind="transform", optimiser="bon", where="x")
 
 
