@@ -21,7 +21,7 @@ from proxygap.config import parse_config
 from proxygap.report.sweep import write_sweep_outputs
 from proxygap.sweep import SweepError, choose_backend, expand, load_sweep, parse_sweep, run_sweep
 
-# the study of tests/test_study.py cut to one proxy and a smaller pool (a few seconds a cell)
+# the study of tests/study/test_study.py cut to one proxy and a smaller pool (a few seconds a cell)
 BASE: dict[str, Any] = {
     "name": "tiny",
     "seed": 1,
