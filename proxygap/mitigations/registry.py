@@ -39,6 +39,7 @@ from proxygap.mitigations.transforms import (
     LengthPenalty,
     LSCTransform,
     PARTransform,
+    ReferenceCapTransform,
     Transform,
     WhitenTransform,
 )
@@ -150,6 +151,10 @@ MITIGATIONS: dict[str, MitigationSpec] = {
                        "Fu et al. 2025, Reward Shaping to Mitigate Reward Hacking in RLHF",
                        "mean sigmoid(r - r_ref_m) over pi0 reference responses",
                        needs=frozenset({"ref_rewards"}), claim="shaping"),
+        MitigationSpec("reference_cap", "transform", ("rl",), ReferenceCapTransform,
+                       "Wang et al. 2024 (LSC without its smoothing); Fu et al. 2025 (bounded "
+                       "rewards)", "min(r, q-quantile of pi0 rewards for the prompt)",
+                       needs=frozenset({"ref_rewards"})),
         MitigationSpec("length_penalty", "transform", ("bon", "rl"), LengthPenalty,
                        "common baseline", "r - coef * response length"),
         MitigationSpec("clip", "transform", ("bon", "rl"), ClipTransform,

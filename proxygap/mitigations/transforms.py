@@ -210,6 +210,41 @@ class PARTransform:
         return par(rewards, ref)
 
 
+class ReferenceCapTransform:
+    """``min(r(x, y), r_ref(x))``: each reward capped at its prompt's reference, the ``q``
+    quantile of the initial policy's rewards for that prompt (:func:`reference_quantile`).
+
+    The hard counterpart of :class:`LSCTransform` (Wang et al. 2024): ``log sigma(r - r_ref)``
+    tends to ``min(r, r_ref) - r_ref`` as ``|r - r_ref|`` grows, so the cap keeps LSC's
+    saturation at the reference and drops its smooth shape. An arm with it beside an LSC arm
+    separates what bounding the reward at the reference does from what the log-sigmoid does;
+    Fu et al. 2025 ("Reward Shaping to Mitigate Reward Hacking in RLHF") name a bounded RL
+    reward their first principle against reward hacking. Below the reference the reward is
+    unchanged, in the reward model's units; above it every response scores the same.
+
+    Args:
+        ref_rewards: each prompt's ``(M,)`` rewards of ``M >= 1`` initial-policy samples.
+        q: quantile in ``[0, 1]`` (0.85 as LSC's default; 1 caps at the best reference).
+    """
+
+    def __init__(self, ref_rewards: Mapping[str, np.ndarray], *, q: float = 0.85) -> None:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"q must lie in [0, 1], got {q}")
+        self.reference = {
+            p: float(reference_quantile(np.asarray(v, dtype=np.float64)[None], q)[0])
+            for p, v in ref_rewards.items()
+        }
+
+    def __call__(
+        self, rewards: np.ndarray, texts: Sequence[str], prompts: Sequence[str]
+    ) -> np.ndarray:
+        r = _vector(rewards, "rewards")
+        cap = np.array(_lookup(self.reference, prompts, "reference cap"), dtype=np.float64)
+        if r.shape != cap.shape:
+            raise ValueError(f"rewards {r.shape} and prompts ({len(prompts)},) must match")
+        return np.minimum(r, cap)
+
+
 class LengthPenalty:
     """:func:`length_penalty` as a hook; ``length_fn(text, prompt)`` counts a response's length
     (default: whitespace words after the prompt, which are tokens for the word-level
