@@ -8,9 +8,9 @@ published claim it tests:
 =================  ==========================================================================
 kind               what it is, and where it plugs in
 =================  ==========================================================================
-``transform``      a :class:`~proxygap.optimize.rl_hooks.RewardTransform` (``hooks.transform``)
+``transform``      a :class:`~proxygap.mitigations.hooks.RewardTransform` (``hooks.transform``)
 ``constraint``     a transform that also learns Lagrange multipliers from each batch
-``weight_update``  a :class:`~proxygap.optimize.rl_hooks.PostStepHook` (``hooks.post_step``)
+``weight_update``  a :class:`~proxygap.mitigations.hooks.PostStepHook` (``hooks.post_step``)
 =================  ==========================================================================
 
 The other mitigations are used directly by the optimisers and the study: ensemble aggregations

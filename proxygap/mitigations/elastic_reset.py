@@ -14,7 +14,7 @@ counts) and its references to the same parameter objects; a PPO critic, a separa
 not touched. The paper's default decay is ``eta = 0.995``; ``R`` is task-specific and has no
 default.
 
-:class:`ElasticReset` implements :class:`proxygap.optimize.rl_hooks.PostStepHook`. Metrics it
+:class:`ElasticReset` implements :class:`proxygap.mitigations.hooks.PostStepHook`. Metrics it
 returns every step:
 
 - ``elastic/reset``: 1.0 on a reset step, else 0.0;

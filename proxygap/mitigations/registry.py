@@ -34,13 +34,13 @@ import numpy as np
 from proxygap.mitigations.constrained import ConstrainedTransform, LagrangeMultipliers, Mode
 from proxygap.mitigations.diversity import DiversityTransform
 from proxygap.mitigations.elastic_reset import ElasticReset
+from proxygap.mitigations.hooks import PostStepHook, RewardTransform
 from proxygap.mitigations.transforms import (
     ClipTransform,
     LengthPenalty,
     LSCTransform,
     PARTransform,
     ReferenceCapTransform,
-    Transform,
     WhitenTransform,
 )
 from proxygap.schema import check_keywords, keyword_parameters
@@ -239,12 +239,12 @@ def build_hook(
     return _call(spec, {**params, **{n: inputs[n] for n in spec.needs}})
 
 
-def make_transform(name: str, **kw: Any) -> Transform:
+def make_transform(name: str, **kw: Any) -> RewardTransform:
     """A reward-transform hook (kinds ``transform`` and ``constraint``) by name; ``kw`` holds its
     hyperparameters and the inputs it needs."""
     return _call(_spec(name, ("transform", "constraint"), "transform"), kw)
 
 
-def make_post_step(name: str, **kw: Any) -> Callable[..., dict[str, float] | None]:
+def make_post_step(name: str, **kw: Any) -> PostStepHook:
     """A post-step hook (kind ``weight_update``) by name; pass ``policy=`` the initial model."""
     return _call(_spec(name, ("weight_update",), "post-step hook"), kw)

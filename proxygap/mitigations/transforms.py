@@ -1,7 +1,7 @@
 """Reward transforms: reshape the proxy score of every response before it is optimised.
 
 Pure functions on ``(B,)`` float64 arrays, and small hook classes that implement
-:class:`proxygap.optimize.rl_hooks.RewardTransform` (``(rewards (B,), texts, prompts) ->
+:class:`proxygap.mitigations.hooks.RewardTransform` (``(rewards (B,), texts, prompts) ->
 rewards (B,)``), so the RL recipe calls them without knowing which one it holds.
 
 - :func:`lsc`: log-sigmoid centred on a per-prompt reference (Wang et al. 2024);
@@ -24,8 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-# the shape of proxygap.optimize.rl_hooks.RewardTransform, which sits in a layer above this one
-Transform = Callable[[np.ndarray, Sequence[str], Sequence[str]], np.ndarray]
+from proxygap.mitigations.hooks import RewardTransform
 
 
 # ---------------------------------------------------------------- pure functions
@@ -297,7 +296,7 @@ class ChainTransform:
     """Several transforms applied in order: ``t_k(... t_2(t_1(r)) ...)``. ``metrics`` merges the
     ``metrics`` of the members that have them (after the last call)."""
 
-    def __init__(self, transforms: Sequence[Transform]) -> None:
+    def __init__(self, transforms: Sequence[RewardTransform]) -> None:
         if not transforms:
             raise ValueError("ChainTransform needs at least one transform")
         self.transforms = list(transforms)

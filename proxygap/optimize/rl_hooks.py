@@ -1,4 +1,5 @@
-"""Where mitigations plug into the RL recipe (:func:`proxygap.optimize.rl.train_rl`).
+"""Where mitigations plug into the RL recipe (:func:`proxygap.optimize.rl.train_rl`); the hook
+types are in :mod:`proxygap.mitigations.hooks`.
 
 Three hooks, all no-ops by default, so the loop carries no mitigation flags:
 
@@ -13,48 +14,17 @@ Three hooks, all no-ops by default, so the loop carries no mitigation flags:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-import numpy as np
-import torch
-from transformers import PreTrainedModel
-
+from proxygap.mitigations.hooks import (
+    PostStepHook,
+    RewardTransform,
+    identity_transform,
+    no_post_step,
+)
 from proxygap.optimize.loop import EvalHook
 
-
-class RewardTransform(Protocol):
-    """``(rewards (B,), texts, prompts) -> rewards (B,)``: reshapes the proxy before it is
-    optimised (ensembles, LSC, PAR, length penalty, ...)."""
-
-    def __call__(
-        self, rewards: np.ndarray, texts: Sequence[str], prompts: Sequence[str]
-    ) -> np.ndarray: ...
-
-
-class PostStepHook(Protocol):
-    """Called after every update with the live objects (e.g. Elastic Reset resets ``policy``);
-    returns metrics to log (namespaced by the hook) or None."""
-
-    def __call__(
-        self,
-        *,
-        policy: PreTrainedModel,
-        ref: PreTrainedModel,
-        optimizer: torch.optim.Optimizer,
-        step: int,
-    ) -> dict[str, float] | None: ...
-
-
-def identity_transform(
-    rewards: np.ndarray, texts: Sequence[str], prompts: Sequence[str]
-) -> np.ndarray:
-    return rewards
-
-
-def no_post_step(**_: Any) -> None:
-    return None
+__all__ = ["PostStepHook", "RLHooks", "RewardTransform", "identity_transform", "no_post_step"]
 
 
 @dataclass
