@@ -268,7 +268,7 @@ def divergence_point(
     With ``p = argmax(gold)`` (first if tied), returns the first ``k > p`` such that
     ``proxy[k] > proxy[p]`` and ``gold[k] < gold[p] - 2 * sqrt(gold_se[p]^2 + gold_se[k]^2)``
     (gold fell by more than two standard errors of the difference), or ``None`` if there is none.
-    ``d[k]`` is the proxy-gold divergence point reported per run (METHODS.md, sec. 6).
+    ``d[k]`` is the proxy-gold divergence point reported per run (docs/methods.md §6).
 
     Args:
         d: (M,) ``sqrt(KL)`` values, sorted ascending.

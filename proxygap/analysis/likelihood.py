@@ -4,7 +4,7 @@ Shi et al. 2024 ("Understanding Likelihood Over-optimisation in Direct Alignment
 observe that a better likelihood of preferred responses does not mean better generations, and
 propose two indicators, computed on the policy's own outputs, whose decline signals that output
 diversity is being over-optimised: decreasing entropy over the top-k tokens and diminishing top-k
-probability mass (METHODS.md §5). Per position, with logits ``z`` (length ``V``),
+probability mass (docs/methods.md §5). Per position, with logits ``z`` (length ``V``),
 ``p = softmax(z)`` and ``S_k`` the ``k`` most probable tokens:
 
 - top-k probability mass ``M_k = sum_{i in S_k} p_i`` in ``(0, 1]``: 1 when the policy puts all

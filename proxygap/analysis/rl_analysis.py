@@ -1,10 +1,12 @@
-"""Summaries of one RL run's history (METHODS.md §6): the fitted law, the gold peak, divergence.
+"""Summaries of one RL run's history (docs/methods.md §6): the fitted law, the gold peak and
+where proxy and gold diverge.
 
-Input is :attr:`proxygap.optimize.loop.LoopResult.history`: one row per evaluation point with ``step``,
-``d``, ``kl/k1``, ``reward/gold``, ``reward/gold_se`` and ``reward/proxy``. Gao et al. 2023 plot RL
-curves against ``d = sqrt(KL)``; the points are put in order of ``d`` (stable, so ties keep their
-step order) before the turn-down and divergence tests of :mod:`proxygap.analysis.laws`, which
-need ``d`` ascending. Along one run ``d`` mostly grows with the step, so this changes little.
+Input is :attr:`proxygap.optimize.loop.LoopResult.history`: one row per evaluation point with
+``step``, ``d``, ``kl/k1``, ``reward/gold``, ``reward/gold_se`` and ``reward/proxy``. Gao et
+al. 2023 plot RL curves against ``d = sqrt(KL)``; the points are put in order of ``d`` (stable,
+so ties keep their step order) before the turn-down and divergence tests of
+:mod:`proxygap.analysis.laws`, which need ``d`` ascending. Along one run ``d`` mostly grows with
+the step, so this changes little.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The mitigation study's config sections (METHODS.md §4): its arms with their hooks, named by
+"""The mitigation study's config sections (docs/methods.md §4): its arms with their hooks, named by
 the registry (:data:`proxygap.mitigations.MITIGATIONS`) and checked against its rows, their
 constraint and the study's best-of-n selection."""
 
@@ -130,7 +130,7 @@ class MitigationBonConfig(Strict):
 
 
 class MitigationStudyConfig(Strict):
-    """The mitigation comparison (METHODS.md §4): best-of-n selection variants from the members
+    """The mitigation comparison (docs/methods.md §4): best-of-n selection variants from the members
     of one ensemble proxy, and arms each run with every seed, on the same prompts, proxy and
     settings. ``member`` is the single reward model of the baseline."""
 

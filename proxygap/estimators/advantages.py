@@ -1,4 +1,4 @@
-"""Advantage estimators and KL-penalised rewards for online RL against a proxy (METHODS.md §3).
+"""Advantage estimators and KL-penalised rewards for online RL against a proxy (docs/methods.md §3).
 
 Token-level tensors are ``(B, T)``; sequence-level tensors are ``(B,)``. A mask is a float or
 bool ``(B, T)`` tensor whose nonzero entries mark response tokens; in every row the response

@@ -9,7 +9,8 @@ For tokens ``a_t`` sampled from ``pi`` let ``lr_t = log pi(a_t|s_t) - log pi_ref
 - ``k2 = lr^2 / 2``                biased (exact to second order), low variance, ``>= 0``;
 - ``k3 = exp(-lr) - 1 + lr``       unbiased (``E_pi[exp(-lr)] = 1``), low variance, ``>= 0``.
 
-The sequence KL is the sum over response tokens (METHODS.md §2). Log all three, optimize with one.
+The sequence KL is the sum over response tokens (docs/methods.md §2). Log all three, optimize
+with one.
 
 Shapes: ``B`` sequences, ``T`` token positions. Masks are float or bool tensors ``(B, T)`` whose
 nonzero entries mark response tokens; positions outside the mask may hold anything (even NaN) and
@@ -99,7 +100,7 @@ class SequenceKL(NamedTuple):
 def sequence_kl(
     lr: Tensor, mask: Tensor, *, clamp: float = K3_CLAMP
 ) -> tuple[SequenceKL, dict[str, float]]:
-    """Sequence KL ``sum_t mask_t * k(lr_t)`` for k1, k2 and k3 at once (METHODS.md §2).
+    """Sequence KL ``sum_t mask_t * k(lr_t)`` for k1, k2 and k3 at once (docs/methods.md §2).
 
     Args:
         lr: ``(B, T)`` per-token log ratio ``log pi - log pi_ref`` of tokens sampled from ``pi``.

@@ -1,4 +1,4 @@
-"""Direct alignment algorithm (DAA) losses on sequence log-probabilities (METHODS.md §5).
+"""Direct alignment algorithm (DAA) losses on sequence log-probabilities (docs/methods.md §5).
 
 Each variant is one pure function of ``(B,)`` tensors that returns ``(losses, metrics)``:
 ``losses`` is ``(B,)``, one loss per preference pair, never reduced (the caller takes the mean it
@@ -136,7 +136,8 @@ def ipo_loss(
     The loss regresses ``h`` onto the target margin ``1/(2 beta)`` and is 0 exactly there; unlike
     DPO it does not push ``h`` to infinity on deterministic preferences.
 
-    ``h`` is built from the log-probabilities as given (METHODS.md §5: sums over response tokens).
+    ``h`` is built from the log-probabilities as given (docs/methods.md §5: sums over response
+    tokens).
     TRL (``DPOTrainer`` with ``loss_type="ipo"``, checked in TRL 1.16) instead divides each
     log-ratio by its response length before taking the difference, i.e. uses per-token averages;
     to reproduce that, pass ``logps / lengths`` for all four inputs. The two forms differ whenever

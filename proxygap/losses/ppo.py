@@ -1,4 +1,4 @@
-"""PPO / GRPO policy-gradient losses (METHODS.md §3).
+"""PPO / GRPO policy-gradient losses (docs/methods.md §3).
 
 Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (clipped surrogate, eq. 7, and the
 clipped value loss of the OpenAI baselines implementation); Shao et al. 2024, DeepSeekMath (GRPO's

@@ -1,4 +1,4 @@
-"""Mitigations of reward-model overoptimization as small composable pieces (METHODS.md §4).
+"""Mitigations of reward-model overoptimization as small composable pieces (docs/methods.md §4).
 
 Each mitigation is one concept in one module. Those a config selects by name are rows of the
 registry :data:`MITIGATIONS` (:mod:`proxygap.mitigations.registry`), and each row describes

@@ -1,5 +1,5 @@
 """Constrained RLHF with learned Lagrange multipliers (Moskovitz et al. 2023, "Confronting Reward
-Model Overoptimization with Constrained RLHF"; METHODS.md §4).
+Model Overoptimization with Constrained RLHF"; docs/methods.md §4).
 
 ``C`` component rewards ``r_1..r_C`` (e.g. a sentiment proxy and a well-formedness proxy) each
 stay useful only up to a "proxy point" ``theta_i``, the component value at which gold peaks.

@@ -1,5 +1,5 @@
 """Diversity-aware rewards (DARLING: Li et al. 2025, "Jointly Reinforcing Diversity and Quality in
-Language Model Generations"; METHODS.md §4).
+Language Model Generations"; docs/methods.md §4).
 
 DARLING multiplies each response's quality reward by its normalised diversity within the group
 of ``G`` responses to the same prompt: ``r_darling = r * Norm(Div(y_i))``, where ``Div`` is

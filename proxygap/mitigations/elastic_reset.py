@@ -1,7 +1,7 @@
 """Elastic Reset (Noukhovitch et al. 2023, "Language Model Alignment with Elastic Reset").
 
 Keep an exponential moving average of the online weights; every ``R`` steps set the online
-model to the EMA, then the EMA to the initial weights (METHODS.md §4):
+model to the EMA, then the EMA to the initial weights (docs/methods.md §4):
 
     after every update t:   theta_ema <- eta * theta_ema + (1 - eta) * theta
     if t % R == 0:          theta     <- theta_ema        (first)

@@ -1,5 +1,5 @@
 """Quark: quantised reward conditioning (Lu et al. 2022, "Quark: Controllable Text Generation with
-Reinforced Unlearning"; METHODS.md §4).
+Reinforced Unlearning"; docs/methods.md §4).
 
 Quark alternates (i) sampling from the current policy conditioned on the best reward token,
 (ii) sorting the whole data pool into ``K`` reward quantiles, each named by a control token

@@ -1,4 +1,4 @@
-"""Weight averaging ("model soups") for a soup KL reference (SALSA; METHODS.md §4).
+"""Weight averaging ("model soups") for a soup KL reference (SALSA; docs/methods.md §4).
 
 SALSA replaces the KL reference ``pi_ref = pi0`` by the weight-space average of two models
 fine-tuned independently from the same base (e.g. two SFT runs with different seeds or data

@@ -47,7 +47,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def lsc(rewards: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Log-sigmoid centred transform (Wang et al. 2024, "Transforming and Combining Rewards for
-    Aligning Large Language Models"; METHODS.md §4): ``u = log sigma(r(x, y) - r_ref(x))``.
+    Aligning Large Language Models"; docs/methods.md §4): ``u = log sigma(r(x, y) - r_ref(x))``.
 
     ``u <= 0``; it saturates at 0 once a response beats the prompt's reference, so the policy
     gains little from pushing already-good prompts further and most from poorly-scoring ones.
@@ -92,7 +92,7 @@ def reference_quantile(ref_rewards: np.ndarray, q: float = 0.85) -> np.ndarray:
 
 def par(rewards: np.ndarray, ref_rewards: np.ndarray) -> np.ndarray:
     """Preference As Reward (Fu et al. 2025, "Reward Shaping to Mitigate Reward Hacking in RLHF";
-    METHODS.md §4): ``r_par = (1/M) sum_m sigma(r(x, y) - r(x, y_ref_m))``.
+    docs/methods.md §4): ``r_par = (1/M) sum_m sigma(r(x, y) - r(x, y_ref_m))``.
 
     ``y_ref_m`` are ``M`` responses of the initial policy to the same prompt. The result lies in
     ``(0, 1)``, grows fastest near the references and flattens beyond them (the paper's three

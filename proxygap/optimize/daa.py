@@ -1,6 +1,6 @@
 """Direct alignment recipe: train a policy on preference pairs with a DAA loss and measure it.
 
-One step in the shared loop (:func:`proxygap.optimize.loop.run_loop`; METHODS.md §5): tokenize
+One step in the shared loop (:func:`proxygap.optimize.loop.run_loop`; docs/methods.md §5): tokenize
 the pairs once, compute and cache the reference log-probabilities once
 (:mod:`proxygap.optimize.daa_pairs`), then per optimizer step take the policy log-probs of the
 chosen and the rejected responses in one forward pass, the loss from

@@ -3,7 +3,7 @@
 Used by every optimiser that moves the policy's weights (RL, direct alignment). Each call samples
 ``n_per_prompt`` responses for fixed held-out prompts with a fixed seed (common random numbers:
 successive evaluations differ by the policy, not by sampling luck) and reports the metrics of
-METHODS §6 with their standard errors.
+docs/methods.md §6 with their standard errors.
 """
 
 from __future__ import annotations

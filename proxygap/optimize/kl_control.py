@@ -1,4 +1,4 @@
-"""KL-coefficient controllers for KL-in-the-reward RL (METHODS.md §3).
+"""KL-coefficient controllers for KL-in-the-reward RL (docs/methods.md §3).
 
 Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences", §2.2: the coefficient
 ``beta`` of the per-token penalty ``-beta * lr_t`` is either fixed or adapted so that the observed

@@ -1,5 +1,5 @@
 """Quark as a training loop (Lu et al. 2022, "Quark: Controllable Text Generation with Reinforced
-Unlearning"; METHODS.md §4), on the same footing as the RL arms of :mod:`proxygap.optimize.rl`.
+Unlearning"; docs/methods.md §4), on the same footing as the RL arms of :mod:`proxygap.optimize.rl`.
 
 One step (:func:`train_quark`'s ``quark_step``) in the shared loop
 (:func:`proxygap.optimize.loop.run_loop`). Before it, ``K`` control tokens are appended to the

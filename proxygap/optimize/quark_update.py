@@ -1,4 +1,4 @@
-"""Quark's data and update (Lu et al. 2022; METHODS.md §4): response tokens of pooled texts,
+"""Quark's data and update (Lu et al. 2022; docs/methods.md §4): response tokens of pooled texts,
 log-probs conditioned on a control token, and the optimiser step on the Quark loss.
 
 Used by :func:`proxygap.optimize.quark.train_quark`; the step is the shared

@@ -1,4 +1,5 @@
-"""Online RL against a proxy reward, tracked against gold: PPO, GRPO and RLOO (METHODS.md §2-3).
+"""Online RL against a proxy reward, tracked against gold: PPO, GRPO and RLOO (docs/methods.md
+§2-3).
 
 One step (:func:`train_rl`'s ``rl_step``) reads top to bottom, CleanRL style; the shared loop
 (:func:`proxygap.optimize.loop.run_loop`) evaluates, records and checkpoints around it. Every
@@ -24,7 +25,7 @@ step:
 
 Metrics of one history row (one evaluation point)
 -------------------------------------------------
-From the evaluator, on held-out prompts, relative to the initial policy (METHODS.md §6):
+From the evaluator, on held-out prompts, relative to the initial policy (docs/methods.md §6):
 ``reward/proxy`` and ``reward/gold`` (mean difference from the initial policy's samples, gold in
 units of its standard deviation on initial samples) with ``*_se`` standard errors,
 ``reward/gold_raw`` (unnormalised gold mean), ``winrate/gold_vs_init``, ``kl/k1``, ``kl/k2``,

@@ -1,7 +1,7 @@
 """Supervised fine-tuning on demonstrations: the language-model loss on response tokens.
 
 Used to make the SFT variants a soup reference is built from (SALSA, Chegini et al. 2024;
-METHODS.md §4): two copies of the base policy are fine-tuned independently (other data, other
+docs/methods.md §4): two copies of the base policy are fine-tuned independently (other data, other
 seed) and averaged in weight space by :func:`proxygap.mitigations.soup.weight_average`.
 
 The loss is the token mean over a batch of ``-log pi(y_t | x, y_<t)`` on response tokens only

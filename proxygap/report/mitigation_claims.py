@@ -1,4 +1,4 @@
-"""Whether each published claim about mitigations (METHODS.md §4) reproduced in this study.
+"""Whether each published claim about mitigations (docs/methods.md §4) reproduced in this study.
 
 Every verdict is computed from the mitigation summary (means and 95% intervals over seeds or
 prompts, see :mod:`proxygap.study.mitigation_stats`) and the saved histories; a claim whose arms

@@ -1,6 +1,6 @@
 """The mitigation section of the study report: best-of-n selection variants and RL arms against
 the single-reward-model baseline, with 95% intervals, plots and a verdict on every published
-claim of METHODS.md §4 (Coste et al. 2023; Noukhovitch et al. 2023; Wang et al. 2024; Fu et al.
+claim of docs/methods.md §4 (Coste et al. 2023; Noukhovitch et al. 2023; Wang et al. 2024; Fu et al.
 2025; Lu et al. 2022; Chegini et al. 2024; Moskovitz et al. 2023), computed from this run's
 numbers."""
 

@@ -1,4 +1,4 @@
-"""Study stage 8: mitigations of overoptimization compared on equal footing (METHODS.md §4).
+"""Study stage 8: mitigations of overoptimization compared on equal footing (docs/methods.md §4).
 
 One ensemble proxy of the study (Coste et al. 2023: 5 members differing by seed, 25% label
 noise) supplies the rewards; the baseline is a single member (``member``), unmitigated.

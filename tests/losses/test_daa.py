@@ -562,7 +562,7 @@ def test_dpo_and_slic_match_trl_dpo_trainer(trl, trl_type, name, beta):
 
 def test_ipo_matches_trl_with_per_token_average(trl):
     # TRL 1.x divides each log-ratio by the response length before the IPO square; ipo_loss uses
-    # the sums (METHODS.md §5). Feeding per-token averages reproduces TRL exactly.
+    # the sums (docs/methods.md §5). Feeding per-token averages reproduces TRL exactly.
     batch, beta = _pair_batch(seed=1), 0.1
     trl_loss, _ = _trl_dpo(trl, batch, ["ipo"], beta)
     p = _ours_logps(batch)

@@ -115,8 +115,8 @@ def test_component_proxy_is_trained_on_its_component(tmp_path, monkeypatch) -> N
     from proxygap.config import parse_config
     from proxygap.data.preferences import label_pairs
     from proxygap.rewards.reward_model import TrainHistory
-    from proxygap.study.data import stage_proxy
     from proxygap.study.context import setup
+    from proxygap.study.data import stage_proxy
 
     cfg = parse_config({
         "name": "comp", "preferences": {"n_pairs": 200, "n_heldout": 10}, "bon": None,
