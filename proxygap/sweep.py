@@ -388,5 +388,5 @@ def run_sweep(
         for c, out in zip(cells, outs, strict=True)
     ]
     write_sweep_outputs(sweep_dir, spec.model_dump(mode="json"), records, backend=chosen)
-    failed = [r["name"] for r in records if not r["ok"]]
+    failed = [c.name for c, out in zip(cells, outs, strict=True) if not out["ok"]]
     return GridSweepResult(sweep_dir, chosen, len(cells), failed)

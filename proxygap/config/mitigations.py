@@ -13,6 +13,8 @@ from proxygap.optimize.quark import QuarkSettings
 from proxygap.optimize.rl import RLConfig
 from proxygap.schema import PosFloat, PosInt, Strict, safe_name
 
+_AGGREGATIONS: tuple[Literal["mean", "wco", "uwo"], ...] = ("mean", "wco", "uwo")
+
 
 class MitigationHookConfig(Strict):
     """One mitigation hook by its registry name (:data:`proxygap.mitigations.MITIGATIONS`) and
@@ -118,9 +120,7 @@ class MitigationBonConfig(Strict):
     on the same ``n_prompts`` prompts; the single member and each ensemble aggregation of
     ``methods`` (UWO with ``uwo_lambda``) select from it."""
 
-    methods: list[Literal["mean", "wco", "uwo"]] = Field(
-        default_factory=lambda: ["mean", "wco", "uwo"]
-    )
+    methods: list[Literal["mean", "wco", "uwo"]] = Field(default_factory=lambda: [*_AGGREGATIONS])
     uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.5  # Coste et al.'s best-of-n value
     n_prompts: PosInt = 32
     pool_size: Annotated[int, Field(ge=2)] = 512

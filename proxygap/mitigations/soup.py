@@ -15,9 +15,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def _check_weights(weights: Sequence[float] | None, k: int) -> list[float]:
@@ -33,9 +36,7 @@ def _check_weights(weights: Sequence[float] | None, k: int) -> list[float]:
     return w
 
 
-def weight_average(
-    models: Sequence[nn.Module], weights: Sequence[float] | None = None
-) -> nn.Module:
+def weight_average(models: Sequence[M], weights: Sequence[float] | None = None) -> M:
     """A new model whose floating parameters and buffers are ``sum_i w_i * theta_i``.
 
     The average is taken in float64 and cast back to each tensor's dtype. Non-floating tensors

@@ -21,10 +21,13 @@ Hooks may expose ``metrics`` (a dict of floats about their last call);
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from proxygap.mitigations.hooks import RewardTransform
+
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- pure functions
@@ -150,7 +153,7 @@ def response_words(text: str, prompt: str) -> int:
 
 
 # ---------------------------------------------------------------- hooks
-def _lookup(reference: Mapping[str, object], prompts: Sequence[str], what: str) -> list[object]:
+def _lookup(reference: Mapping[str, T], prompts: Sequence[str], what: str) -> list[T]:
     missing = [p for p in dict.fromkeys(prompts) if p not in reference]
     if missing:
         raise KeyError(

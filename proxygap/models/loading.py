@@ -49,6 +49,9 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreT
     return tok
 
 
+# transformers wraps ``PreTrainedModel.to`` with ``functools.wraps(nn.Module.to)``, so type
+# checkers read ``model.to(device)`` as passing the device for ``self``: the calls that move a
+# loaded model carry a targeted ``type: ignore[arg-type]`` that points here.
 def load_policy(
     path: str | Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
 ) -> PreTrainedModel:

@@ -298,7 +298,7 @@ def train_daa(
                 sums[k] += metrics[f"daa/{k}"] / cfg.grad_accum
             return losses.mean() / cfg.grad_accum, 1.0
 
-        lr_now = sched.get_last_lr()[0]
+        lr_now = float(sched.get_last_lr()[0])
         norm = optimiser_step(
             opt,
             list(policy.parameters()),

@@ -169,6 +169,7 @@ def train_quark(
     policy.resize_token_embeddings(V0 + quark.k, mean_resizing=False)
     with torch.no_grad():  # as the reference: a normal with the embeddings' mean and std
         emb = policy.get_input_embeddings().weight  # (V0 + k, C)
+        assert isinstance(emb, torch.Tensor)
         old = emb[:V0].float()
         gen = torch.Generator().manual_seed(cfg.seed)
         noise = torch.randn((quark.k, emb.shape[1]), generator=gen).to(emb.device)
@@ -230,9 +231,9 @@ def train_quark(
             raise NonFiniteError(err.message, step=0, result=result) from err
         pool.add([tuple(plain[i]) for i in index], responses_of(s), r0)
     else:
-        prompts0, responses0, rewards0 = initial
+        given_prompts, responses0, rewards0 = initial
         pool.add(
-            [tuple(p) for p in encode_prompts(tokenizer, prompts0)],
+            [tuple(p) for p in encode_prompts(tokenizer, list(given_prompts))],
             encode_responses(tokenizer, responses0, max_new_tokens=max_new),
             rewards0,
         )
@@ -268,7 +269,7 @@ def train_quark(
             )
             for k, v in metrics.items():
                 sums[k] += v / quark.updates_per_step
-        lr_now = scheduler.get_last_lr()[0]
+        lr_now = float(scheduler.get_last_lr()[0])
         scheduler.step()
         t_update = time.perf_counter()
 

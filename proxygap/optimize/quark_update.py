@@ -94,7 +94,7 @@ def _batch(
 ) -> tuple[list[list[int]], list[list[int]], Tensor, Tensor]:
     """Policy prompts ``[bos, control of the bucket] + x``, ref prompts ``[bos] + x``,
     right-padded responses ``(B, T)`` and their mask."""
-    plain = [list(e.prompt) for e in examples]
+    plain = [[int(t) for t in e.prompt] for e in examples]  # pooled prompts are token ids
     conditioned = [
         condition_prompts([p], [control_ids[e.bucket]], bos)[0]
         for p, e in zip(plain, examples, strict=True)

@@ -328,7 +328,7 @@ def train_rl(
         train_metrics = update(
             policy, critic, optimizer, batch, kl_beta=loss_beta * beta, s=settings, gen=gen
         )
-        lr_now = scheduler.get_last_lr()[0]
+        lr_now = float(scheduler.get_last_lr()[0])
         scheduler.step()
         t_update = time.perf_counter()
 

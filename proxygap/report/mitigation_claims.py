@@ -82,7 +82,7 @@ def frontier_gain(
     return t_interval(gains)
 
 
-def paired(arm: Sequence[Mapping[str, float]], base: Sequence[Mapping[str, float]]) -> dict:
+def paired(arm: Sequence[float], base: Sequence[float]) -> dict:
     """t-interval of a per-seed difference (``arm[i] - base[i]``)."""
     return t_interval(np.asarray(arm, dtype=float) - np.asarray(base, dtype=float))
 
@@ -149,8 +149,7 @@ def ppo_claim(arms: Sequence[MitigationRunConfig], summary: Mapping[str, Summary
             text += "; no single-member arm at the same KL, so the contrast is untested"
         ok.append(verdict)
         parts.append(text + ".")
-    verdict = _verdict(ok)
-    return head + " ".join(parts) + f" Verdict: **{verdict}** here."
+    return head + " ".join(parts) + f" Verdict: **{_verdict(ok)}** here."
 
 
 def variance_claim(arms: Sequence[MitigationRunConfig], summary: Mapping[str, Summary]) -> str:

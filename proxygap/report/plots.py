@@ -131,8 +131,8 @@ def plot_daa(sweep: Any, bon: Sequence[BonCurve], rl_runs: Sequence, path: Path)
         if bon:
             ax.plot([], [], ":", color="grey", label="best-of-n")
         for r in rl_runs:
-            d = [h["d"] for h in r.history]
-            ax.plot(d, [h["reward/gold"] for h in r.history], "-.", color="k", lw=1)
+            rl_d = [h["d"] for h in r.history]
+            ax.plot(rl_d, [h["reward/gold"] for h in r.history], "-.", color="k", lw=1)
         if rl_runs:
             ax.plot([], [], "-.", color="k", label="RL")
         ax.axhline(0, color="grey", lw=0.8)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
@@ -40,6 +42,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_npz(path: str | Path, arrays: Mapping[str, Any]) -> None:
+    """Write ``arrays`` (name -> array) as an uncompressed ``.npz`` file, atomically."""
+    named: dict[str, Any] = dict(arrays)
+
+    def write(p: Path) -> None:
+        with p.open("wb") as fh:
+            np.savez(fh, **named)
+
+    atomic_write(path, write)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -17,7 +17,7 @@ from proxygap.rewards.ensemble import ensemble_std
 from proxygap.rewards.proxy import aggregate_members
 from proxygap.rewards.reward_model import pairwise_accuracy
 from proxygap.seeds import study_seed
-from proxygap.store.atomic import atomic_write, atomic_write_json, atomic_write_text
+from proxygap.store.atomic import atomic_write_json, atomic_write_npz, atomic_write_text
 from proxygap.study.context import StudyContext, sample_responses
 from proxygap.study.results import ProxyResult
 from proxygap.study.scoring import proxy_scorer
@@ -85,7 +85,7 @@ def stage_scores(
                 f"(first at flat index {int(np.flatnonzero(bad)[0])}); nothing was written for "
                 "this stage, earlier stages are kept"
             )
-    atomic_write(path, lambda p: np.savez(p.open("wb"), **out))
+    atomic_write_npz(path, out)
     ctx.run.mark_done("scores")
     return out
 

@@ -3,6 +3,7 @@ pairs fix once (the base-policy reference samples and the gold scale)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,9 +80,11 @@ def setup(
     trust = cfg.task.trust_remote_code
     policy_path = cfg.task.policy or task.policy_path
     tok_path = cfg.task.tokenizer or (cfg.task.policy or task.tokenizer_path)
-    policy = load_policy(policy_path, trust_remote_code=trust).to(cfg.runtime.device)
+    policy = load_policy(policy_path, trust_remote_code=trust)
+    policy = policy.to(cfg.runtime.device)  # type: ignore[arg-type]  # wrapped .to: see models.loading
     tokenizer = load_tokenizer(tok_path, trust_remote_code=trust)
     check_vocab_match(policy, tokenizer, f"policy {str(policy_path)!r}")
+    gold_fn: Callable[[list[str]], np.ndarray]
     if cfg.task.gold is None:
         gold_fn = task.gold
     else:

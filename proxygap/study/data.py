@@ -118,7 +118,7 @@ def stage_proxy(ctx: StudyContext, proxy: ProxyConfig, train: Pairs) -> None:
         return
     n = proxy.n_pairs or len(train)
     share = train.subset(np.arange(n))
-    label = {
+    label: dict[str, Any] = {
         "mode": proxy.labels,
         "temperature": proxy.bt_temperature,
         "noise": proxy.label_noise,

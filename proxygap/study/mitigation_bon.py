@@ -23,7 +23,7 @@ from proxygap.estimators.bon import best_of_n, kl_bon
 from proxygap.optimize.bon import bon_curve, log_spaced_ns
 from proxygap.rewards.proxy import ProxyScorer, aggregate_members
 from proxygap.seeds import study_seed
-from proxygap.store.atomic import atomic_write
+from proxygap.store.atomic import atomic_write_npz
 from proxygap.study.context import StudyContext, sample_responses
 from proxygap.study.mitigation_stats import summarise_runs
 from proxygap.study.results import BonVariant
@@ -87,7 +87,7 @@ def _pool(
     if not np.isfinite(gold).all():
         raise NonFiniteError(f"stage {stage!r}: non-finite gold scores on the pool")
     out = {"gold": gold, "members": scorer.standardised(texts).reshape(len(prompts), N, -1)}
-    atomic_write(path, lambda p: np.savez(p.open("wb"), **out))
+    atomic_write_npz(path, out)
     ctx.run.mark_done(stage, {"seed": seed})
     return out
 

@@ -52,6 +52,6 @@ def stage_sft(ctx: StudyContext, train: Pairs, cfg: SFTConfig) -> dict[str, PreT
         ctx.run.mark_done("sft", info | {"seconds": time.perf_counter() - t0})
     device = ctx.cfg.runtime.device
     return {
-        "sft": load_policy(folder / "a").to(device).eval(),
-        "soup": load_policy(folder / "soup").to(device).eval(),
+        "sft": load_policy(folder / "a").to(device).eval(),  # type: ignore[arg-type]  # wrapped .to: see models.loading
+        "soup": load_policy(folder / "soup").to(device).eval(),  # type: ignore[arg-type]  # wrapped .to: see models.loading
     }
