@@ -55,7 +55,7 @@ from proxygap.losses.daa import DAA_LOSSES, PairBatchLogps, compute_daa_loss
 from proxygap.models.logprobs import build_inputs
 from proxygap.optimize.daa_pairs import PairTokens, pair_logps, prepare_pairs
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
-from proxygap.optimize.loop import LoopResult, Schedule, optimiser_step, run_loop
+from proxygap.optimize.loop import LoopResult, Schedule, Watchers, optimiser_step, run_loop
 from proxygap.optimize.rollout import autocast
 from proxygap.sampling.generate import sample
 from proxygap.schema import PosFloat, PosInt, Strict
@@ -262,12 +262,14 @@ def train_daa(
     cfg: DAAConfig,
     evaluator: PolicyEvaluator,
     log: Callable[[str], None] = print,
+    watch: Watchers | None = None,
 ) -> LoopResult:
     """Train ``policy`` in place with the DAA loss ``cfg.loss`` against the reference ``ref``
     (Rafailov et al. 2023; Azar et al. 2023; Zhao et al. 2023; Meng et al. 2024; Pang et al. 2024)
     and evaluate it at the points of :func:`plan_schedule` (Rafailov et al. 2024).
 
-    ``pairs_*`` may be :class:`PairTokens` to reuse cached reference log-probs across runs.
+    ``pairs_*`` may be :class:`PairTokens` to reuse cached reference log-probs across runs;
+    ``watch`` adds evaluation and step hooks (a monitor, a tracker) and a progress bar.
     The same ``cfg.seed``, data and models give the same history (timings aside).
 
     Raises:
@@ -329,4 +331,5 @@ def train_daa(
         result=LoopResult(config=cfg.model_dump(mode="json")),
         log=lambda line: log(f"[{cfg.loss} beta={cfg.beta:g}] " + line),
         describe=_summary,
+        watch=watch,
     )

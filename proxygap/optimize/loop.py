@@ -11,7 +11,9 @@ is evaluated; :func:`run_loop` does the rest the same way for all of them:
   start, evaluations included) and ``time/eval`` (seconds of this evaluation);
 - record every step's metrics (``LoopResult.steps``, with ``step`` = steps done and
   ``time/step``, the step's seconds);
-- call the ``on_evaluate`` hooks with each new row (a monitor reads the run here);
+- call the ``on_evaluate`` hooks with each new row (a monitor reads the run here) and the
+  ``on_step`` hooks with each step's row (a tracker logs here);
+- show a progress bar (steps, latest proxy and KL) when given a description;
 - checkpoint every ``checkpoint_every`` steps through the optimiser's own ``checkpoint``;
 - turn a NaN or inf anywhere in a step into :class:`~proxygap.errors.NonFiniteError` naming the
   step and holding the run so far.
@@ -32,11 +34,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from proxygap.errors import NonFiniteError
 
 __all__ = [
     "EvalHook",
+    "StepHook",
+    "Watchers",
     "LoopResult",
     "Schedule",
     "checked_rewards",
@@ -84,9 +89,25 @@ class Schedule:
 
 
 class EvalHook(Protocol):
-    """Called with every new evaluation row and the run so far (e.g. a monitor)."""
+    """Called with every new evaluation row and the run so far (e.g. a monitor, a tracker)."""
 
     def __call__(self, row: dict[str, float], result: LoopResult) -> None: ...
+
+
+class StepHook(Protocol):
+    """Called with every training step's row (``step`` = steps done), e.g. a tracker."""
+
+    def __call__(self, row: dict[str, float]) -> None: ...
+
+
+@dataclass
+class Watchers:
+    """What watches a run without changing it: ``on_evaluate`` hooks (a monitor, a tracker),
+    ``on_step`` hooks (a tracker) and a progress bar described by ``progress`` (None: none)."""
+
+    on_evaluate: list[EvalHook] = field(default_factory=list)
+    on_step: list[StepHook] = field(default_factory=list)
+    progress: str | None = None
 
 
 Evaluate = Callable[[int], tuple[dict[str, float], list[dict[str, Any]]]]
@@ -105,7 +126,7 @@ def run_loop(
     describe: Callable[[dict[str, float]], str] | None = None,
     checkpoint: Callable[[int], Any] | None = None,
     checkpoint_every: int = 0,
-    on_evaluate: Sequence[EvalHook] = (),
+    watch: Watchers | None = None,
 ) -> LoopResult:
     """Run ``schedule.total`` training steps with evaluations, filling ``result`` in place.
 
@@ -117,13 +138,18 @@ def run_loop(
         log: called with one line per evaluation (:func:`describe_row`, or ``describe``).
         checkpoint: ``steps_done -> None``, called every ``checkpoint_every`` steps after the
             step's row is recorded.
-        on_evaluate: called with each evaluation row, after it is recorded.
+        watch: hooks called with each evaluation row and each step's row after they are
+            recorded, and the progress bar's description.
 
     Raises:
         NonFiniteError: from a step, with ``step`` and ``result`` filled in.
     """
+    watch = watch or Watchers()
     window: list[dict[str, float]] = []
     t_start = time.perf_counter()
+    bar = tqdm(
+        total=schedule.total, desc=watch.progress, unit="step", disable=watch.progress is None
+    )
     for step in range(schedule.total + 1):
         if schedule.is_eval(step):
             t0 = time.perf_counter()
@@ -139,9 +165,10 @@ def run_loop(
             result.history.append(row)
             result.examples += [{"step": step, **e} for e in examples]
             log((describe or describe_row)(row))
-            for hook in on_evaluate:
+            for hook in watch.on_evaluate:
                 hook(row, result)
             window = []
+            bar.set_postfix(_postfix(row), refresh=False)
         if step == schedule.total:
             break
         t_step = time.perf_counter()
@@ -152,11 +179,22 @@ def run_loop(
                 raise
             raise NonFiniteError(err.message, step=step, result=result) from err
         metrics["time/step"] = time.perf_counter() - t_step
-        result.steps.append({"step": float(step + 1), **metrics})
+        step_row = {"step": float(step + 1), **metrics}
+        result.steps.append(step_row)
         window.append(metrics)
+        for step_hook in watch.on_step:
+            step_hook(step_row)
+        bar.update()
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
             checkpoint(step + 1)
+    bar.close()
     return result
+
+
+def _postfix(row: dict[str, float]) -> dict[str, str]:
+    """The progress bar's summary of an evaluation row: proxy, gold and KL."""
+    keys = {"reward/proxy": "proxy", "reward/gold": "gold", "kl/k1": "kl"}
+    return {short: f"{row[k]:+.3f}" for k, short in keys.items() if k in row}
 
 
 def describe_row(row: dict[str, float]) -> str:

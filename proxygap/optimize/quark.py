@@ -81,6 +81,7 @@ from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.loop import (
     LoopResult,
     Schedule,
+    Watchers,
     checked_rewards,
     describe_row,
     run_loop,
@@ -114,6 +115,7 @@ def train_quark(
     evaluator: PolicyEvaluator,
     initial: tuple[Sequence[str], Sequence[str], np.ndarray] | None = None,
     log: Callable[[str], Any] = print,
+    watch: Watchers | None = None,
 ) -> LoopResult:
     """Train ``policy`` in place with Quark against ``reward_fn`` for ``cfg.steps`` steps.
 
@@ -138,6 +140,7 @@ def train_quark(
             pool (responses re-encoded with :func:`encode_responses`); None: one step's worth
             of samples from ``ref`` (``prompts_per_step x group_size``).
         log: called with one line per evaluation point.
+        watch: evaluation and step hooks (a monitor, a tracker) and a progress bar.
 
     Returns:
         A :class:`~proxygap.optimize.loop.LoopResult` whose ``config`` holds ``cfg``,
@@ -294,4 +297,5 @@ def train_quark(
         result=result,
         log=log,
         describe=lambda row: describe_row(row) + f"  pool {len(pool)}",
+        watch=watch,
     )

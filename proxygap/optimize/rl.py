@@ -70,7 +70,14 @@ from proxygap.models.schedule import lr_factor
 from proxygap.optimize.checkpoint import save_checkpoint
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.kl_control import KLController, make_kl_controller
-from proxygap.optimize.loop import LoopResult, Schedule, checked_rewards, describe_row, run_loop
+from proxygap.optimize.loop import (
+    LoopResult,
+    Schedule,
+    Watchers,
+    checked_rewards,
+    describe_row,
+    run_loop,
+)
 from proxygap.optimize.ppo_update import (
     UpdateSettings,
     new_critic,
@@ -220,6 +227,7 @@ def train_rl(
     hooks: RLHooks | None = None,
     log: Callable[[str], Any] = print,
     checkpoint_dir: Path | str | None = None,
+    watch: Watchers | None = None,
 ) -> LoopResult:
     """Optimise ``policy`` in place against ``reward_fn`` for ``cfg.steps`` steps.
 
@@ -231,10 +239,11 @@ def train_rl(
         join: ``(prompts, responses) -> texts`` as ``reward_fn`` reads them.
         reward_fn: ``texts -> (B,)`` proxy rewards (centred on the initial policy).
         evaluator: measures the policy on held-out prompts every ``cfg.eval_every`` steps.
-        hooks: reward transform, post-step and evaluation hooks (no-ops by default).
+        hooks: reward transform and post-step hook (no-ops by default).
         log: called with one line per evaluation point.
         checkpoint_dir: where :func:`~proxygap.optimize.checkpoint.save_checkpoint` writes every
             ``cfg.checkpoint_every`` steps (nothing is written if None or 0).
+        watch: evaluation and step hooks (a monitor, a tracker) and a progress bar.
 
     Raises:
         NonFiniteError: a reward, loss or gradient norm was NaN or inf; names the step and holds
@@ -379,5 +388,5 @@ def train_rl(
         describe=lambda row: describe_row(row) + f"  beta {controller.beta:.4f}",
         checkpoint=checkpoint if checkpoint_dir is not None else None,
         checkpoint_every=cfg.checkpoint_every,
-        on_evaluate=hooks.on_evaluate,
+        watch=watch,
     )

@@ -13,6 +13,7 @@ from proxygap.errors import NonFiniteError
 from proxygap.optimize.loop import (
     LoopResult,
     Schedule,
+    Watchers,
     checked_rewards,
     optimiser_step,
     run_loop,
@@ -83,17 +84,23 @@ def test_a_non_finite_step_names_the_step_and_keeps_the_run_so_far():
     assert str(back) == "step 3: loss is nan" and back.result.steps == err.result.steps
 
 
-def test_checkpoint_and_evaluation_hooks_fire_on_schedule():
-    saved, seen = [], []
+def test_checkpoint_and_watchers_fire_on_schedule():
+    saved, seen, steps = [], [], []
+    watch = Watchers(
+        on_evaluate=[lambda row, result: seen.append((row["step"], len(result.history)))],
+        on_step=[lambda row: steps.append(row["train/x"])],
+        progress="fake",
+    )
     _fake(
         5,
         Schedule.every(5, total=5, samples_per_step=1),
         checkpoint=saved.append,
         checkpoint_every=2,
-        on_evaluate=[lambda row, result: seen.append((row["step"], len(result.history)))],
+        watch=watch,
     )
     assert saved == [2, 4]
     assert seen == [(0, 1), (5, 2)]
+    assert steps == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 def test_window_means_average_each_key_over_the_rows_that_have_it():
