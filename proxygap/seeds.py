@@ -23,6 +23,8 @@ STUDY_STREAMS: dict[str, int] = {
     "mitigation_train_prompts": 8,  # training prompts of the mitigation arms
     "reference_samples": 9,  # initial-policy samples of the mitigation arms' prompts
     "mitigation_bon_prompts": 11,  # best-of-n prompts of the mitigation study
+    "detect_train_prompts": 12,  # training prompts of the detection corpus
+    "detect_eval": 13,  # held-out prompts and samples of the detection corpus's evaluator
     "mitigation_bon_pool": 100,  # + the study seed index: one pool per seed
 }
 """Purpose -> offset of ``study_seed`` (``1000 * seed + offset``)."""

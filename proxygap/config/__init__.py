@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from proxygap.config.detect import DetectConfig
 from proxygap.config.mitigations import (
     ConstraintConfig,
     MitigationBonConfig,
@@ -191,6 +192,17 @@ class RuntimeConfig(Strict):
         return self
 
 
+class MonitorConfig(Strict):
+    """The gold-free overoptimization monitor (:mod:`proxygap.monitor`) in every RL, Quark and
+    DAA run of a study: its features, score and alarm join each evaluation row. With
+    ``stop_on_alarm`` a run stops at its first alarm; ``detector`` is a detector JSON file
+    (default: the shipped one)."""
+
+    enabled: bool = True
+    stop_on_alarm: bool = False
+    detector: str | None = None
+
+
 class StudyConfig(Strict):
     """A whole study; see ``configs/demo.yaml`` for a commented example."""
 
@@ -204,6 +216,8 @@ class StudyConfig(Strict):
     daa: DAARunConfig | None = None
     mitigations: MitigationStudyConfig | None = None
     sft: SFTConfig | None = None  # SFT variants, for 'sft' and 'soup' references
+    detect: DetectConfig | None = None  # the overoptimization-detection corpus
+    monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("name")
@@ -228,6 +242,18 @@ class StudyConfig(Strict):
             )
         if self.mitigations is not None:
             _check_mitigations(self.mitigations, self.proxies)
+        if self.detect is not None:
+            bad = sorted({f.reward for f in self.detect.families} - {*names, "gold", "gold_noisy"})
+            if bad:
+                raise ValueError(
+                    f"detect.families: rewards {bad} are none of the proxies {names}, 'gold' or "
+                    "'gold_noisy'"
+                )
+            if self.detect.monitor_proxy not in names:
+                raise ValueError(
+                    f"detect.monitor_proxy {self.detect.monitor_proxy!r} is not one of the "
+                    f"proxies {names}"
+                )
         _check_targets(self)
         needs = [
             f"mitigations.rl arm {a.name!r}"

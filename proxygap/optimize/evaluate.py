@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from proxygap.analysis.diversity import distinct_n
 from proxygap.estimators.kl import sequence_kl
 from proxygap.models.logprobs import response_logprobs
+from proxygap.monitor.signals import ensemble_disagreement, mc_entropy, outlier_rate
 from proxygap.sampling.generate import (
     Samples,
     condition_prompts,
@@ -46,6 +47,13 @@ class PolicyEvaluator:
     ``gold`` and ``proxy`` map full texts to scores; gold is divided by ``gold_scale`` (its
     standard deviation over initial-policy samples) and both are reported as differences from
     the initial policy's mean on the same prompts, so every curve starts at 0.
+
+    Gold-free signals for the overoptimization monitor (:mod:`proxygap.monitor.signals`) come
+    with every evaluation: ``signal/entropy`` (per-token entropy of the policy's own samples),
+    ``signal/proxy_std`` (the proxy's spread over the samples, with a proxy), and, when given,
+    ``signal/ensemble_std`` from ``members`` (texts -> ``(n, K)`` standardised member scores)
+    and ``signal/outlier_rate`` from ``embed`` (texts -> ``(n, H)`` reward-model hidden states,
+    compared with the initial policy's samples).
     """
 
     ref: PreTrainedModel
@@ -61,6 +69,8 @@ class PolicyEvaluator:
     seed: int = 0
     batch_size: int = 512
     gold_scale: float = 1.0
+    members: ScoreFn | None = None
+    embed: ScoreFn | None = None
 
     @classmethod
     def for_task(
@@ -76,9 +86,12 @@ class PolicyEvaluator:
         temperature: float = 1.0,
         gold_scale: float = 1.0,
         seed: int = 0,
+        members: ScoreFn | None = None,
+        embed: ScoreFn | None = None,
     ) -> PolicyEvaluator:
         """An evaluator on ``n_prompts`` prompts of a task, drawn with ``seed`` (use a seed the
-        training prompts do not), scored by the task's gold."""
+        training prompts do not), scored by the task's gold; ``members`` and ``embed`` add the
+        monitor's ensemble and latent signals."""
         prompts = task.prompts(n_prompts, seed=seed)
         return cls(
             ref=ref,
@@ -93,11 +106,15 @@ class PolicyEvaluator:
             temperature=temperature,
             seed=seed,
             gold_scale=gold_scale,
+            members=members,
+            embed=embed,
         )
 
     def __post_init__(self) -> None:
         self._init: dict[str, np.ndarray] | None = None
         self._init = self._score(self._sample(self.ref))
+        if self.embed is not None:
+            self._init["embedding"] = self.embed(list(self._init["full_texts"]))
 
     def _sample(
         self,
@@ -130,6 +147,20 @@ class PolicyEvaluator:
             out["proxy"] = self.proxy(texts)
         out["length"] = s.lengths.numpy().astype(np.float64)
         out["texts"] = np.array(responses, dtype=object)
+        out["full_texts"] = np.array(texts, dtype=object)
+        return out
+
+    def _signals(self, s: Samples, scores: dict[str, np.ndarray]) -> dict[str, float]:
+        """``signal/*``: what the monitor reads besides the metrics (see the class docstring)."""
+        assert self._init is not None
+        texts = list(scores["full_texts"])
+        out = {"signal/entropy": mc_entropy(s.logprobs, s.mask)}
+        if "proxy" in scores:
+            out["signal/proxy_std"] = float(np.std(scores["proxy"]))
+        if self.members is not None:
+            out["signal/ensemble_std"] = ensemble_disagreement(self.members(texts))
+        if self.embed is not None:
+            out["signal/outlier_rate"] = outlier_rate(self.embed(texts), self._init["embedding"])
         return out
 
     @torch.no_grad()
@@ -182,6 +213,7 @@ class PolicyEvaluator:
         if "proxy" in scores:
             metrics["reward/proxy"] = float(scores["proxy"].mean() - init["proxy"].mean())
             metrics["reward/proxy_se"] = _se(scores["proxy"] - init["proxy"])
+        metrics |= self._signals(s, scores)
         examples = [
             {
                 "prompt": self.prompts[int(s.prompt_index[i])],

@@ -55,12 +55,14 @@ __all__ = [
 class LoopResult:
     """What a training loop records: ``history`` (one row per evaluation point), ``steps`` (the
     training metrics of every step), ``examples`` (evaluation samples tagged with their step) and
-    ``config`` (the run's settings, JSON-ready)."""
+    ``config`` (the run's settings, JSON-ready); ``stopped_at``: the step at which a watcher
+    stopped the run early (None when it ran to the end)."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     steps: list[dict[str, float]] = field(default_factory=list)
     examples: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    stopped_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,10 @@ class Schedule:
 
 
 class EvalHook(Protocol):
-    """Called with every new evaluation row and the run so far (e.g. a monitor, a tracker)."""
+    """Called with every new evaluation row and the run so far (e.g. a monitor, a tracker). It
+    may add its own namespaced keys to ``row``; returning True stops the run after this row."""
 
-    def __call__(self, row: dict[str, float], result: LoopResult) -> None: ...
+    def __call__(self, row: dict[str, float], result: LoopResult) -> bool | None: ...
 
 
 class StepHook(Protocol):
@@ -165,10 +168,13 @@ def run_loop(
             result.history.append(row)
             result.examples += [{"step": step, **e} for e in examples]
             log((describe or describe_row)(row))
-            for hook in watch.on_evaluate:
-                hook(row, result)
+            stop = [bool(hook(row, result)) for hook in watch.on_evaluate]
             window = []
             bar.set_postfix(_postfix(row), refresh=False)
+            if any(stop) and step < schedule.total:
+                result.stopped_at = step
+                log(f"stopped at step {step}: a watcher asked to stop")
+                break
         if step == schedule.total:
             break
         t_step = time.perf_counter()

@@ -187,10 +187,13 @@ def rl_evaluator(
     cfg: RLConfig,
     gold_scale: float = 1.0,
     seed: int = 0,
+    members: ScoreFn | None = None,
+    embed: ScoreFn | None = None,
 ) -> PolicyEvaluator:
     """A :class:`PolicyEvaluator` on ``cfg.eval_prompts`` held-out prompts of ``task`` (drawn
     with ``seed``; use a seed the training prompts do not), ``cfg.eval_samples_per_prompt``
-    samples each, at the training temperature and length."""
+    samples each, at the training temperature and length; ``members`` and ``embed`` add the
+    monitor's ensemble and latent signals."""
     return PolicyEvaluator.for_task(
         ref,
         tokenizer,
@@ -202,6 +205,8 @@ def rl_evaluator(
         temperature=cfg.temperature,
         gold_scale=gold_scale,
         seed=seed,
+        members=members,
+        embed=embed,
     )
 
 

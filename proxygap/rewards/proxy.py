@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from proxygap.rewards.ensemble import aggregate
-from proxygap.rewards.reward_model import score_texts
+from proxygap.rewards.reward_model import embed_texts, score_texts
 
 __all__ = ["ProxyScorer", "aggregate_members"]
 
@@ -108,6 +108,10 @@ class ProxyScorer:
     def member(self, k: int, texts: Sequence[str]) -> np.ndarray:
         """Member ``k`` alone, standardised, ``(B,)`` (scores one model only)."""
         return (self.raw(texts, [k])[:, 0] - self.centre[k]) / self.scale[k]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The first member's final hidden state at each text's last token, ``(B, H)``."""
+        return embed_texts(self.models[0], self.tokenizer, texts, batch_size=self.batch_size)
 
     def reward(self, texts: Sequence[str]) -> np.ndarray:
         """The proxy's reward ``(B,)``: the members centred, then aggregated as configured."""

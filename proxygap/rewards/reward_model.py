@@ -105,6 +105,28 @@ def score_texts(
     return out[[where[t] for t in texts]]
 
 
+@torch.inference_mode()
+def embed_texts(
+    model: PreTrainedModel, tokenizer: Tokenizer, texts: Sequence[str], *, batch_size: int = 1024
+) -> np.ndarray:
+    """The reward model's final hidden state at each text's last token (the representation its
+    score head reads), ``(len(texts), H)`` float64: the latent space InfoRM (Miao et al. 2024)
+    looks for outliers in."""
+    out = []
+    max_len = max_length_of(model)
+    device = next(model.parameters()).device
+    for s in range(0, len(texts), batch_size):
+        ids, attn = encode_texts(tokenizer, list(texts[s : s + batch_size]), max_length=max_len)
+        hidden = model(
+            input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=True
+        ).hidden_states[-1]  # (B, T, H)
+        last = attn.sum(dim=1) - 1  # right-padded: the last attended position
+        out.append(hidden[torch.arange(len(last)), last.to(device)].double().cpu().numpy())
+    if not out:
+        return np.zeros((0, 0))
+    return np.concatenate(out)
+
+
 @dataclass
 class RewardTrainConfig:
     """Bradley-Terry training of a reward model (one pass = one epoch over the pairs)."""

@@ -40,6 +40,7 @@ from proxygap.study.bon import (
 from proxygap.study.context import StudyContext, reference_texts, setup
 from proxygap.study.daa import stage_daa
 from proxygap.study.data import stage_preferences, stage_proxy
+from proxygap.study.detect import stage_detect
 from proxygap.study.mitigations import stage_mitigations
 from proxygap.study.results import ProxyResult, StudyResult
 from proxygap.study.rl import stage_rl
@@ -76,5 +77,6 @@ def run_study(
     out.rl_runs = stage_rl(ctx)
     out.mitigations = stage_mitigations(ctx, train)
     out.daa = stage_daa(ctx, train)
+    out.detect = stage_detect(ctx)
     ctx.timings["wall_seconds"] = time.perf_counter() - t_start
     return out

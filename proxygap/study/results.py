@@ -14,6 +14,7 @@ from proxygap.optimize.bon import BonCurve
 from proxygap.optimize.daa_sweep import DAASweep
 
 __all__ = [
+    "DetectResult",
     "BonVariant",
     "DAASweep",
     "MitigationResult",
@@ -72,6 +73,15 @@ class MitigationResult:
 
 
 @dataclass
+class DetectResult:
+    """The detection corpus (evaluation rows per ``(family, seed)``) and its analysis, as
+    written to ``detect/summary.json``: ``detectors``, ``forecast``, ``corpus``, ``detector``."""
+
+    histories: dict[tuple[str, int], list[dict[str, float]]]
+    summary: dict[str, Any]
+
+
+@dataclass
 class StudyResult:
     """A whole run: where it lives and what every stage found."""
 
@@ -84,3 +94,4 @@ class StudyResult:
     rl_runs: list[RLRunResult] = field(default_factory=list)
     daa: DAASweep | None = None
     mitigations: MitigationResult | None = None
+    detect: DetectResult | None = None

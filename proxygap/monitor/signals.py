@@ -1,0 +1,144 @@
+"""Gold-free signals of overoptimization, computed from what a practitioner has at an evaluation
+point: policy samples, their proxy (and ensemble member) scores, the reward model's hidden states
+and the policy's own log-probabilities (docs/methods.md §4, §5).
+
+Sample-level functions (``(n,)`` or ``(n, K)`` arrays in, one number out):
+
+- :func:`mc_entropy`: per-token entropy of the policy estimated from its own samples,
+  ``-sum log pi(y_t) / tokens``; it falls as the policy collapses onto a few outputs (the
+  sample-based counterpart of Shi et al. 2024's top-k entropy);
+- :func:`ensemble_disagreement`: mean over samples of the standard deviation across reward-model
+  members, each standardised on initial-policy samples (Coste et al. 2023; Eisenstein et al. 2023:
+  members disagree off the training distribution);
+- :func:`outlier_rate`: the share of policy samples whose Mahalanobis distance in the reward
+  model's final hidden layer exceeds the ``q``-quantile of the initial policy's samples (InfoRM's
+  outlier proportion, Miao et al. 2024: hacked samples sit apart from the SFT distribution).
+
+Run-level features (:func:`features`) compare an evaluation row with the run's first row, so that
+every feature is 0 at the start and grows as the policy drifts:
+
+- ``d``: ``sqrt(KL)`` to the initial policy (Gao et al. 2023's axis);
+- ``proxy_gain``: proxy gain in units of the proxy's spread over initial-policy samples;
+- ``proxy_per_d``: ``proxy_gain / d``, the proxy bought per unit of ``d``; its decline marks the
+  bend of the Gao law on the proxy;
+- ``length_drift``: ``|log(length / length_0)|``;
+- ``distinct2_drop``: fall of the distinct-bigram ratio;
+- ``entropy_drop``: fall of :func:`mc_entropy`;
+- ``ensemble_growth``: ``log`` of the disagreement's ratio to its initial value (0 without an
+  ensemble);
+- ``outlier_excess``: :func:`outlier_rate` above its initial value (0 without hidden states).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from torch import Tensor
+
+__all__ = [
+    "FEATURES",
+    "ensemble_disagreement",
+    "features",
+    "mahalanobis",
+    "mc_entropy",
+    "outlier_rate",
+]
+
+FEATURES = (
+    "d",
+    "proxy_gain",
+    "proxy_per_d",
+    "length_drift",
+    "distinct2_drop",
+    "entropy_drop",
+    "ensemble_growth",
+    "outlier_excess",
+)
+"""The monitor's features, in the order the detector's weights use."""
+
+
+def mc_entropy(logprobs: Tensor, mask: Tensor) -> float:
+    """Per-token entropy estimate ``-sum(logprobs * mask) / sum(mask)`` in nats.
+
+    Args:
+        logprobs: ``(B, T)`` log-probabilities of the sampled tokens under the sampling policy.
+        mask: ``(B, T)`` 1 on response tokens.
+    """
+    if logprobs.shape != mask.shape:
+        raise ValueError(f"logprobs {tuple(logprobs.shape)} and mask {tuple(mask.shape)} differ")
+    n = float(mask.sum())
+    if n == 0:
+        raise ValueError("no response tokens to estimate the entropy from")
+    return float(-(logprobs.double() * mask.double()).sum() / n)
+
+
+def ensemble_disagreement(members: np.ndarray) -> float:
+    """Mean over samples of the population standard deviation across members, ``(n, K)`` in."""
+    x = np.asarray(members, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 2:
+        raise ValueError(f"members must be (n, K) with K >= 2, got {x.shape}")
+    return float(x.std(axis=1).mean())
+
+
+def mahalanobis(x: np.ndarray, ref: np.ndarray, *, shrinkage: float = 0.1) -> np.ndarray:
+    """Mahalanobis distance of every row of ``x`` ``(n, H)`` to the distribution of ``ref``
+    ``(m, H)``: mean and covariance of ``ref``, the covariance shrunk towards its diagonal mean
+    (``(1 - s) C + s tr(C)/H I``) so that it is invertible with ``m < H``."""
+    x, ref = np.asarray(x, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    if x.ndim != 2 or ref.ndim != 2 or x.shape[1] != ref.shape[1] or len(ref) < 2:
+        raise ValueError(f"need x (n, H) and ref (m >= 2, H), got {x.shape} and {ref.shape}")
+    if not 0 < shrinkage <= 1:
+        raise ValueError(f"shrinkage must lie in (0, 1], got {shrinkage}")
+    mu = ref.mean(axis=0)
+    cov = np.cov(ref, rowvar=False).reshape(ref.shape[1], ref.shape[1])
+    scale = np.trace(cov) / cov.shape[0] or 1.0
+    cov = (1 - shrinkage) * cov + shrinkage * scale * np.eye(cov.shape[0])
+    diff = x - mu
+    return np.sqrt(np.einsum("nh,nh->n", diff, np.linalg.solve(cov, diff.T).T))
+
+
+def outlier_rate(
+    x: np.ndarray, ref: np.ndarray, *, quantile: float = 0.95, shrinkage: float = 0.1
+) -> float:
+    """Share of rows of ``x`` farther (Mahalanobis, :func:`mahalanobis`) from ``ref`` than the
+    ``quantile`` of ``ref``'s own distances: ``1 - quantile`` in expectation when ``x`` is drawn
+    like ``ref``, more when the policy's samples leave the initial distribution."""
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+    cut = np.quantile(mahalanobis(ref, ref, shrinkage=shrinkage), quantile)
+    return float((mahalanobis(x, ref, shrinkage=shrinkage) > cut).mean())
+
+
+def _log_ratio(row: Mapping[str, float], first: Mapping[str, float], key: str) -> float:
+    """``log(row[key] / first[key])``; 0 when either is missing or not positive."""
+    now, then = row.get(key), first.get(key)
+    if now is None or then is None or not now > 0 or not then > 0:
+        return 0.0
+    return math.log(now / then)
+
+
+def features(row: Mapping[str, float], first: Mapping[str, float]) -> dict[str, float]:
+    """The monitor's features (:data:`FEATURES`) of an evaluation ``row`` relative to the run's
+    ``first`` row (both with the evaluator's keys, ``signal/*`` included when measured). Every
+    feature is 0 on the first row; missing signals count as 0."""
+
+    def drop(key: str) -> float:  # first minus now; 0 when the signal is not measured
+        if key not in row or key not in first:
+            return 0.0
+        return float(first[key]) - float(row[key])
+
+    d = max(float(row.get("d", 0.0)), 0.0)
+    spread = float(first.get("signal/proxy_std", 0.0)) or 1.0
+    gain = -drop("reward/proxy") / spread
+    return {
+        "d": d,
+        "proxy_gain": gain,
+        "proxy_per_d": gain / d if d > 1e-6 else 0.0,
+        "length_drift": abs(_log_ratio(row, first, "length/mean")),
+        "distinct2_drop": drop("diversity/distinct2"),
+        "entropy_drop": drop("signal/entropy"),
+        "ensemble_growth": _log_ratio(row, first, "signal/ensemble_std"),
+        "outlier_excess": -drop("signal/outlier_rate"),
+    }

@@ -1,0 +1,152 @@
+"""Study stage: a labelled corpus of RL runs that overoptimize and runs that do not, and the
+gold-free monitor proved on it (:mod:`proxygap.monitor`).
+
+Every family of ``detect.families`` runs with every seed (stage ``detect:<family>:<seed>``):
+a fresh copy of the base policy optimised with :func:`proxygap.optimize.rl.train_rl` against
+the family's reward, evaluated every ``eval_every`` steps on held-out prompts against gold (the
+ground truth) and with the gold-free signals the monitor reads (``signal/*``: the policy's
+entropy, the proxy's spread, the disagreement of ``monitor_proxy``'s members and the outlier
+rate of the samples in its first member's hidden space, relative to the initial policy's). The
+runs go to ``runtime.workers`` forked processes. The analysis
+(:func:`proxygap.study.detect_analysis.analyse_corpus`) then fits and judges the detectors on
+the held-out splits and writes ``detect/summary.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from proxygap.config.detect import DetectConfig, DetectFamily
+from proxygap.mitigations.registry import make_transform
+from proxygap.optimize.evaluate import ScoreFn
+from proxygap.optimize.rl import rl_evaluator, train_rl
+from proxygap.optimize.rl_hooks import RLHooks
+from proxygap.rewards.proxy import aggregate_members
+from proxygap.seeds import study_seed
+from proxygap.store.atomic import atomic_write_json, atomic_write_text
+from proxygap.study.context import StudyContext, reference_texts
+from proxygap.study.detect_analysis import analyse_corpus
+from proxygap.study.results import DetectResult
+from proxygap.study.scoring import proxy_scorer
+from proxygap.study.workers import run_jobs
+
+__all__ = ["stage_detect"]
+
+
+def _text_noise(texts: list[str]) -> np.ndarray:
+    """A standard normal per text, fixed by the text's hash (the same text, the same noise)."""
+    return np.array(
+        [
+            np.random.default_rng(int.from_bytes(hashlib.sha256(t.encode()).digest()[:8])).normal()
+            for t in texts
+        ]
+    )
+
+
+def reward_of(ctx: StudyContext, family: DetectFamily) -> ScoreFn:
+    """The reward a family's runs optimise (see :class:`~proxygap.config.detect.DetectFamily`)."""
+    base: ScoreFn
+    if family.reward in ("gold", "gold_noisy"):
+        noise = family.noise if family.reward == "gold_noisy" else 0.0
+
+        def base(texts: list[str]) -> np.ndarray:
+            gold = np.asarray(ctx.gold_fn(texts), dtype=np.float64) / ctx.gold_scale
+            return gold + noise * _text_noise(texts) if noise else gold
+
+    else:
+        scorer = proxy_scorer(ctx, family.reward)
+        method = family.aggregation
+        if method is None:
+            base = scorer.reward
+        else:
+
+            def base(texts: list[str]) -> np.ndarray:
+                return aggregate_members(scorer.centred(texts), method, lam=scorer.uwo_lambda)
+
+    if not family.bonus:
+        return base
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, family.bonus_words)) + r")\b")
+    spread = float(np.std(base(reference_texts(ctx)))) or 1.0
+    bonus = family.bonus * spread
+
+    def with_bonus(texts: list[str]) -> np.ndarray:
+        counts = np.array([len(pattern.findall(t)) for t in texts], dtype=np.float64)
+        return base(texts) + bonus * counts
+
+    return with_bonus
+
+
+def _folder(ctx: StudyContext, family: str, seed: int) -> Path:
+    return ctx.run.dir / "detect" / family / f"seed-{seed}"
+
+
+def _run(ctx: StudyContext, cfg: DetectConfig, family: DetectFamily, seed: int) -> None:
+    """Train one run of the corpus and write its history and step metrics."""
+    import copy
+
+    import torch
+
+    settings = cfg.run_settings(family, seed)
+    monitor = proxy_scorer(ctx, cfg.monitor_proxy)
+    reward_fn = reward_of(ctx, family)
+    hooks = None
+    if family.transform is not None:
+        params = {k: v for k, v in family.transform.items() if k != "method"}
+        hooks = RLHooks(transform=make_transform(family.transform["method"], **params))
+    evaluator = rl_evaluator(
+        ctx.policy, ctx.tokenizer, task=ctx.task, proxy=reward_fn, cfg=settings,
+        gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "detect_eval"),
+        members=monitor.standardised, embed=monitor.embed,
+    )  # fmt: skip
+    torch.manual_seed(settings.seed)
+    policy = copy.deepcopy(ctx.policy).train()
+    prompts = ctx.task.prompts(4096, seed=study_seed(ctx.cfg.seed, "detect_train_prompts"))
+    result = train_rl(
+        policy, ctx.policy, ctx.tokenizer, cfg=settings, train_prompts=prompts,
+        join=ctx.task.join, reward_fn=reward_fn, evaluator=evaluator, hooks=hooks,
+        log=lambda *_: None,
+    )  # fmt: skip
+    folder = _folder(ctx, family.name, seed)
+    atomic_write_json(folder / "history.json", result.history)
+    lines = "".join(json.dumps(row) + "\n" for row in result.steps)
+    atomic_write_text(folder / "steps.jsonl", lines)
+
+
+def stage_detect(ctx: StudyContext) -> DetectResult | None:
+    """Build (or read back) the corpus, then fit and judge the detectors on it."""
+    cfg = ctx.cfg.detect
+    if cfg is None:
+        return None
+    for name in {cfg.monitor_proxy} | {f.reward for f in cfg.families}:
+        if name not in ("gold", "gold_noisy"):
+            proxy_scorer(ctx, name)  # load every proxy before forking
+    runs = [(f, s) for f in cfg.families for s in cfg.seeds]
+    todo = [(f, s) for f, s in runs if not ctx.run.done(f"detect:{f.name}:{s}")]
+
+    def job(family: DetectFamily, seed: int) -> Callable[[], None]:
+        return lambda: _run(ctx, cfg, family, seed)
+
+    def finished(i: int) -> None:
+        family, seed = todo[i]
+        ctx.run.mark_done(f"detect:{family.name}:{seed}", {"family": family.name, "seed": seed})
+
+    run_jobs(
+        [(f"detect {f.name}, seed {s}", job(f, s)) for f, s in todo],
+        workers=ctx.cfg.runtime.workers,
+        finished=finished,
+        log=ctx.log,
+    )
+    histories = {
+        (f.name, s): json.loads((_folder(ctx, f.name, s) / "history.json").read_text())
+        for f, s in runs
+    }
+    summary, detector = analyse_corpus(cfg, histories)
+    atomic_write_json(ctx.run.path("detect", "summary.json"), summary)
+    detector.save(ctx.run.path("detect", "detector.json"))
+    return DetectResult(histories=histories, summary=summary)
