@@ -66,10 +66,14 @@ def run(
 
 @task_app.command("build")
 def task_build(
-    name: Annotated[str, typer.Argument(help="task name")] = "reviews",
     out: Annotated[
-        Path | None, typer.Option(help="output folder (default: the shipped assets)")
-    ] = None,
+        Path,
+        typer.Option(
+            help="output folder (required: the installed package's assets are never "
+            "overwritten unless named here)"
+        ),
+    ],
+    name: Annotated[str, typer.Argument(help="task name")] = "reviews",
     n_sentences: Annotated[int, typer.Option(help="pretraining corpus size")] = 200_000,
     seed: Annotated[int, typer.Option(help="seed of corpus, init and data order")] = 0,
 ) -> None:
@@ -77,9 +81,9 @@ def task_build(
     if name != "reviews":
         console.print(f"[red]error:[/red] unknown task {name!r}; built-in tasks: ['reviews']")
         raise typer.Exit(2)
-    from proxygap.tasks.reviews.build import ASSETS, BaseModelSpec, build
+    from proxygap.tasks.reviews.build import BaseModelSpec, build
 
-    path = build(out or ASSETS, BaseModelSpec(n_sentences=n_sentences, seed=seed))
+    path = build(out, BaseModelSpec(n_sentences=n_sentences, seed=seed))
     console.print(f"[green]built[/green] {path}")
 
 

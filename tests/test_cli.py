@@ -51,3 +51,9 @@ def test_task_build_is_bit_for_bit_reproducible(tmp_path: Path) -> None:
     assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
     c = build(tmp_path / "c", BaseModelSpec(**{**spec.__dict__, "seed": 1}))
     assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+
+
+def test_task_build_requires_an_output_folder() -> None:
+    # no default: a bare `task build` must not overwrite the installed package's assets
+    result = runner.invoke(app, ["task", "build"])
+    assert result.exit_code == 2 and "Missing option '--out'" in result.output

@@ -1,12 +1,13 @@
 """Batched ancestral sampling from a causal LM with a KV cache.
 
-A lean decode loop over ``model(input_ids, past_key_values=...)``: left-padded prompts, one
-forward pass per generated token, Gumbel-max sampling from a seeded generator. A row that
-produces ``eos`` leaves the batch and its KV cache at once, so later steps only compute the rows
-still running, and the loop exits when none is (``model.generate`` keeps finished rows in the
-batch to the end). It returns the response tokens with their log-probabilities under the
-(temperature-1) model, which RL and KL estimates need and ``model.generate`` does not give
-without extra passes. ``benchmarks/bench_sampling.py`` compares the two.
+A lean decode loop over ``model(input_ids, cache=...)`` (``past_key_values=`` on models written
+before transformers renamed it): left-padded prompts, one forward pass per generated token,
+Gumbel-max sampling from a seeded generator. A row that produces ``eos`` leaves the batch and
+its KV cache at once, so later steps only compute the rows still running, and the loop exits
+when none is (``model.generate`` keeps finished rows in the batch to the end). It returns the
+response tokens with their log-probabilities under the (temperature-1) model, which RL and KL
+estimates need and ``model.generate`` does not give without extra passes.
+``benchmarks/bench_sampling.py`` compares the two.
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ def _keeps_last_logits_only(model: PreTrainedModel) -> dict[str, int]:
     return {"logits_to_keep": 1} if accepts else {}
 
 
+def _cache_argument(model: PreTrainedModel) -> str:
+    """The name under which ``model.forward`` takes and returns its KV cache: ``cache`` on
+    transformers' current API, ``past_key_values`` on models that predate the rename (passing the
+    old name to a current model only warns now and fails from transformers 5.40)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _select_rows(cache, rows: torch.Tensor):
     """Keep only ``rows`` (batch indices) of a KV cache: a ``transformers`` Cache or a tuple."""
     if isinstance(cache, tuple):
@@ -117,17 +126,18 @@ def _sample_batch(
     positions = (attn.cumsum(dim=1) - 1).clamp(min=0)  # (B, P) position of each prompt token
     inputs, cache = ids, None
     keep_last = _keeps_last_logits_only(model)
+    cache_arg = _cache_argument(model)
     T = 0
     for t in range(max_new_tokens):
         out = model(
             input_ids=inputs,
             attention_mask=attn,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_arg: cache},
             **keep_last,
         )
-        cache = out.past_key_values
+        cache = getattr(out, cache_arg)
         logits = out.logits[:, -1, :].float()  # (A, V)
         if vocab_size is not None:
             if vocab_size > logits.shape[-1]:

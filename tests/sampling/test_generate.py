@@ -8,6 +8,8 @@ is far from uniform, or it is known in closed form; see the fixtures.
 from __future__ import annotations
 
 import math
+import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -199,6 +201,40 @@ def test_same_seed_reproduces_and_other_seeds_differ(lm) -> None:
     # in turn, each decode step drawing a (rows still running, V) block of uniforms. A different
     # batch_size hands different parts of the stream to each row, so only (seed, model,
     # batch_size) together pin the samples; we test exactly that.
+
+
+# ---------------------------------------------------------------- the KV-cache argument
+
+
+def test_no_deprecated_cache_argument(lm) -> None:
+    # transformers renamed ``past_key_values`` to ``cache`` (the old name warns, and is removed
+    # in 5.40): the sampler must pass the current name to a current model.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        run(lm, seed=1)
+
+
+class _LegacyLM(torch.nn.Module):
+    """``lm`` behind the pre-rename interface: takes and returns ``past_key_values``."""
+
+    def __init__(self, lm: GPT2LMHeadModel) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(
+        self, input_ids, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep
+    ):
+        out = self.lm(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            cache=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep,
+        )  # fmt: skip
+        return SimpleNamespace(logits=out.logits, past_key_values=out.cache)
+
+
+def test_models_with_the_old_cache_argument_give_the_same_samples(lm) -> None:
+    legacy = _LegacyLM(lm)
+    a, b = run(lm, seed=4, batch_size=7), run(legacy, seed=4, batch_size=7)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logprobs, b.logprobs)
 
 
 # ---------------------------------------------------------------- the sampling distribution
