@@ -32,7 +32,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     3: ("proxygap.tasks", "proxygap.rewards"),
     4: ("proxygap.mitigations", "proxygap.monitor"),
     5: ("proxygap.optimize",),
-    6: ("proxygap.config", "proxygap.study", "proxygap.report"),
+    6: ("proxygap.config", "proxygap.study", "proxygap.report", "proxygap.runs"),
     7: ("proxygap.cli", "proxygap.sweep", "proxygap.integrations", "proxygap"),
 }
 LAYER_OF: dict[str, int] = {name: layer for layer, names in LAYERS.items() for name in names}
