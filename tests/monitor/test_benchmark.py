@@ -1,0 +1,85 @@
+"""Labels from gold, AUROC, detector scores and reward-only baselines (monitor/benchmark.py)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from proxygap.monitor.benchmark import (
+    auroc,
+    choose_threshold,
+    cusum_slope,
+    judge,
+    label_points,
+    length_drift,
+    variance_collapse,
+)
+
+
+def _run(gold, se=0.1, step=10):
+    return [
+        {"step": float(i * step), "reward/gold": g, "reward/gold_se": se}
+        for i, g in enumerate(gold)
+    ]
+
+
+def test_points_past_the_peak_by_more_than_one_se_are_positive():
+    # peak 1.0 at index 2; margin sqrt(0.1^2 + 0.1^2) = 0.141: 0.9 is within it, 0.5 is not
+    lab = label_points(_run([0.0, 0.5, 1.0, 0.9, 0.5, 0.2]))
+    assert lab.peak == 2 and lab.drop == 4
+    assert lab.labels.tolist() == [0, 0, 0, 0, 1, 1]
+    # a run that only rises is benign; points before the peak are never positive
+    assert label_points(_run([0.0, 0.2, -0.5, 0.6])).drop is None
+
+
+def test_auroc_equals_the_pairwise_count_with_ties_as_half():
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 4, size=30).astype(float)  # many ties
+    y = rng.integers(0, 2, size=30)
+    pairs = [
+        1.0 if a > b else 0.5 if a == b else 0.0
+        for (a, ya), (b, yb) in itertools.product(zip(s, y, strict=True), repeat=2)
+        if ya == 1 and yb == 0
+    ]
+    assert auroc(s, y) == pytest.approx(np.mean(pairs))
+    assert math.isnan(auroc(s, np.zeros(30)))
+
+
+def test_judge_counts_alarms_before_the_drop_leads_and_false_alarms():
+    over = _run([0.0, 0.5, 1.0, 0.9, 0.5, 0.2])  # drop at index 4 (step 40)
+    benign = _run([0.0, 0.3, 0.6, 0.9])
+    early = np.array([0.0, 0.2, 0.7, 0.8, 0.9, 0.9])  # alarm (>= 0.6) at index 2: lead 20 steps
+    late = np.array([0.0, 0.0, 0.0, 0.0, 0.9, 0.9])  # alarm at the drop: not before it
+    quiet = np.array([0.0, 0.1, 0.2, 0.3])
+    noisy = np.array([0.0, 0.7, 0.2, 0.3])
+    r = judge([(over, early), (over, late), (benign, quiet), (benign, noisy)], 0.6)
+    assert r["alarm_before_drop"] == 0.5 and r["median_lead_steps"] == 20.0
+    assert r["false_alarm_rate"] == 0.5
+    assert r["n_overoptimizing"] == 2 and r["n_benign"] == 2
+
+
+def test_choose_threshold_maximises_hits_minus_false_alarms():
+    over = _run([0.0, 0.5, 1.0, 0.9, 0.5, 0.2])
+    benign = _run([0.0, 0.3, 0.6, 0.9])
+    runs = [
+        (over, np.array([0.0, 0.2, 0.7, 0.8, 0.9, 0.9])),
+        (benign, np.array([0, 0.4, 0.5, 0.6])),
+    ]
+    # 0.7 and 0.8 alarm the overoptimizing run before its drop (index 4) and never the benign
+    # one (its max is 0.6); 0.9 alarms only at the drop; the tie goes to the higher threshold
+    assert choose_threshold(runs) == pytest.approx(0.8)
+
+
+def test_reward_only_baselines_by_hand():
+    rows = [
+        {"reward/proxy": 0.0, "signal/proxy_std": 2.0, "length/mean": 10.0},
+        {"reward/proxy": 1.0, "signal/proxy_std": 1.0, "length/mean": 20.0},
+        {"reward/proxy": 1.2, "signal/proxy_std": 0.5, "length/mean": 5.0},
+    ]
+    np.testing.assert_allclose(variance_collapse(rows), [0.0, math.log(2), math.log(4)])
+    np.testing.assert_allclose(length_drift(rows), [0.0, math.log(2), math.log(2)])
+    # slopes in units of spread 2: first gain 0.5 (m), then 0.1: S = 0.5 - 0.1 - 0.05 = 0.35
+    np.testing.assert_allclose(cusum_slope(rows, slack=0.05), [0.0, 0.0, 0.35])

@@ -1,0 +1,85 @@
+"""Gold-free signals (proxygap/monitor/signals.py) against hand values and brute force."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from proxygap.monitor.signals import (
+    FEATURES,
+    ensemble_disagreement,
+    features,
+    mahalanobis,
+    mc_entropy,
+    outlier_rate,
+)
+
+
+def test_mc_entropy_is_minus_the_mean_token_log_prob():
+    # two rows: tokens with log-probs (-1, -2) and (-3, padding): (1 + 2 + 3) / 3 = 2 nats
+    logp = torch.tensor([[-1.0, -2.0], [-3.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    assert mc_entropy(logp, mask) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="no response tokens"):
+        mc_entropy(logp, torch.zeros_like(mask))
+
+
+def test_ensemble_disagreement_is_the_mean_population_sd_across_members():
+    members = np.array([[0.0, 2.0], [1.0, 1.0], [-1.0, 3.0]])  # SDs 1, 0, 2
+    assert ensemble_disagreement(members) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="K >= 2"):
+        ensemble_disagreement(np.ones((3, 1)))
+
+
+def test_mahalanobis_matches_a_naive_loop_with_the_shrunk_covariance():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 4)) @ np.diag([1.0, 2.0, 0.5, 3.0])
+    x = rng.normal(size=(7, 4))
+    s = 0.2
+    cov = np.cov(ref, rowvar=False)
+    shrunk = (1 - s) * cov + s * np.trace(cov) / 4 * np.eye(4)
+    inv = np.linalg.inv(shrunk)
+    mu = ref.mean(axis=0)
+    naive = [math.sqrt((r - mu) @ inv @ (r - mu)) for r in x]
+    np.testing.assert_allclose(mahalanobis(x, ref, shrinkage=s), naive, rtol=1e-10)
+
+
+def test_outlier_rate_is_small_in_distribution_and_one_far_away():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(200, 3))
+    # the reference against itself: at most 1 - q of its points lie beyond its own q-quantile
+    assert outlier_rate(ref, ref, quantile=0.9) <= 0.1 + 1e-12
+    assert outlier_rate(ref + 10.0, ref, quantile=0.9) == 1.0
+
+
+def test_features_are_zero_on_the_first_row_and_read_drift_after():
+    first = {
+        "d": 0.0, "reward/proxy": 0.0, "signal/proxy_std": 2.0, "length/mean": 10.0,
+        "diversity/distinct2": 0.8, "signal/entropy": 2.0, "signal/ensemble_std": 0.5,
+        "signal/outlier_rate": 0.05,
+    }  # fmt: skip
+    assert set(features(first, first)) == set(FEATURES)
+    assert all(v == 0.0 for v in features(first, first).values())
+    later = first | {
+        "d": 2.0, "reward/proxy": 3.0, "length/mean": 5.0, "diversity/distinct2": 0.5,
+        "signal/entropy": 1.5, "signal/ensemble_std": 1.0, "signal/outlier_rate": 0.45,
+    }  # fmt: skip
+    f = features(later, first)
+    assert f["d"] == 2.0
+    assert f["proxy_gain"] == pytest.approx(1.5)  # 3 / spread 2
+    assert f["proxy_per_d"] == pytest.approx(0.75)
+    assert f["length_drift"] == pytest.approx(math.log(2.0))  # |log(5 / 10)|
+    assert f["distinct2_drop"] == pytest.approx(0.3)
+    assert f["entropy_drop"] == pytest.approx(0.5)
+    assert f["ensemble_growth"] == pytest.approx(math.log(2.0))
+    assert f["outlier_excess"] == pytest.approx(0.4)
+
+
+def test_features_without_optional_signals_count_them_as_zero():
+    first = {"d": 0.0, "reward/proxy": 0.0, "length/mean": 10.0}
+    f = features({"d": 1.0, "reward/proxy": 0.5, "length/mean": 10.0}, first)
+    assert f["ensemble_growth"] == f["outlier_excess"] == f["entropy_drop"] == 0.0
+    assert f["proxy_gain"] == 0.5  # no spread measured: unit scale
