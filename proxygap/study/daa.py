@@ -25,6 +25,7 @@ from proxygap.store.atomic import atomic_write_json
 from proxygap.study.context import StudyContext
 from proxygap.study.scoring import proxy_scorer
 from proxygap.study.sft import stage_sft
+from proxygap.study.watch import watchers
 
 
 def stage_daa(ctx: StudyContext, train: Pairs) -> DAASweep | None:
@@ -87,6 +88,7 @@ def stage_daa(ctx: StudyContext, train: Pairs) -> DAASweep | None:
                 cfg=cfg,
                 evaluator=evaluator,
                 log=lambda *_: None,
+                watch=watchers(ctx),
             )
             atomic_write_json(
                 folder / "result.json", {"history": result.history, "examples": result.examples}

@@ -38,6 +38,7 @@ from proxygap.store.atomic import atomic_write_json, atomic_write_text
 from proxygap.study.context import StudyContext
 from proxygap.study.mitigation_hooks import build_hooks, hooks_need_references
 from proxygap.study.mitigation_scoring import ComponentScorer, EvalProbe
+from proxygap.study.watch import watchers
 
 ScoreFn = Callable[[Sequence[str]], np.ndarray]
 
@@ -167,13 +168,14 @@ def run_arm(
         result: LoopResult = train_quark(
             policy, start, study.tokenizer, cfg=cfg, quark=arm.quark, train_prompts=ctx.prompts,
             join=study.task.join, reward_fn=reward_fn, evaluator=evaluator, initial=initial,
-            log=lambda *_: None,
+            log=lambda *_: None, watch=watchers(study),
         )  # fmt: skip
     else:
         result = train_rl(
             policy, start, study.tokenizer, cfg=cfg, train_prompts=ctx.prompts,
             join=study.task.join, reward_fn=reward_fn, evaluator=evaluator,
             hooks=_hooks(ctx, arm, policy, points, cfg.group_size), log=lambda *_: None,
+            watch=watchers(study),
         )  # fmt: skip
     history = result.history
     probes = probe.rows[1:]  # the first call scored the initial policy's samples

@@ -21,11 +21,13 @@ from proxygap.optimize.evaluate import ScoreFn
 from proxygap.optimize.loop import LoopResult
 from proxygap.optimize.rl import RLConfig, rl_evaluator, train_rl
 from proxygap.optimize.rl_hooks import RLHooks
+from proxygap.rewards.proxy import ProxyScorer
 from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
 from proxygap.study.context import StudyContext
 from proxygap.study.results import RLRunResult
 from proxygap.study.scoring import proxy_scorer
+from proxygap.study.watch import watchers
 
 
 def train_from_base(
@@ -38,14 +40,18 @@ def train_from_base(
     eval_seed: int,
     hooks: RLHooks | None = None,
     policy: PreTrainedModel | None = None,
+    proxy: ProxyScorer | None = None,
 ) -> LoopResult:
     """One RL run from a fresh copy of the base policy (or ``policy``, such a copy made by the
-    caller), with the base policy as KL reference, evaluated on held-out prompts."""
+    caller), with the base policy as KL reference, evaluated on held-out prompts; the monitor
+    reads ``proxy``'s members and hidden states when given, and watches the run."""
     torch.manual_seed(cfg.seed)
     policy = policy if policy is not None else copy.deepcopy(ctx.policy).train()
     evaluator = rl_evaluator(
         ctx.policy, ctx.tokenizer, task=ctx.task, proxy=eval_proxy, cfg=cfg,
         gold_scale=ctx.gold_scale, seed=eval_seed,
+        members=proxy.standardised if proxy is not None and proxy.n_members > 1 else None,
+        embed=proxy.embed if proxy is not None else None,
     )  # fmt: skip
     return train_rl(
         policy,
@@ -58,6 +64,7 @@ def train_from_base(
         evaluator=evaluator,
         hooks=hooks,
         log=lambda *_: None,
+        watch=watchers(ctx),
     )
 
 
@@ -86,7 +93,7 @@ def stage_rl(ctx: StudyContext) -> list[RLRunResult]:
             ctx.log(f"RL ({cfg.algo}) against {proxy.name}, kl_coef {kl_coef:g}")
             result = train_from_base(
                 ctx, cfg, reward_fn=reward_fn, eval_proxy=reward_fn, prompts=prompts,
-                eval_seed=study_seed(ctx.cfg.seed, "rl_eval"),
+                eval_seed=study_seed(ctx.cfg.seed, "rl_eval"), proxy=proxy,
             )  # fmt: skip
             history, examples = result.history, result.examples
             atomic_write_json(folder / "history.json", history)
