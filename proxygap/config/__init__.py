@@ -9,7 +9,7 @@ the run folder records exactly what ran. The mitigation study's sections are in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -22,20 +22,32 @@ from proxygap.config.mitigations import (
     MitigationRunConfig,
     MitigationStudyConfig,
 )
-from proxygap.optimize.daa import DAAConfig
-from proxygap.optimize.rl import RLConfig
+from proxygap.config.sections import (
+    BonConfig,
+    DAARunConfig,
+    PreferenceConfig,
+    ProxyConfig,
+    RLRunConfig,
+    SFTConfig,
+)
 from proxygap.schema import SAFE_NAME, PosFloat, PosInt, Strict, format_errors, safe_name
 
 __all__ = [
     "SAFE_NAME",
     "ConfigError",
+    "BonConfig",
     "ConstraintConfig",
+    "DAARunConfig",
     "MitigationBonConfig",
     "MitigationHookConfig",
     "MitigationRunConfig",
     "MitigationStudyConfig",
     "PosFloat",
     "PosInt",
+    "PreferenceConfig",
+    "ProxyConfig",
+    "RLRunConfig",
+    "SFTConfig",
     "StudyConfig",
     "Strict",
 ]
@@ -53,124 +65,6 @@ class TaskConfig(Strict):
     tokenizer: str | None = None  # None: the policy's folder, else the task's tokenizer
     gold: str | None = None  # sequence-classification folder; None: the task's gold function
     trust_remote_code: bool = False
-
-
-class PreferenceConfig(Strict):
-    """How preference pairs are made: two base-policy samples per prompt, labelled by gold."""
-
-    n_pairs: PosInt = 24_000  # training pairs (proxies take the first ``n_pairs`` of their own)
-    n_heldout: PosInt = 2_000  # pairs kept aside for held-out accuracy against gold
-    temperature: PosFloat = 1.0  # sampling temperature of the pair responses
-    max_new_tokens: PosInt | None = None  # None: the task's default
-    file: str | None = None  # a {prompt, chosen, rejected} JSONL file instead of sampling
-
-
-class ProxyConfig(Strict):
-    """One proxy reward model (or a k-member ensemble differing by seed)."""
-
-    name: str
-    n_pairs: PosInt | None = None  # None: all training pairs
-    labels: Literal["deterministic", "bradley_terry"] = "deterministic"
-    bt_temperature: PosFloat = 1.0
-    label_noise: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
-    n_embd: PosInt = 64
-    n_layer: PosInt = 2
-    n_head: PosInt = 2
-    epochs: PosFloat = 2.0
-    lr: PosFloat = 1e-3
-    batch_size: PosInt = 64
-    ensemble: PosInt = 1
-    aggregation: Literal["mean", "wco", "uwo"] = "mean"
-    uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.5
-    seed: int = 0
-    path: str | None = None  # a trained reward model folder: scored as is, not trained
-    target: str = "gold"  # what labels its pairs: gold, or one of the task's gold components
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return safe_name(v, "proxy name")
-
-    @model_validator(mode="after")
-    def _heads(self) -> ProxyConfig:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        return self
-
-
-class BonConfig(Strict):
-    """The best-of-n study: one pool of ``pool_size`` samples for each of ``n_prompts`` prompts."""
-
-    n_prompts: PosInt = 64
-    pool_size: Annotated[int, Field(ge=2)] = 1024
-    temperature: PosFloat = 1.3
-    max_new_tokens: PosInt | None = None
-    n_points: Annotated[int, Field(ge=3)] = 41  # log-spaced n values on the curves
-    examples_at: list[PosInt] = Field(default_factory=lambda: [1, 16, 128, 1024])
-    examples_per_n: PosInt = 4
-
-
-class RLRunConfig(Strict):
-    """Online RL against one proxy, one run per KL coefficient (the rest shared)."""
-
-    proxy: str  # the name of one of the study's proxies
-    kl_coefs: list[Annotated[float, Field(ge=0.0)]] = Field(
-        default_factory=lambda: [0.0], min_length=1
-    )
-    settings: RLConfig = Field(default_factory=RLConfig)
-
-    @field_validator("kl_coefs")
-    @classmethod
-    def _distinct(cls, v: list[float]) -> list[float]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"kl_coefs must be distinct, got {v}")
-        return v
-
-
-class SFTConfig(Strict):
-    """The study's two SFT variants, behind ``sft`` and ``soup`` references (mitigation arms,
-    DAA): each fine-tunes the base policy on ``n_texts`` chosen responses of the training pairs
-    (disjoint halves) with its own seed; the soup is their weight average (SALSA)."""
-
-    n_texts: PosInt = 2000
-    epochs: PosFloat = 1.0
-    lr: PosFloat = 1e-4
-    batch_size: PosInt = 32
-
-
-class DAARunConfig(Strict):
-    """Direct alignment on the study's gold-labelled pairs: one run per (loss, beta).
-
-    The runs train on the first ``n_pairs`` training pairs with ``label_noise`` flips (the same
-    labels a proxy with that noise would see) and share ``settings`` otherwise; ``proxy``
-    optionally names a study proxy whose reward is tracked too, to compare with RLHF;
-    ``reference`` picks the start and reference model (``sft``/``soup`` need the study's
-    ``sft``).
-    """
-
-    betas: dict[str, list[Annotated[float, Field(gt=0.0)]]] = Field(
-        default_factory=lambda: {"dpo": [0.05, 0.25, 1.0]}, min_length=1
-    )
-    n_pairs: PosInt | None = None  # None: all training pairs
-    label_noise: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
-    proxy: str | None = None
-    # the policy's start and the loss's reference model: the base policy, the first SFT
-    # variant, or the soup of the two (SALSA); gold and d are measured against the base policy
-    reference: Literal["base", "sft", "soup"] = "base"
-    settings: DAAConfig = Field(default_factory=DAAConfig)
-
-    @field_validator("betas")
-    @classmethod
-    def _losses(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
-        from proxygap.losses.daa import DAA_LOSSES
-
-        unknown = sorted(set(v) - set(DAA_LOSSES))
-        if unknown:
-            raise ValueError(f"unknown DAA loss(es) {unknown}; allowed: {sorted(DAA_LOSSES)}")
-        empty = sorted(k for k, b in v.items() if not b)
-        if empty:
-            raise ValueError(f"no betas given for {empty}")
-        return v
 
 
 class RuntimeConfig(Strict):
@@ -206,16 +100,33 @@ class MonitorConfig(Strict):
 class StudyConfig(Strict):
     """A whole study; see ``configs/demo.yaml`` for a commented example."""
 
-    name: str = "demo"
-    seed: int = 0
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    preferences: PreferenceConfig = Field(default_factory=PreferenceConfig)
-    proxies: list[ProxyConfig] = Field(min_length=1)
-    bon: BonConfig | None = Field(default_factory=BonConfig)
-    rl: RLRunConfig | None = None
-    daa: DAARunConfig | None = None
-    mitigations: MitigationStudyConfig | None = None
-    sft: SFTConfig | None = None  # SFT variants, for 'sft' and 'soup' references
+    name: str = Field(default="demo", description="the study's name (names its run folder)")
+    seed: int = Field(default=0, description="seed of every random stream of the study")
+    task: TaskConfig = Field(
+        default_factory=TaskConfig, description="the task, and models replacing its built-in ones"
+    )
+    preferences: PreferenceConfig = Field(
+        default_factory=PreferenceConfig,
+        description="gold-labelled preference pairs sampled from the base policy",
+    )
+    proxies: list[ProxyConfig] = Field(
+        min_length=1, description="proxy reward models trained on those pairs"
+    )
+    bon: BonConfig | None = Field(
+        default_factory=BonConfig, description="the best-of-n study; null: none"
+    )
+    rl: RLRunConfig | None = Field(
+        default=None, description="online RL against one proxy over KL coefficients; null: none"
+    )
+    daa: DAARunConfig | None = Field(
+        default=None, description="direct alignment over losses and betas; null: none"
+    )
+    mitigations: MitigationStudyConfig | None = Field(
+        default=None, description="the mitigation comparison; null: none"
+    )
+    sft: SFTConfig | None = Field(
+        default=None, description="SFT variants, for 'sft' and 'soup' references"
+    )
     detect: DetectConfig | None = None  # the overoptimization-detection corpus
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

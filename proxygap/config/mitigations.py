@@ -21,8 +21,8 @@ class MitigationHookConfig(Strict):
     its hyperparameters; inputs the study supplies (reference rewards, group size, the policy)
     are not given here."""
 
-    method: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    method: str = Field(description="the hook's registry name (proxygap.mitigations.MITIGATIONS)")
+    params: dict[str, Any] = Field(default_factory=dict, description="its hyperparameters")
 
 
 class ConstraintConfig(Strict):
@@ -31,10 +31,21 @@ class ConstraintConfig(Strict):
     values at the gold peak of ``points_from``, an arm that optimises the same components
     unconstrained (their sum), averaged over its seeds."""
 
-    points_from: str
-    mode: Literal["equality", "upper", "lower"] = "equality"  # Moskovitz et al.'s best: equality
-    objective: Literal["none", "sum"] = "none"  # none: only the KL penalty besides the constraints
-    lr: PosFloat = 0.5  # multiplier step per RL step (components in base-sample SD units)
+    points_from: str = Field(description="the earlier arm whose gold peak gives the proxy points")
+    mode: Literal["equality", "upper", "lower"] = Field(
+        default="equality",
+        description=(
+            "equality holds each component at its point (Moskovitz et al.'s best); upper and lower "
+            "bound it"
+        ),
+    )
+    objective: Literal["none", "sum"] = Field(
+        default="none",
+        description="none: only the KL penalty beside the constraints; sum: also their sum",
+    )
+    lr: PosFloat = Field(
+        default=0.5, description="multiplier step per RL step (components in base-sample SD units)"
+    )
 
     @model_validator(mode="after")
     def _objective(self) -> ConstraintConfig:
@@ -54,16 +65,36 @@ class MitigationRunConfig(Strict):
     (``base``; ``sft``: the first SFT variant; ``soup``: the average of the two, SALSA), and
     ``quark`` to train with Quark instead of the RL recipe."""
 
-    name: str
-    aggregation: Literal["single", "mean", "wco", "uwo"] = "single"
-    uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.1  # Coste et al. use ~0.1 with PPO
-    components: list[str] = Field(default_factory=list)  # proxy names
-    transforms: list[MitigationHookConfig] = Field(default_factory=list)
-    post_step: MitigationHookConfig | None = None
-    kl_coef: Annotated[float, Field(ge=0.0)] = 0.0
-    constraint: ConstraintConfig | None = None
-    reference: Literal["base", "sft", "soup"] = "base"
-    quark: QuarkSettings | None = None
+    name: str = Field(description="the arm's name (names its folder)")
+    aggregation: Literal["single", "mean", "wco", "uwo"] = Field(
+        default="single",
+        description="single (one member: the unmitigated baseline) or an ensemble aggregation",
+    )
+    uwo_lambda: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.1, description="variance weight of UWO (Coste et al. use ~0.1 with PPO)"
+    )
+    components: list[str] = Field(
+        default_factory=list, description="proxy names whose standardised sum is the reward"
+    )
+    transforms: list[MitigationHookConfig] = Field(
+        default_factory=list, description="reward transforms, applied in order"
+    )
+    post_step: MitigationHookConfig | None = Field(
+        default=None, description="a hook after each step (e.g. Elastic Reset)"
+    )
+    kl_coef: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.0, description="KL coefficient of the arm"
+    )
+    constraint: ConstraintConfig | None = Field(
+        default=None, description="constrained RLHF over the components"
+    )
+    reference: Literal["base", "sft", "soup"] = Field(
+        default="base",
+        description="start and KL reference: base, sft (the first SFT variant) or soup (SALSA)",
+    )
+    quark: QuarkSettings | None = Field(
+        default=None, description="train with Quark instead of the RL recipe"
+    )
 
     @field_validator("name")
     @classmethod
@@ -120,13 +151,22 @@ class MitigationBonConfig(Strict):
     on the same ``n_prompts`` prompts; the single member and each ensemble aggregation of
     ``methods`` (UWO with ``uwo_lambda``) select from it."""
 
-    methods: list[Literal["mean", "wco", "uwo"]] = Field(default_factory=lambda: [*_AGGREGATIONS])
-    uwo_lambda: Annotated[float, Field(ge=0.0)] = 0.5  # Coste et al.'s best-of-n value
-    n_prompts: PosInt = 32
-    pool_size: Annotated[int, Field(ge=2)] = 512
-    temperature: PosFloat = 1.3
-    max_new_tokens: PosInt | None = None
-    n_points: Annotated[int, Field(ge=3)] = 17
+    methods: list[Literal["mean", "wco", "uwo"]] = Field(
+        default_factory=lambda: [*_AGGREGATIONS],
+        description="ensemble aggregations compared with the single member",
+    )
+    uwo_lambda: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.5, description="variance weight of UWO (Coste et al.'s best-of-n value)"
+    )
+    n_prompts: PosInt = Field(default=32, description="prompts of each seed's pool")
+    pool_size: Annotated[int, Field(ge=2)] = Field(default=512, description="samples per prompt")
+    temperature: PosFloat = Field(default=1.3, description="sampling temperature of the pools")
+    max_new_tokens: PosInt | None = Field(
+        default=None, description="response length budget in tokens; None: the task's default"
+    )
+    n_points: Annotated[int, Field(ge=3)] = Field(
+        default=17, description="log-spaced n values on the curves"
+    )
 
 
 class MitigationStudyConfig(Strict):
@@ -134,13 +174,27 @@ class MitigationStudyConfig(Strict):
     of one ensemble proxy, and arms each run with every seed, on the same prompts, proxy and
     settings. ``member`` is the single reward model of the baseline."""
 
-    proxy: str  # an ensemble proxy of the study (Coste et al.: 5 members, 25% label noise)
-    member: Annotated[int, Field(ge=0)] = 0
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=3)
-    bon: MitigationBonConfig | None = Field(default_factory=MitigationBonConfig)
-    rl: list[MitigationRunConfig] = Field(default_factory=list)
-    reference_samples: PosInt = 4  # pi0 samples per training prompt for LSC, PAR and Quark
-    settings: RLConfig = Field(default_factory=RLConfig)
+    proxy: str = Field(
+        description="an ensemble proxy of the study (Coste et al.: 5 members, 25% label noise)"
+    )
+    member: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="the member that is the baseline's single reward model"
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=3,
+        description="seeds every arm runs with (intervals are over them)",
+    )
+    bon: MitigationBonConfig | None = Field(
+        default_factory=MitigationBonConfig, description="best-of-n selection variants; null: none"
+    )
+    rl: list[MitigationRunConfig] = Field(default_factory=list, description="the RL arms")
+    reference_samples: PosInt = Field(
+        default=4, description="initial-policy samples per training prompt for LSC, PAR and Quark"
+    )
+    settings: RLConfig = Field(
+        default_factory=RLConfig, description="the RL settings every arm shares"
+    )
 
     @field_validator("seeds")
     @classmethod

@@ -74,26 +74,51 @@ class DAAConfig(Strict):
     dropout (the policy is trained in eval mode, as TRL does by default).
     """
 
-    loss: str = "dpo"
-    beta: PosFloat = 0.1
-    label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)] | None = None
-    gamma: Annotated[float, Field(ge=0.0)] | None = None
-    eta: Annotated[float, Field(ge=0.0)] | None = None
-    lr: PosFloat = 3e-4  # suits the built-in 0.6M-parameter policy; large models need ~1e-6
-    batch_size: PosInt = 32  # pairs per micro-batch
-    grad_accum: PosInt = 1  # micro-batches per optimizer step
-    epochs: PosFloat = 1.0
-    warmup: Annotated[int, Field(ge=0)] = 0  # optimizer steps of linear warm-up, then constant
-    max_grad_norm: PosFloat | None = 10.0
+    loss: str = Field(
+        default="dpo", description="the DAA loss by registry name (dpo, ipo, slic, ...)"
+    )
+    beta: PosFloat = Field(default=0.1, description="the loss's beta (the KL budget)")
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)] | None = Field(
+        default=None, description="cDPO label smoothing; None: the loss's default"
+    )
+    gamma: Annotated[float, Field(ge=0.0)] | None = Field(
+        default=None, description="SimPO margin; None: the loss's default"
+    )
+    eta: Annotated[float, Field(ge=0.0)] | None = Field(
+        default=None, description="RPO weight of the NLL term; None: the loss's default"
+    )
+    lr: PosFloat = Field(
+        default=3e-4,
+        description=(
+            "AdamW learning rate (suits the built-in 0.6M-parameter policy; large models need "
+            "~1e-6)"
+        ),
+    )
+    batch_size: PosInt = Field(default=32, description="pairs per micro-batch")
+    grad_accum: PosInt = Field(default=1, description="micro-batches per optimiser step")
+    epochs: PosFloat = Field(default=1.0, description="passes over the pairs")
+    warmup: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="optimiser steps of linear warm-up, then constant"
+    )
+    max_grad_norm: PosFloat | None = Field(
+        default=10.0, description="gradient norm clip; None: no clipping"
+    )
     eval_at: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
-        default_factory=lambda: [0.0, 0.125, 0.25, 0.5, 0.75, 1.0]
-    )  # fractions of the first epoch
-    eval_prompts: PosInt = 64  # read by daa_evaluator
-    eval_samples_per_prompt: PosInt = 4  # read by daa_evaluator
-    topk: PosInt = DEFAULT_K  # k of the likelihood indicators
-    likelihood_samples_per_prompt: PosInt = 1  # own samples per eval prompt for the indicators
-    bf16: bool = False
-    seed: int = 0
+        default_factory=lambda: [0.0, 0.125, 0.25, 0.5, 0.75, 1.0],
+        description="evaluation points as fractions of the first epoch",
+    )
+    eval_prompts: PosInt = Field(default=64, description="held-out prompts per evaluation")
+    eval_samples_per_prompt: PosInt = Field(default=4, description="samples per held-out prompt")
+    topk: PosInt = Field(
+        default=DEFAULT_K, description="k of the likelihood indicators (Shi et al. 2024)"
+    )
+    likelihood_samples_per_prompt: PosInt = Field(
+        default=1, description="own samples per evaluation prompt for the indicators"
+    )
+    bf16: bool = Field(
+        default=False, description="autocast the training forward passes to bfloat16"
+    )
+    seed: int = Field(default=0, description="seed of data order and sampling")
 
     @field_validator("loss")
     @classmethod

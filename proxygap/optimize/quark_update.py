@@ -36,11 +36,13 @@ class QuarkSettings(Strict):
     explorations).
     """
 
-    k: int = Field(5, ge=2)  # reward quantiles = control tokens
-    kl_coef: NonNegFloat = 0.05  # beta of KL(pi || pi0)
-    entropy_coef: NonNegFloat = 0.0
-    updates_per_step: PosInt = 1
-    batch_size: PosInt | None = None  # pool examples per update; None: the RL batch size
+    k: int = Field(5, ge=2, description="reward quantiles = control tokens (Lu et al. 2022)")
+    kl_coef: NonNegFloat = Field(default=0.05, description="beta of KL(pi || pi0)")
+    entropy_coef: NonNegFloat = Field(default=0.0, description="weight of the entropy bonus")
+    updates_per_step: PosInt = Field(default=1, description="updates between explorations")
+    batch_size: PosInt | None = Field(
+        default=None, description="pool examples per update; None: the RL batch size"
+    )
 
 
 def encode_responses(

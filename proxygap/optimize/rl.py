@@ -58,11 +58,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import model_validator
 from transformers import PreTrainedModel
 
 from proxygap.estimators.kl import sequence_kl
@@ -85,97 +84,13 @@ from proxygap.optimize.ppo_update import (
     packed_values,
     update,
 )
+from proxygap.optimize.rl_config import RLConfig
 from proxygap.optimize.rl_hooks import RLHooks
 from proxygap.optimize.rollout import ADVANTAGES, PromptStream, Rollout, per_token_kl, token_rewards
 from proxygap.sampling.generate import decode_responses, encode_prompts, sample
-from proxygap.schema import (
-    NonNegFloat,
-    NonNegInt,
-    OpenUnitFloat,
-    PosFloat,
-    PosInt,
-    Strict,
-    UnitFloat,
-)
 from proxygap.seeds import step_seed
 
 __all__ = ["RLConfig", "rl_evaluator", "train_rl"]
-
-
-class RLConfig(Strict):
-    """Hyperparameters of :func:`train_rl`, validated on construction (errors name the field).
-
-    Defaults: RLOO (Ahmadian et al. 2024) with 32 prompts x 4 samples, Adam lr 5e-5, no KL
-    penalty; PPO settings from Ziegler et al. 2019 / Schulman et al. 2017 (clip 0.2, GAE gamma 1,
-    lambda 0.95, value clip 0.2, adaptive KL horizon 10000). Deviations: the policy loss is a
-    token mean over the optimiser step (``loss_aggregation="token_mean"``, DAPO, TRL's default)
-    where GRPO as written averages per sequence first (``"seq_mean"``); for RLOO the token mean
-    gives REINFORCE's gradient ``sum_i A_i grad log pi(y_i)`` up to a constant factor per batch.
-    One optimiser step per rollout keeps RLOO and GRPO on-policy (ratio 1, no clipping).
-    """
-
-    algo: Literal["ppo", "grpo", "rloo"] = "rloo"
-    steps: PosInt = 200
-    prompts_per_step: PosInt = 32
-    group_size: PosInt = 4  # samples per prompt (GRPO/RLOO need >= 2)
-    lr: PosFloat = 5e-5
-    adam_betas: tuple[UnitFloat, UnitFloat] = (0.9, 0.999)
-    adam_eps: PosFloat = 1e-8
-    weight_decay: NonNegFloat = 0.0
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: NonNegInt = 0
-    kl_coef: NonNegFloat = 0.0  # beta (initial beta for the adaptive controller)
-    kl_estimator: Literal["k1", "k2", "k3"] | None = None  # None: k1 in the reward, k3 in the loss
-    kl_mode: Literal["reward", "loss"] = "reward"
-    kl_controller: Literal["fixed", "adaptive"] = "fixed"
-    kl_target: PosFloat = 6.0  # nats (Ziegler et al. 2019)
-    kl_horizon: PosFloat = 10_000.0  # samples (Ziegler et al. 2019)
-    minibatch_size: PosInt | None = None  # most rows per forward pass; None: the whole rollout
-    grad_accum: PosInt = 1  # optimiser step = minibatch_size x grad_accum rows
-    forward_tokens: PosInt = 2048  # most padded tokens per forward pass (speed/memory only)
-    ppo_epochs: PosInt = 1
-    clip: OpenUnitFloat = 0.2
-    vf_coef: NonNegFloat = 0.1
-    value_clip: PosFloat = 0.2
-    gamma: UnitFloat = 1.0
-    lam: UnitFloat = 0.95
-    max_grad_norm: PosFloat | None = 1.0
-    loss_aggregation: Literal["token_mean", "seq_mean"] = "token_mean"
-    bf16: bool = False  # autocast the training forward passes to bfloat16
-    temperature: PosFloat = 1.0
-    max_new_tokens: PosInt | None = None  # None: the evaluator's (the task's default)
-    eval_every: PosInt = 10
-    eval_prompts: PosInt = 64
-    eval_samples_per_prompt: PosInt = 4
-    checkpoint_every: NonNegInt = 0  # 0: never
-    sample_batch_size: PosInt = 512
-    seed: int = 0
-
-    @property
-    def batch_size(self) -> int:
-        """Responses per step, ``prompts_per_step * group_size``."""
-        return self.prompts_per_step * self.group_size
-
-    @property
-    def estimator(self) -> str:
-        """The KL estimator optimised: ``kl_estimator``, else k1 in the reward, k3 in the loss."""
-        return self.kl_estimator or ("k1" if self.kl_mode == "reward" else "k3")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> RLConfig:
-        if self.algo in ("grpo", "rloo") and self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 for {self.algo}, got {self.group_size}")
-        micro = self.minibatch_size or self.batch_size
-        if self.batch_size % (micro * self.grad_accum):
-            raise ValueError(
-                f"minibatch_size x grad_accum = {micro} x {self.grad_accum} must divide "
-                f"prompts_per_step x group_size = {self.batch_size}"
-            )
-        if self.kl_controller == "adaptive" and self.kl_coef == 0:
-            raise ValueError("kl_coef must be > 0 with kl_controller 'adaptive' (0 never moves)")
-        if self.kl_controller == "adaptive" and self.batch_size * 0.2 >= self.kl_horizon:
-            raise ValueError(f"kl_horizon must exceed 0.2 x batch size = {self.batch_size * 0.2}")
-        return self
 
 
 def rl_evaluator(
