@@ -45,17 +45,29 @@ def run(
         bool, typer.Option(help="delete an existing run folder of another config and start over")
     ] = False,
 ) -> None:
-    """Run (or resume) a study and write its run folder and report."""
+    """Run (or resume) a study and write its run folder and report.
+
+    Exits 2 with a message naming the file, field or value for a mistake in the config or the
+    inputs (found before the run folder is made or touched) and for a run that stops on NaN."""
     from proxygap.config import ConfigError, builtin_config_path, load_config
-    from proxygap.data.preferences import PreferenceFileError
+    from proxygap.data.jsonl import DataFileError
+    from proxygap.models.device import DeviceError
     from proxygap.models.loading import ModelLoadError
     from proxygap.store.run import RunFolderError
+    from proxygap.study.context import SetupError
+    from proxygap.tasks.gold import GoldError
 
+    user_errors = (
+        ConfigError, DataFileError, ModelLoadError, RunFolderError, DeviceError, GoldError,
+        SetupError,
+    )  # fmt: skip
     try:
-        path = Path(config) if config and Path(config).exists() else None
-        cfg = load_config(path or builtin_config_path(config or "demo"))
+        name = config or "demo"
+        # a name with a folder or a YAML suffix is a file; a bare name may be a shipped config
+        is_file = Path(name).exists() or Path(name).suffix in (".yaml", ".yml") or "/" in name
+        cfg = load_config(Path(name) if is_file else builtin_config_path(name))
         out = run_and_report(cfg, runs_dir, restart=restart, log=console.print)
-    except (ConfigError, PreferenceFileError, ModelLoadError, RunFolderError) as err:
+    except user_errors as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
     except FloatingPointError as err:  # NaN or inf in scores, rewards or losses

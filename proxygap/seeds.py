@@ -25,6 +25,8 @@ STUDY_STREAMS: dict[str, int] = {
     "mitigation_bon_prompts": 11,  # best-of-n prompts of the mitigation study
     "detect_train_prompts": 12,  # training prompts of the detection corpus
     "detect_eval": 13,  # held-out prompts and samples of the detection corpus's evaluator
+    "gold_probe": 14,  # base-policy samples gold must tell apart before a run starts
+    "prompt_split": 15,  # training / held-out split of a task's prompt file
     "mitigation_bon_pool": 100,  # + the study seed index: one pool per seed
 }
 """Purpose -> offset of ``study_seed`` (``1000 * seed + offset``)."""

@@ -68,7 +68,7 @@ def test_minimal_config_takes_documented_defaults() -> None:
             name="study_2.b",
             seed=17,
             bon=None,
-            preferences={"n_pairs": 500, "file": "pairs.jsonl", "max_new_tokens": 12},
+            preferences={"n_pairs": 500, "max_new_tokens": 12},
             proxies=[
                 {"name": "a", "n_pairs": 500, "labels": "bradley_terry", "bt_temperature": 0.5},
                 {
@@ -82,6 +82,11 @@ def test_minimal_config_takes_documented_defaults() -> None:
                 },
             ],
             runtime={"threads": 2},
+        ),
+        minimal(
+            task={"prompts": "p.txt", "policy": "lm", "gold": "mygold:score", "chat_template": True},
+            preferences={"file": "pairs.jsonl"},
+            runtime={"device": "cuda:1"},
         ),
     ],
 )
@@ -161,7 +166,10 @@ def test_demo_round_trips_through_a_file(tmp_path: Path) -> None:
         ({"name": "x"}, "  proxies: Field required"),
         (minimal(proxies=[]), "  proxies: List should have at least 1 item"),
         (minimal(seed="zero"), "  seed: Input should be a valid integer"),
-        (minimal(task={"name": "chess"}), "  task.name: Input should be 'reviews' (got 'chess')"),
+        (
+            minimal(task={"name": "chess"}),
+            "  task: name 'chess' is not a built-in task (built-in: ['reviews']); give prompts",
+        ),
         (minimal(bon={"examples_at": [1, 0]}), "  bon.examples_at.1: Input should be greater"),
         ([1, 2], "expected a mapping at the top level"),
         (None, "expected a mapping at the top level"),

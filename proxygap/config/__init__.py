@@ -9,12 +9,13 @@ the run folder records exactly what ran. The mitigation study's sections are in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from proxygap.config.detect import DetectConfig
+from proxygap.config.inputs import RuntimeConfig, TaskConfig, check_inputs
 from proxygap.config.mitigations import (
     ConstraintConfig,
     MitigationBonConfig,
@@ -48,42 +49,15 @@ __all__ = [
     "ProxyConfig",
     "RLRunConfig",
     "SFTConfig",
+    "RuntimeConfig",
     "StudyConfig",
     "Strict",
+    "TaskConfig",
 ]
 
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names every bad field."""
-
-
-class TaskConfig(Strict):
-    """Which task, and optionally which models replace its built-in ones (Hugging Face paths)."""
-
-    name: Literal["reviews"] = "reviews"
-    policy: str | None = None  # causal LM folder; None: the task's built-in base policy
-    tokenizer: str | None = None  # None: the policy's folder, else the task's tokenizer
-    gold: str | None = None  # sequence-classification folder; None: the task's gold function
-    trust_remote_code: bool = False
-
-
-class RuntimeConfig(Strict):
-    device: str = "cpu"
-    threads: PosInt | None = None  # torch threads; None: torch's default
-    sample_batch_size: PosInt = 1024
-    score_batch_size: PosInt = 2048
-    workers: PosInt = 1  # processes for independent runs (mitigation arms x seeds; Linux)
-
-    @model_validator(mode="after")
-    def _workers(self) -> RuntimeConfig:
-        # worker processes are forked: torch's thread pools and CUDA do not survive a fork
-        if self.workers > 1 and (self.threads != 1 or self.device != "cpu"):
-            raise ValueError(
-                f"workers: {self.workers} needs threads: 1 and device: cpu (got threads: "
-                f"{self.threads}, device: {self.device!r}); forked processes cannot share "
-                "torch thread pools or a GPU"
-            )
-        return self
 
 
 class MonitorConfig(Strict):
@@ -166,6 +140,7 @@ class StudyConfig(Strict):
                     f"proxies {names}"
                 )
         _check_targets(self)
+        check_inputs(self.preferences.file, self.proxies)
         needs = [
             f"mitigations.rl arm {a.name!r}"
             for a in (self.mitigations.rl if self.mitigations else [])

@@ -1,7 +1,8 @@
 """Gold-labelled preference pairs: labelling, label noise, and JSONL files.
 
-Files use the common ``{"prompt", "chosen", "rejected"}`` layout, one JSON object per line; the
-gold scores travel as the extra fields ``gold_chosen`` and ``gold_rejected``. Reading validates
+Files use the common ``{"prompt", "chosen", "rejected"}`` layout, one JSON object per line (or
+TRL's implicit-prompt and conversational layouts, :mod:`proxygap.data.formats`); gold scores
+travel as the optional extra fields ``gold_chosen`` and ``gold_rejected``. Reading validates
 every row and reports *all* problems with their line numbers.
 """
 
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
+from proxygap.data.formats import parse_row
+from proxygap.data.jsonl import DataFileError, json_lines, problems
 from proxygap.store.atomic import atomic_write_text
 
 
@@ -111,10 +114,34 @@ def label_pairs(
 
 
 def relabel(pairs: Pairs, **label_kwargs: object) -> Pairs:
-    """Relabel pairs that carry gold scores (e.g. with another noise rate or seed)."""
+    """Relabel pairs (e.g. with another noise rate or seed).
+
+    Pairs that carry gold scores are labelled again from them (:func:`label_pairs`). Pairs
+    without (a user's file: its labels are used as given) keep their order as the clean label,
+    and ``noise`` flips each with the same random draws :func:`label_pairs` makes, so pairs with
+    gold scores and no ties get the same labels either way; Bradley-Terry labels need scores.
+    """
     if pairs.gold_chosen is None or pairs.gold_rejected is None:
-        raise ValueError(
-            "these pairs carry no gold scores (gold_chosen/gold_rejected): cannot relabel"
+        mode = label_kwargs.get("mode", "deterministic")
+        if mode != "deterministic":
+            raise ValueError(
+                f"label mode {mode!r} draws labels from gold scores, and these pairs carry "
+                "none (gold_chosen/gold_rejected): their own labels can only be flipped"
+            )
+        noise = float(label_kwargs.get("noise", 0.0))  # type: ignore[arg-type]
+        seed = int(label_kwargs.get("seed", 0))  # type: ignore[call-overload]
+        ones = np.ones(len(pairs))
+        keep = gold_preferences(
+            ones, 0 * ones, noise=noise, rng=np.random.default_rng([seed, 104729])
+        )
+        return Pairs(
+            prompt=list(pairs.prompt),
+            chosen=[
+                c if k else r for c, r, k in zip(pairs.chosen, pairs.rejected, keep, strict=True)
+            ],
+            rejected=[
+                r if k else c for c, r, k in zip(pairs.chosen, pairs.rejected, keep, strict=True)
+            ],
         )
     return label_pairs(
         pairs.prompt,
@@ -142,7 +169,7 @@ def write_jsonl(pairs: Pairs, path: str | Path) -> None:
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
-class PreferenceFileError(ValueError):
+class PreferenceFileError(DataFileError):
     """A preference file that cannot be used; the message lists every bad line."""
 
 
@@ -159,85 +186,78 @@ DUPLICATE_POLICIES = ("error", "warn", "keep")
 
 
 def read_jsonl(path: str | Path, *, max_errors: int = 20, duplicates: str = "warn") -> Pairs:
-    """Read and validate a ``{prompt, chosen, rejected}`` JSONL file.
+    """Read and validate a preference JSONL file (:mod:`proxygap.data.formats` layouts).
 
-    Checks: valid JSON objects, the three keys present with string values, non-empty chosen and
-    rejected texts, chosen != rejected, optional gold fields finite numbers (all rows or none).
-    Exact duplicate rows reweight the data: ``duplicates="error"`` refuses them, ``"warn"``
-    (default) keeps them and warns with their count and line numbers, ``"keep"`` keeps them.
+    Checks: UTF-8 text, valid JSON objects, chosen and rejected present (prompt too, unless it is
+    implicit), non-empty chosen and rejected texts, chosen != rejected, optional gold fields finite
+    numbers (all rows or none). Exact duplicate rows reweight the data: ``duplicates="error"``
+    refuses them, ``"warn"`` (default) keeps them and warns with their count and line numbers,
+    ``"keep"`` keeps them. Raises :class:`PreferenceFileError` naming the file, the lines and
+    the fields.
     """
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
     repeated: list[str] = []
-    p = Path(path)
-    if not p.is_file():
-        raise PreferenceFileError(f"preference file {str(path)!r} does not exist")
     errors: list[str] = []
-    rows: list[dict[str, object]] = []
+    rows: list[tuple[str, str, str, dict[str, object]]] = []
     seen: dict[tuple[str, str, str], int] = {}
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
+    try:
+        lines = list(json_lines(path, "preference file"))
+    except DataFileError as err:
+        raise PreferenceFileError(str(err)) from None
+    for lineno, row, problem in lines:
+        if problem is not None:
+            errors.append(problem)
+            continue
+        if not isinstance(row, dict):
+            errors.append(f"line {lineno}: expected a JSON object, got {type(row).__name__}")
+            continue
+        parsed = parse_row(row, lineno)
+        if isinstance(parsed, str):
+            errors.append(parsed)
+            continue
+        prompt, chosen, rejected, _ = parsed
+        empty = [k for k, v in (("chosen", chosen), ("rejected", rejected)) if not v.strip()]
+        if empty:
+            errors.append(f"line {lineno}: empty text in {empty}")
+            continue
+        if chosen == rejected:
+            errors.append(f"line {lineno}: chosen and rejected are the same text")
+            continue
+        bad_gold = False
+        for k in ("gold_chosen", "gold_rejected"):
+            if k in row and not _finite_number(row[k]):
+                errors.append(f"line {lineno}: {k} must be a finite number, got {row[k]!r}")
+                bad_gold = True
+        if bad_gold:
+            continue
+        key = (prompt, chosen, rejected)
+        if key in seen:
+            msg = f"line {lineno}: duplicate of line {seen[key]}"
+            if duplicates == "error":
+                errors.append(msg)
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                errors.append(f"line {lineno}: not valid JSON ({err.msg})")
-                continue
-            if not isinstance(row, dict):
-                errors.append(f"line {lineno}: expected a JSON object, got {type(row).__name__}")
-                continue
-            missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
-            if missing:
-                errors.append(f"line {lineno}: missing key(s) {missing}")
-                continue
-            bad = [k for k in ("prompt", "chosen", "rejected") if not isinstance(row[k], str)]
-            if bad:
-                errors.append(f"line {lineno}: {bad} must be strings")
-                continue
-            empty = [k for k in ("chosen", "rejected") if not str(row[k]).strip()]
-            if empty:
-                errors.append(f"line {lineno}: empty text in {empty}")
-                continue
-            if row["chosen"] == row["rejected"]:
-                errors.append(f"line {lineno}: chosen and rejected are the same text")
-                continue
-            bad_gold = False
-            for k in ("gold_chosen", "gold_rejected"):
-                if k in row and not _finite_number(row[k]):
-                    errors.append(f"line {lineno}: {k} must be a finite number, got {row[k]!r}")
-                    bad_gold = True
-            if bad_gold:
-                continue
-            key = (str(row["prompt"]), str(row["chosen"]), str(row["rejected"]))
-            if key in seen:
-                msg = f"line {lineno}: duplicate of line {seen[key]}"
-                if duplicates == "error":
-                    errors.append(msg)
-                    continue
-                repeated.append(msg)
-            seen.setdefault(key, lineno)
-            rows.append(row)
+            repeated.append(msg)
+        seen.setdefault(key, lineno)
+        rows.append((prompt, chosen, rejected, row))
     if not rows and not errors:
         errors.append("the file holds no preference pairs")
-    has_gold = [("gold_chosen" in r and "gold_rejected" in r) for r in rows]
+    has_gold = [("gold_chosen" in r and "gold_rejected" in r) for *_, r in rows]
     if any(has_gold) and not all(has_gold):
         errors.append(
             f"gold_chosen/gold_rejected present on {sum(has_gold)} of {len(rows)} rows: "
             "give them on every row or on none"
         )
     if errors:
-        shown = "\n  ".join(errors[:max_errors])
-        more = f"\n  ... and {len(errors) - max_errors} more" if len(errors) > max_errors else ""
-        raise PreferenceFileError(f"{path}: {len(errors)} problem(s):\n  {shown}{more}")
+        raise PreferenceFileError(problems(path, errors, max_errors=max_errors))
     if repeated and duplicates == "warn":
         shown = "; ".join(repeated[:5]) + (" ..." if len(repeated) > 5 else "")
         warnings.warn(f"{path}: {len(repeated)} duplicate row(s) kept: {shown}", stacklevel=2)
-    gold = all(has_gold)
+    gold = bool(rows) and all(has_gold)
     return Pairs(
-        prompt=[str(r["prompt"]) for r in rows],
-        chosen=[str(r["chosen"]) for r in rows],
-        rejected=[str(r["rejected"]) for r in rows],
-        gold_chosen=np.array([r["gold_chosen"] for r in rows], dtype=np.float64) if gold else None,
-        gold_rejected=np.array([r["gold_rejected"] for r in rows], np.float64) if gold else None,
+        prompt=[r[0] for r in rows],
+        chosen=[r[1] for r in rows],
+        rejected=[r[2] for r in rows],
+        gold_chosen=np.array([r[3]["gold_chosen"] for r in rows], np.float64) if gold else None,
+        gold_rejected=np.array([r[3]["gold_rejected"] for r in rows], np.float64) if gold else None,
     )

@@ -13,6 +13,7 @@ from typing import cast
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -37,6 +38,22 @@ def _check_dir(path: str | Path, what: str) -> Path:
     return p
 
 
+CLASSIFIER_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+LM_HEADS = ("ForCausalLM", "LMHeadModel")
+
+
+def _architectures(p: Path, what: str, trust_remote_code: bool) -> list[str]:
+    """The model classes ``config.json`` names (empty if it names none)."""
+    try:
+        config = AutoConfig.from_pretrained(p, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"{what} path {str(p)!r} holds no usable config.json: {first}"
+        ) from None
+    return list(getattr(config, "architectures", None) or [])
+
+
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer at ``path``; a missing pad token is set to the eos token."""
     p = _check_dir(path, "tokenizer")
@@ -55,8 +72,18 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreT
 def load_policy(
     path: str | Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
 ) -> PreTrainedModel:
-    """A causal LM from ``path`` (safetensors weights), in eval mode."""
+    """A causal LM from ``path`` (safetensors weights), in eval mode. A folder whose config
+    names a classifier (a reward model given as the policy) is refused: loading it as a causal LM
+    would silently put a language-model head on it."""
     p = _check_dir(path, "policy")
+    heads = [
+        a for a in _architectures(p, "policy", trust_remote_code) if a.endswith(CLASSIFIER_HEADS)
+    ]
+    if heads:
+        raise ModelLoadError(
+            f"policy path {str(path)!r} holds a {heads[0]} (a classifier, e.g. a reward model); "
+            "the policy must be a causal language model"
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(
             p, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
@@ -69,8 +96,15 @@ def load_policy(
 def load_reward_model(
     path: str | Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
 ) -> PreTrainedModel:
-    """A sequence-classification model with one output (a scalar reward) from ``path``."""
+    """A sequence-classification model with one output (a scalar reward) from ``path``. A folder
+    whose config names a causal LM is refused: loading it would add a random, untrained head."""
     p = _check_dir(path, "reward model")
+    lms = [a for a in _architectures(p, "reward model", trust_remote_code) if a.endswith(LM_HEADS)]
+    if lms:
+        raise ModelLoadError(
+            f"reward model path {str(path)!r} holds a {lms[0]} (a language model); a reward "
+            "model or gold must be a sequence-classification model with one output"
+        )
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             p, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code

@@ -92,7 +92,7 @@ class PolicyEvaluator:
         """An evaluator on ``n_prompts`` prompts of a task, drawn with ``seed`` (use a seed the
         training prompts do not), scored by the task's gold; ``members`` and ``embed`` add the
         monitor's ensemble and latent signals."""
-        prompts = task.prompts(n_prompts, seed=seed)
+        prompts = task.prompts(n_prompts, seed=seed, heldout=True)
         return cls(
             ref=ref,
             tokenizer=tokenizer,

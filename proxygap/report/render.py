@@ -16,12 +16,13 @@ from proxygap.store.atomic import atomic_write_text
 from proxygap.study.results import ProxyResult, StudyResult
 
 
-def _setup_section(doc: Document, cfg: StudyConfig, gold_scale: float) -> None:
+def _setup_section(doc: Document, cfg: StudyConfig, gold_scale: float, data: str = "") -> None:
     bon = cfg.bon
     doc.add(Heading("Setup"))
     doc.add(
         Paragraph(
-            f"Task `{cfg.task.name}` (policy: `{cfg.task.policy or 'built-in'}`, gold: "
+            data
+            or f"Task `{cfg.task.name}` (policy: `{cfg.task.policy or 'built-in'}`, gold: "
             f"`{cfg.task.gold or 'built-in gold function'}`). Gold plays the human: it labels "
             f"{cfg.preferences.n_pairs} training pairs of base-policy samples (temperature "
             f"{cfg.preferences.temperature}) plus {cfg.preferences.n_heldout} held-out pairs; "
@@ -148,7 +149,7 @@ def write_report(study: StudyResult) -> None:
             f"wall time {fmt(extra.get('wall_seconds'), 1)} s (this invocation)."
         )
     )
-    _setup_section(doc, cfg, study.gold_scale)
+    _setup_section(doc, cfg, study.gold_scale, study.data)
     if results:
         curves = [r.curve for r in results]
         plot_bon(curves, run_dir / "plots" / "bon_gold_proxy.png")

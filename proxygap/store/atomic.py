@@ -1,19 +1,37 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
 
 A crash or a full disk mid-write leaves the previous file (or no file) in place, never a
-truncated one.
+truncated one. The temporary file is created with mode ``0o666`` filtered by the process's
+umask (``tempfile.mkstemp`` would make it ``0o600``), so outputs get the permissions any other
+file the user creates gets. A process killed mid-write leaves its ``.<name>.<random>.tmp``
+file behind: :func:`remove_stale_tmp` clears them when a run folder is resumed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+TMP_SUFFIX = ".tmp"
+
+
+def _new_tmp(target: Path) -> Path:
+    """A fresh, empty temporary file beside ``target`` (mode 0o666 & ~umask)."""
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {str(target)!r}")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
@@ -23,9 +41,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_tmp(target)
     try:
         write(tmp_path)
         with open(tmp_path, "rb") as fh:
@@ -34,6 +50,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_tmp(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files an interrupted :func:`atomic_write` left under
+    ``folder`` (recursively); return what was removed. Call it only while no other process
+    writes there (a run folder's lock is held)."""
+    removed = []
+    for p in sorted(Path(folder).rglob(f".*{TMP_SUFFIX}")):
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

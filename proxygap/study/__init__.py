@@ -39,7 +39,7 @@ from proxygap.study.bon import (
 )
 from proxygap.study.context import StudyContext, reference_texts, setup
 from proxygap.study.daa import stage_daa
-from proxygap.study.data import stage_preferences, stage_proxy
+from proxygap.study.data import describe_data, stage_preferences, stage_proxy
 from proxygap.study.detect import stage_detect
 from proxygap.study.mitigations import stage_mitigations
 from proxygap.study.results import ProxyResult, StudyResult
@@ -55,13 +55,21 @@ def run_study(
     :func:`proxygap.report.render.write_report`)."""
     t_start = time.perf_counter()
     ctx = setup(cfg, Path(runs_root), restart=restart, log=log)
+    try:
+        return _stages(ctx, t_start)
+    finally:
+        ctx.run.close()  # the run folder's lock
+
+
+def _stages(ctx: StudyContext, t_start: float) -> StudyResult:
+    cfg, log = ctx.cfg, ctx.log
     if ctx.run.resumed:
         log(f"resuming {ctx.run.dir}")
-    train, held = stage_preferences(ctx)
-    ctx.use_heldout(held)
+    train, _ = stage_preferences(ctx)
     for proxy in cfg.proxies:
         stage_proxy(ctx, proxy, train)
     out = StudyResult(cfg, ctx.run.dir, ctx.gold_scale, timings=ctx.timings)
+    out.data = describe_data(ctx)
     if cfg.bon is not None:
         prompts, responses = stage_pool(ctx)
         scores = stage_scores(ctx, prompts, responses)

@@ -29,7 +29,9 @@ def stage_pool(ctx: StudyContext) -> tuple[list[str], list[str]]:
     bon = ctx.cfg.bon
     assert bon is not None
     path = ctx.run.path("pool.jsonl")
-    prompts = ctx.task.prompts(bon.n_prompts, seed=study_seed(ctx.cfg.seed, "bon_prompts"))
+    prompts = ctx.task.prompts(
+        bon.n_prompts, seed=study_seed(ctx.cfg.seed, "bon_prompts"), heldout=True
+    )
     if ctx.run.done("pool"):
         with path.open(encoding="utf-8") as fh:
             responses = [json.loads(line)["response"] for line in fh]
@@ -57,7 +59,9 @@ def stage_scores(
     ctx: StudyContext, prompts: list[str], responses: list[str]
 ) -> dict[str, np.ndarray]:
     """Raw scores: ``gold`` (P, N), ``ref_gold`` (M,), and per proxy ``<name>`` (P, N, K) and
-    ``ref:<name>`` (M, K) on the M base-policy reference samples."""
+    ``ref:<name>`` (M, K) on the M base-policy reference samples, and ``held:<name>`` (2H, K) on
+    the H held-out pairs' chosen then rejected texts when those are not the reference samples
+    (a preference file)."""
     path = ctx.run.path("scores.npz")
     if ctx.run.done("scores"):
         with np.load(path) as z:
@@ -70,13 +74,16 @@ def stage_scores(
     pool_texts = ctx.task.join(pool_prompts, responses)
     out: dict[str, np.ndarray] = {
         "gold": ctx.gold_fn(pool_texts).reshape(P, N),
-        "ref_gold": np.concatenate([held.gold_chosen, held.gold_rejected]),
+        "ref_gold": ctx.reference_gold,
     }
+    held_texts = ctx.task.join(held.prompt + held.prompt, held.chosen + held.rejected)
     for proxy in ctx.cfg.proxies:
         scorer = proxy_scorer(ctx, proxy.name)
         pool = scorer.raw(pool_texts, progress=f"score pool with {proxy.name}")
         out[proxy.name] = pool.reshape(P, N, -1)
         out[f"ref:{proxy.name}"] = scorer.reference
+        if not ctx.reference_is_heldout:
+            out[f"held:{proxy.name}"] = scorer.raw(held_texts)
     for key, value in out.items():
         bad = ~np.isfinite(value)
         if bad.any():
@@ -114,8 +121,12 @@ def analyse(
     for proxy in ctx.cfg.proxies:
         select, ref = normalised(scores, proxy)
         curve = bon_curve(proxy.name, select, gold, ns=ns)
+        pairs = ref  # the held-out pairs' texts, when they are the reference samples
+        if f"held:{proxy.name}" in scores:
+            centred = scores[f"held:{proxy.name}"] - scores[f"ref:{proxy.name}"].mean(axis=0)
+            pairs = aggregate_members(centred, proxy.aggregation, lam=proxy.uwo_lambda)
         acc = pairwise_accuracy(
-            ref[:M], ref[M:], np.asarray(held.gold_chosen), np.asarray(held.gold_rejected)
+            pairs[:M], pairs[M:], np.asarray(held.gold_chosen), np.asarray(held.gold_rejected)
         )
         rho = float(spearmanr(ref, scores["ref_gold"]).statistic)
         info = ctx.run.stage_info(f"proxy:{proxy.name}")

@@ -71,7 +71,9 @@ def _pool(
     if ctx.run.done(stage):
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    prompts = ctx.task.prompts(b.n_prompts, seed=study_seed(ctx.cfg.seed, "mitigation_bon_prompts"))
+    prompts = ctx.task.prompts(
+        b.n_prompts, seed=study_seed(ctx.cfg.seed, "mitigation_bon_prompts"), heldout=True
+    )
     N = b.pool_size
     responses = sample_responses(
         ctx,

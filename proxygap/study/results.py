@@ -88,6 +88,7 @@ class StudyResult:
     config: StudyConfig
     dir: Path  # the run folder
     gold_scale: float  # gold's standard deviation over base-policy samples (raw units)
+    data: str = ""  # how the task, gold and pairs were set up, in words (the report's setup)
     proxies: list[ProxyResult] = field(default_factory=list)  # best-of-n, one per proxy
     picks: list[dict[str, Any]] = field(default_factory=list)  # best-of-n examples
     timings: dict[str, float] = field(default_factory=dict)  # wall time, well-formed shares

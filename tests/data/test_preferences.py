@@ -183,10 +183,23 @@ def test_relabel_noise_zero_equals_deterministic_labelling() -> None:
     np.testing.assert_array_equal(clean.gold_rejected, reference.gold_rejected)
 
 
-def test_relabel_requires_gold() -> None:
-    pairs = Pairs(prompt=["p"], chosen=["a"], rejected=["b"])
-    with pytest.raises(ValueError, match="carry no gold scores"):
-        relabel(pairs)
+def test_relabel_without_gold_flips_the_given_labels_as_labelling_with_gold_would() -> None:
+    """Pairs without gold scores keep their own order as the clean label; ``noise`` flips the
+    same rows that labelling the same pairs from (tie-free) gold scores flips."""
+    prompts, a, b, ga, gb = synthetic(2_000, seed=4)
+    with_gold = label_pairs(prompts, a, b, ga, gb)
+    bare = Pairs(with_gold.prompt, with_gold.chosen, with_gold.rejected)
+    for noise, seed in [(0.0, 0), (0.25, 3), (0.5, 9)]:
+        got = relabel(bare, noise=noise, seed=seed)
+        want = relabel(with_gold, noise=noise, seed=seed)
+        assert (got.chosen, got.rejected) == (want.chosen, want.rejected)
+        assert got.gold_chosen is None
+    flipped = np.mean(
+        [c != c0 for c, c0 in zip(relabel(bare, noise=0.25, seed=1).chosen, bare.chosen)]
+    )
+    assert abs(flipped - 0.25) < four_sigma(0.25, 2_000)
+    with pytest.raises(ValueError, match="label mode 'bradley_terry' draws labels from gold"):
+        relabel(bare, mode="bradley_terry")
 
 
 def test_subset_keeps_rows_aligned() -> None:
@@ -274,12 +287,12 @@ def row(**kw: object) -> str:
     ("lines", "message"),
     [
         ([row(rejected=MISSING)], "line 1: missing key(s) ['rejected']"),
-        ([row(prompt=MISSING, chosen=MISSING)], "line 1: missing key(s) ['prompt', 'chosen']"),
+        ([row(prompt=MISSING, chosen=MISSING)], "line 1: missing key(s) ['chosen']"),
         ([row(chosen=3)], "line 1: ['chosen'] must be strings"),
         ([row(prompt=None)], "line 1: ['prompt'] must be strings"),
         ([row(rejected="   ")], "line 1: empty text in ['rejected']"),
         ([row(chosen="")], "line 1: empty text in ['chosen']"),
-        (['{"prompt": "p", "chosen": '], "line 1: not valid JSON (Expecting value)"),
+        (['{"prompt": "p", "chosen": '], "line 1: not valid JSON (Expecting value, column 27)"),
         (["[1, 2]"], "line 1: expected a JSON object, got list"),
         (['"text"'], "line 1: expected a JSON object, got str"),
         ([row(), row(), row()], "line 2: duplicate of line 1"),
@@ -354,8 +367,8 @@ def test_read_jsonl_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.jsonl"
     with pytest.raises(PreferenceFileError, match="does not exist"):
         read_jsonl(path)
-    with pytest.raises(PreferenceFileError, match="does not exist"):
-        read_jsonl(tmp_path)  # a folder is not a file
+    with pytest.raises(PreferenceFileError, match="is a folder, not a file"):
+        read_jsonl(tmp_path)
 
 
 def test_read_jsonl_reports_all_errors_with_line_numbers(tmp_path: Path) -> None:

@@ -50,11 +50,10 @@ def test_run_folder_writes_config_digest_and_versions(tmp_path: Path) -> None:
     assert info["proxygap"] == "0.1.0"
     assert {"python", "platform", "git_revision", "torch_threads"} <= set(info)
     assert isinstance(info["torch_threads"], int) and info["torch_threads"] >= 1
-    assert sorted(p.name for p in run.dir.iterdir()) == [
-        "config.digest",
-        "config.yaml",
-        "versions.json",
-    ]
+    assert sorted(p.name for p in run.dir.iterdir()) == FRESH
+
+
+FRESH = [".lock", "config.digest", "config.yaml", "inputs.json", "versions.json"]
 
 
 def test_config_digest_tracks_content() -> None:
@@ -64,14 +63,18 @@ def test_config_digest_tracks_content() -> None:
     assert config_digest(_data(small_cfg())) == config_digest(_data(small_cfg(seed=0)))
 
 
-def test_config_text_and_digest_match_the_config_dump() -> None:
-    """Folders made before the run folder took plain data keep their digest (they resume)."""
+def test_config_text_matches_the_config_dump_and_settings_without_effect_are_left_out() -> None:
     cfg = small_cfg(runtime={"workers": 3, "threads": 1})
     assert config_text(_data(cfg)) == dump_config(cfg)
-    same = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"workers": 1})})
-    old = hashlib.sha256(dump_config(same).encode()).hexdigest()[:16]
-    one = small_cfg(runtime={"threads": 1})
-    assert config_digest(_data(cfg)) == old == config_digest(_data(one))
+    # workers and threads change how a run goes, not its numbers; the device index neither
+    same = [small_cfg(), small_cfg(runtime={"threads": 2}), small_cfg(runtime={"workers": 1})]
+    assert len({config_digest(_data(c)) for c in [cfg, *same]}) == 1
+    data = _data(small_cfg())
+    assert config_digest({**data, "report": {"anything": 1}}) == config_digest(data)
+    cuda = [{**data, "runtime": {**data["runtime"], "device": d}} for d in ("cuda:0", "cuda:1")]
+    assert config_digest(cuda[0]) == config_digest(cuda[1]) != config_digest(data)
+    # the inputs' content hashes are part of the digest
+    assert config_digest(data, {"task.policy": "a"}) != config_digest(data, {"task.policy": "b"})
 
 
 def test_reopening_with_the_same_config_resumes(tmp_path: Path) -> None:
@@ -127,11 +130,7 @@ def test_restart_clears_a_folder_without_a_digest(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "junk.txt").write_text("x")
     run = _open(tmp_path, small_cfg(), restart=True)
-    assert sorted(p.name for p in run.dir.iterdir()) == [
-        "config.digest",
-        "config.yaml",
-        "versions.json",
-    ]
+    assert sorted(p.name for p in run.dir.iterdir()) == FRESH
 
 
 @pytest.mark.parametrize("name", ["../evil", "sub/../../evil", "..", ".", "", "/tmp/evil"])

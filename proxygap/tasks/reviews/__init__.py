@@ -5,12 +5,20 @@ from proxygap.tasks.reviews.build import ASSETS
 from proxygap.tasks.reviews.gold import COMPONENTS, gold_score, wellformed
 from proxygap.tasks.reviews.grammar import sample_prompts
 
+
+def prompts(n: int, *, seed: int, heldout: bool = False) -> list[str]:
+    """``n`` grammar prompts drawn with ``seed``. The grammar is the prompt distribution itself:
+    training and held-out prompts are draws from separate seed streams (``heldout`` changes
+    nothing)."""
+    return sample_prompts(n, seed=seed)
+
+
 TASK = Task(
     name="reviews",
     policy_path=ASSETS,
     tokenizer_path=ASSETS,
     gold=gold_score,
-    prompts=sample_prompts,
+    prompts=prompts,
     wellformed=wellformed,
     components=COMPONENTS,
     separator=" ",

@@ -1,0 +1,164 @@
+"""The config sections that name a study's inputs: the task (built-in, or made from the user's
+files) and where the study runs (device, threads, batch sizes), and the checks across sections
+that concern them.
+
+Paths are checked when the study starts (:func:`proxygap.study.context.setup`), before a run
+folder is made; here the fields are checked for what the config alone tells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+
+from proxygap.models.device import DEVICE_PATTERN
+from proxygap.schema import PosInt, Strict, safe_name
+
+__all__ = ["RuntimeConfig", "TaskConfig", "check_inputs"]
+
+
+class TaskConfig(Strict):
+    """Which task, and which models replace its own (Hugging Face folders).
+
+    Without ``prompts``: the built-in task ``name``, optionally with another ``policy``
+    (``tokenizer``) and ``gold``. With ``prompts``: a task of the user's own, named ``name``
+    (default ``custom``), which needs ``policy`` and ``gold``.
+    """
+
+    name: str = Field(
+        default="reviews",
+        description=(
+            "built-in task (its prompts, gold, tokenizer and base policy), or the name of a task "
+            "of your own (with prompts; default custom)"
+        ),
+    )
+    prompts: str | None = Field(
+        default=None,
+        description=(
+            'prompt file for a task of your own: .jsonl of {"prompt": ...} or text, one prompt '
+            "a line"
+        ),
+    )
+    heldout_prompts: Annotated[float, Field(gt=0)] = Field(
+        default=0.2,
+        description=(
+            "prompts held out for evaluation (best-of-n, policy evaluators): a share (< 1) or a "
+            "number; split by the study seed, recorded in task.json"
+        ),
+    )
+    policy: str | None = Field(
+        default=None,
+        description=(
+            "causal LM folder (Hugging Face format) used as the base policy; None: the task's "
+            "built-in base policy"
+        ),
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        description="tokenizer folder; None: the policy's folder, else the task's tokenizer",
+    )
+    gold: str | None = Field(
+        default=None,
+        description=(
+            "sequence-classification model folder, or module:function called as "
+            "f(prompts, responses) -> list of floats; None: the task's gold function"
+        ),
+    )
+    chat_template: bool = Field(
+        default=False,
+        description="wrap each prompt in the tokenizer's chat template (a task of your own)",
+    )
+    separator: str = Field(
+        default=" ", description="between prompt and response (without a chat template)"
+    )
+    max_new_tokens: PosInt | None = Field(
+        default=None, description="response length in tokens; None: the task's (your own: 64)"
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description=(
+            "allow model folders to run their own code on load (off: safetensors and "
+            "transformers' classes only)"
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("prompts") and "name" not in data:
+            return {**data, "name": "custom"}
+        return data
+
+    @model_validator(mode="after")
+    def _kind(self) -> TaskConfig:
+        from proxygap.tasks import TASKS
+
+        safe_name(self.name, "task name")
+        if self.prompts is None:
+            if self.name not in TASKS:
+                raise ValueError(
+                    f"name {self.name!r} is not a built-in task (built-in: {sorted(TASKS)}); "
+                    "give prompts (a prompt file) for a task of your own"
+                )
+            if self.chat_template:
+                raise ValueError(
+                    "chat_template applies to a task of your own (task.prompts); the built-in "
+                    "tasks have no chat format"
+                )
+            return self
+        missing = [k for k in ("policy", "gold") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(
+                f"a task from a prompt file (task.prompts) needs {' and '.join(missing)}: the "
+                "policy a causal LM folder, the gold a sequence-classification folder or "
+                "module:function"
+            )
+        if self.name in TASKS:
+            raise ValueError(
+                f"task name {self.name!r} is a built-in task's; a task from a prompt file needs "
+                "a name of its own (or none: custom)"
+            )
+        return self
+
+
+class RuntimeConfig(Strict):
+    """Where and how the study runs. ``threads`` and ``workers`` change no result (a run folder
+    resumes when they change); ``device`` is checked against this machine before anything is
+    written."""
+
+    device: str = Field(default="cpu", description="auto | cpu | cuda | cuda:N")
+    threads: PosInt | None = Field(default=None, description="torch threads; None: its default")
+    sample_batch_size: PosInt = 1024
+    score_batch_size: PosInt = 2048
+    workers: PosInt = Field(
+        default=1, description="processes for independent runs (mitigation arms x seeds; Linux)"
+    )
+
+    @model_validator(mode="after")
+    def _workers(self) -> RuntimeConfig:
+        if not DEVICE_PATTERN.match(self.device):
+            raise ValueError(
+                f"device {self.device!r} is not a device: use auto, cpu, cuda or cuda:N"
+            )
+        # worker processes are forked: torch's thread pools and CUDA do not survive a fork
+        if self.workers > 1 and (self.threads != 1 or self.device != "cpu"):
+            raise ValueError(
+                f"workers: {self.workers} needs threads: 1 and device: cpu (got threads: "
+                f"{self.threads}, device: {self.device!r}); forked processes cannot share "
+                "torch thread pools or a GPU"
+            )
+        return self
+
+
+def check_inputs(preference_file: str | None, proxies: Sequence[Any]) -> None:
+    """Checks across sections about the inputs (raise ValueError naming the fields)."""
+    if preference_file is not None:
+        bt = [p.name for p in proxies if p.labels == "bradley_terry"]
+        if bt:
+            raise ValueError(
+                f"proxies {bt} draw Bradley-Terry labels from gold scores, but the pairs of "
+                f"preferences.file {preference_file!r} keep the file's own labels: use "
+                "labels: deterministic (label_noise still flips them)"
+            )
