@@ -1,0 +1,119 @@
+"""The detection study end to end on a tiny corpus: every run written, labels and detectors
+computed from the histories, held-out splits respected, a resumed run identical."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from proxygap.cli import run_and_report
+from proxygap.config import ConfigError, parse_config
+from proxygap.monitor.benchmark import label_points
+from proxygap.monitor.detector import Detector
+
+TINY = {
+    "name": "detect-tiny",
+    "seed": 0,
+    "task": {"name": "reviews"},
+    "preferences": {"n_pairs": 200, "n_heldout": 40},
+    "proxies": [
+        {"name": "rm", "n_pairs": 200, "epochs": 1},
+        {"name": "ens", "n_pairs": 200, "ensemble": 2, "epochs": 1, "seed": 2},
+    ],
+    "bon": None,
+    "detect": {
+        "monitor_proxy": "ens",
+        "seeds": [0, 1, 2],
+        "test_seeds": [2],
+        "test_families": ["gold"],
+        "families": [
+            {"name": "hot", "reward": "rm", "settings": {"lr": 3.0e-3}},
+            {"name": "gold", "reward": "gold_noisy", "noise": 0.3},
+        ],
+        "settings": {
+            "steps": 6, "prompts_per_step": 4, "group_size": 2, "eval_every": 2,
+            "eval_prompts": 6, "eval_samples_per_prompt": 2,
+        },
+    },
+    "runtime": {"threads": 1},
+}  # fmt: skip
+
+
+def _history(run: Path, family: str, seed: int) -> list[dict[str, float]]:
+    return json.loads((run / "detect" / family / f"seed-{seed}" / "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def detect_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    return run_and_report(parse_config(TINY), root, log=lambda *_: None)
+
+
+def test_every_run_has_its_history_with_the_monitor_signals(detect_run: Path) -> None:
+    for family in ("hot", "gold"):
+        for seed in (0, 1, 2):
+            h = json.loads(
+                (detect_run / "detect" / family / f"seed-{seed}" / "history.json").read_text()
+            )
+            assert [r["step"] for r in h] == [0, 2, 4, 6]
+            for key in ("signal/entropy", "signal/proxy_std", "signal/ensemble_std", "d"):
+                assert all(np.isfinite(r[key]) for r in h), key
+            # at step 0 the policy's samples are the initial policy's own (same seed): of the 12,
+            # only the farthest lies beyond their 95% quantile (interpolated below the maximum)
+            assert h[0]["signal/outlier_rate"] == pytest.approx(1 / 12)
+
+
+def test_summary_counts_the_corpus_from_the_histories(detect_run: Path) -> None:
+    summary = json.loads((detect_run / "detect" / "summary.json").read_text())
+    assert summary["corpus"]["runs"] == 6
+    over = 0
+    for family in ("hot", "gold"):
+        for seed in (0, 1, 2):
+            h = json.loads(
+                (detect_run / "detect" / family / f"seed-{seed}" / "history.json").read_text()
+            )
+            over += label_points(h).drop is not None
+    assert summary["corpus"]["overoptimizing"] == over
+    assert set(summary["detectors"]) == {
+        "proxygap",
+        "variance_collapse",
+        "cusum_slope",
+        "length_drift",
+    }
+    for scores in summary["detectors"].values():
+        # by seed: 2 held-out runs (seed 2 of both families); by family: the 3 'gold' runs
+        assert scores["n_overoptimizing"] + scores["n_benign"] == 2
+        by_family = scores["by_family"]
+        assert by_family["n_overoptimizing"] + by_family["n_benign"] == 3
+    saved = Detector.load(detect_run / "detect" / "detector.json")
+    assert list(saved.weights) == summary["detector"]["weights"]
+
+
+def test_rerun_resumes_without_training_and_writes_the_same_summary(detect_run: Path) -> None:
+    before = (detect_run / "detect" / "summary.json").read_bytes()
+    again = run_and_report(parse_config(TINY), detect_run.parent, log=lambda *_: None)
+    assert (again / "detect" / "summary.json").read_bytes() == before
+
+
+GOLD = {"name": "gold", "reward": "gold"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"test_families": ["nope"]}, "unknown"),
+        ({"test_seeds": [0, 1, 2]}, "proper subset"),
+        ({"monitor_proxy": "nope"}, "monitor_proxy"),
+        ({"families": [{"name": "a", "reward": "x"}, {"name": "gold", "reward": "rm"}]}, "rewards"),
+        ({"families": [{"name": "a", "reward": "rm", "settings": {"lrr": 1}}, GOLD]}, "lrr"),
+        ({"families": [{"name": "a", "reward": "rm", "bonus": 1.0}, GOLD]}, "bonus_words"),
+    ],
+)
+def test_bad_detect_sections_are_refused_naming_the_field(change, message) -> None:
+    bad = json.loads(json.dumps(TINY))
+    bad["detect"] |= change
+    with pytest.raises(ConfigError, match=message):
+        parse_config(bad)
