@@ -28,6 +28,7 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_bon.py
 	$(PY) benchmarks/bench_sampling.py
 	$(PY) benchmarks/bench_rl.py
+	$(PY) benchmarks/bench_monitor.py
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check proxygap tests benchmarks

@@ -1,0 +1,98 @@
+"""Benchmark: what the gold-free monitor costs an RL run, as a ratio against the same run
+without it.
+
+Run ``python benchmarks/bench_monitor.py``. Two RL runs (RLOO) on the ``reviews`` task's base
+policy with identical settings and seeds, one after the other in this process, repeated
+``--repeats`` times alternately after one discarded warm-up run:
+
+- **without**: the evaluator measures proxy, gold, KL, length and diversity every
+  ``--eval-every`` steps (what every run measures anyway);
+- **with**: the same, plus the monitor's signals (a 3-member reward-model ensemble's disagreement
+  and the first member's hidden states for the outlier rate, the entropy of the policy's own
+  samples) and the :class:`~proxygap.monitor.detector.Monitor` updating its score and alarm.
+
+The reward models are untrained 0.1 M-parameter GPT-2 classifiers (``new_reward_model``): the
+cost does not depend on their weights. Reported: the median wall time of each run over the
+repeats, and the monitor's overhead as a share of an RL step, ``(with - without) / without``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from proxygap.models.loading import load_policy, load_tokenizer  # noqa: E402
+from proxygap.monitor.detector import Monitor  # noqa: E402
+from proxygap.optimize.loop import Watchers  # noqa: E402
+from proxygap.optimize.rl import RLConfig, rl_evaluator, train_rl  # noqa: E402
+from proxygap.rewards.proxy import ProxyScorer  # noqa: E402
+from proxygap.rewards.reward_model import new_reward_model  # noqa: E402
+from proxygap.tasks import get_task  # noqa: E402
+
+
+def run(args: argparse.Namespace, *, monitored: bool) -> float:
+    """Seconds of one RL run (evaluations included), with or without the monitor."""
+    task = get_task("reviews")
+    tok = load_tokenizer(task.tokenizer_path)
+    ref = load_policy(task.policy_path)
+    members = [new_reward_model(tok, n_embd=64, n_layer=2, n_head=4, seed=k) for k in range(3)]
+    prompts = task.prompts(64, seed=1)
+    reference = task.join(prompts, ["i loved the plot ."] * len(prompts))
+    scorer = ProxyScorer("ens", members, tok, reference)
+    cfg = RLConfig(
+        steps=args.steps, prompts_per_step=args.prompts, group_size=args.group,
+        eval_every=args.eval_every, eval_prompts=args.eval_prompts, seed=0,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    evaluator = rl_evaluator(
+        ref, tok, task=task, proxy=scorer.reward, cfg=cfg, seed=5,
+        members=scorer.standardised if monitored else None,
+        embed=scorer.embed if monitored else None,
+    )  # fmt: skip
+    train_rl(
+        copy.deepcopy(ref), ref, tok, cfg=cfg, train_prompts=task.prompts(512, seed=2),
+        join=task.join, reward_fn=scorer.reward, evaluator=evaluator, log=lambda *_: None,
+        watch=Watchers(on_evaluate=[Monitor()] if monitored else []),
+    )  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--group", type=int, default=4)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--eval-prompts", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    run(args, monitored=True)  # warm-up: imports, allocator, first-call costs
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(args.repeats):
+        times["without"].append(run(args, monitored=False))
+        times["with"].append(run(args, monitored=True))
+    without, with_ = (float(np.median(times[k])) for k in ("without", "with"))
+    table = Table(title=f"monitor overhead: RLOO, {args.steps} steps, eval every {args.eval_every}")
+    for col in ("run", "median s", "per step s"):
+        table.add_column(col)
+    for name, t in (("without monitor", without), ("with monitor", with_)):
+        table.add_row(name, f"{t:.2f}", f"{t / args.steps:.3f}")
+    Console().print(table)
+    Console().print(f"overhead: {100 * (with_ - without) / without:+.1f}% of an RL step")
+
+
+if __name__ == "__main__":
+    main()
