@@ -1,0 +1,131 @@
+"""The detection section of the study report: the monitor against reward-only baselines on
+held-out runs, the peak forecast, and a few held-out runs with the monitor's score over gold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from proxygap.monitor.benchmark import label_points  # noqa: E402
+from proxygap.monitor.detector import Detector  # noqa: E402
+from proxygap.monitor.signals import FEATURES, features  # noqa: E402
+from proxygap.report.document import Document, Heading, Image, Paragraph, Table  # noqa: E402
+from proxygap.report.format import fmt  # noqa: E402
+from proxygap.store.atomic import atomic_write  # noqa: E402
+
+if TYPE_CHECKING:
+    from proxygap.study.results import DetectResult
+
+_NAMES = {
+    "proxygap": "proxygap monitor",
+    "variance_collapse": "reward variance collapse",
+    "cusum_slope": "CUSUM on the reward slope",
+    "length_drift": "length drift",
+}
+
+
+def _pct(x: Any) -> str:
+    return "–" if x is None else f"{100 * float(x):.0f}%"
+
+
+def _row(name: str, s: dict[str, Any]) -> list[str]:
+    return [
+        _NAMES.get(name, name),
+        fmt(s.get("auroc")),
+        _pct(s.get("alarm_before_drop")),
+        fmt(s.get("median_lead_steps"), 0),
+        _pct(s.get("false_alarm_rate")),
+        f"{s['n_overoptimizing']} / {s['n_benign']}",
+    ]
+
+
+HEADER = ["detector", "AUROC", "alarm before drop", "median lead (steps)", "false alarms",
+          "runs (overopt. / benign)"]  # fmt: skip
+
+
+def _plot(result: DetectResult, detector: Detector, path: Path, test_seeds: list[int]) -> None:
+    """Gold and the monitor's score along held-out runs: one panel per family (first test
+    seed), the drop and the first alarm marked."""
+    keys = [k for k in result.histories if k[1] == test_seeds[0]]
+    cols = 4
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        h = result.histories[key]
+        steps = [r["step"] for r in h]
+        gold = [r["reward/gold"] for r in h]
+        x = np.array([[features(r, h[0])[f] for f in FEATURES] for r in h])
+        score = detector.probability(x)
+        ax.plot(steps, gold, "o-", ms=3, color="C0", label="gold")
+        twin = ax.twinx()
+        twin.plot(steps, score, "-", color="C3", lw=1.2, label="monitor score")
+        twin.axhline(detector.threshold, color="C3", ls=":", lw=0.8)
+        twin.set_ylim(0, 1)
+        lab = label_points(h)
+        if lab.drop is not None:
+            ax.axvline(steps[lab.drop], color="k", ls="--", lw=0.8)
+        alarms = np.flatnonzero(score >= detector.threshold)
+        if len(alarms):
+            ax.plot(steps[alarms[0]], gold[alarms[0]], "X", ms=10, color="C3", mec="k")
+        ax.set_title(f"{key[0]} (seed {key[1]})", fontsize=9)
+        ax.tick_params(labelsize=7)
+        twin.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.suptitle(
+        "Held-out runs: gold (blue, left axis) and the monitor's score (red, right; dotted: "
+        "threshold); dashed: gold's drop; X: first alarm",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any) -> None:
+    """Append the detection section (its plot goes to ``plots/detect_runs.png``)."""
+    s = result.summary
+    corpus, fc = s["corpus"], s["forecast"]
+    doc.add(Heading("Overoptimization monitor"))
+    doc.add(
+        Paragraph(
+            f"A corpus of {corpus['runs']} RL runs ({len(corpus['families'])} configuration "
+            f"families x {len(cfg.seeds)} seeds), {corpus['overoptimizing']} of which "
+            "overoptimize: gold falls more than one standard error below its peak. The monitor "
+            "reads no gold: the proxy, its spread, KL, length, distinct bigrams, the policy's "
+            "entropy, the disagreement of a reward-model ensemble and the outlier rate of the "
+            "samples in a reward model's hidden space. Its weights and every detector's "
+            "threshold are fitted on the training runs; the tables score the held-out runs."
+        )
+    )
+    dets = s["detectors"]
+    doc.add(
+        Table(HEADER, [_row(n, v) for n, v in dets.items()],
+              caption=f"Held out by seed (seeds {', '.join(map(str, corpus['test_seeds']))})."),
+    )  # fmt: skip
+    if corpus["test_families"]:
+        doc.add(
+            Table(HEADER, [_row(n, v["by_family"]) for n, v in dets.items() if "by_family" in v],
+                  caption="Held out by family: " + ", ".join(corpus["test_families"]) + "."),
+        )  # fmt: skip
+    doc.add(
+        Paragraph(
+            f"**Forecast of the gold peak** from gold on the evaluator's samples at the points "
+            f"seen up to the monitor's first alarm ({fc['n_runs']} held-out overoptimizing "
+            f"runs): median relative error of the peak's d {fmt(fc['peak_d_rel_error'], 2)} "
+            f"({int(100 * fc['level'])}% interval coverage "
+            f"{_pct(fc['interval_coverage'])}), against "
+            f"{fmt(fc['gao_extrapolation_rel_error'], 2)} for Gao et al.'s RL law extrapolated "
+            f"from the same points (which does not turn at all in "
+            f"{_pct(fc.get('share_gao_no_turn'))} of them)."
+        )
+    )
+    detector = Detector.load(run_dir / "detect" / "detector.json")
+    _plot(result, detector, run_dir / "plots" / "detect_runs.png", list(corpus["test_seeds"]))
+    doc.add(Image("plots/detect_runs.png", "Held-out runs with the monitor's score."))
