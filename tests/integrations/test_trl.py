@@ -10,7 +10,6 @@ import asyncio
 import logging
 import math
 import os
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,31 +31,13 @@ from proxygap.integrations.trl import (
     reference_rewards,
 )
 from proxygap.integrations.trl_rewards import take
-from proxygap.models.loading import load_policy, load_reward_model, load_tokenizer
-from proxygap.rewards.reward_model import new_reward_model, score_texts
+from proxygap.models.loading import load_policy, load_reward_model
+from proxygap.rewards.reward_model import score_texts
 from proxygap.runs import load_run
 from proxygap.tasks import get_task
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TASK = get_task("reviews")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(TASK.tokenizer_path)
-
-
-@pytest.fixture(scope="module")
-def member_paths(tmp_path_factory, tok) -> list[Path]:
-    """Three untrained tiny reward models saved as reward-model folders (safetensors)."""
-    root = tmp_path_factory.mktemp("members")
-    paths = []
-    for k in range(3):
-        model = new_reward_model(tok, n_embd=16, n_layer=1, n_head=2, seed=k)
-        model.save_pretrained(root / f"member-{k}")
-        tok.save_pretrained(root / f"member-{k}")
-        paths.append(root / f"member-{k}")
-    return paths
 
 
 def join_for(tok) -> Any:
