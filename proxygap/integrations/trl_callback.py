@@ -41,6 +41,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from proxygap.estimators.kl import K3_CLAMP, sequence_kl
 from proxygap.integrations.scoring import batch_signals, default_monitor
 from proxygap.integrations.trl_rewards import Scored, take
+from proxygap.runs import TRL_KEYS
 
 __all__ = ["ProxygapCallback", "kl_metrics"]
 
@@ -364,9 +365,10 @@ class ProxygapCallback(TrainerCallback):
         mine = {k: v for k, v in logs.items() if k.startswith(PREFIX)}
         path = self._history_path(args)
         if mine and path is not None and state.is_world_process_zero:
+            theirs = {k: logs[k] for k in TRL_KEYS if k in logs}  # TRL's, as history_from_log
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": state.global_step, **mine}) + "\n")
+                fh.write(json.dumps({"step": state.global_step, **mine, **theirs}) + "\n")
 
     def _history_path(self, args: TrainingArguments) -> Path | None:
         out = getattr(args, "output_dir", None)
