@@ -1,9 +1,10 @@
 """Judging the monitor on the detection corpus: fit on training runs, report on held-out runs.
 
 For each split (by seed: ``test_seeds`` held out; by family: ``test_families`` held out) the
-proxygap detector's weights (:func:`proxygap.monitor.detector.fit_detector`) and every detector's
-alarm threshold (:func:`proxygap.monitor.benchmark.choose_threshold`) are fitted on the training
-runs only, then :func:`proxygap.monitor.benchmark.judge` scores them on the held-out runs. The
+proxygap detector's weights (:func:`proxygap.monitor.detector.fit_detector`, trained to flag the
+points from the gold peak on in runs that overoptimize, so that it warns before the drop:
+:attr:`~proxygap.monitor.benchmark.RunLabels.warning`) and every detector's alarm threshold
+(:func:`proxygap.monitor.benchmark.choose_threshold`) are fitted on the training runs only, then :func:`proxygap.monitor.benchmark.judge` scores them on the held-out runs. The
 reward-only baselines (:data:`proxygap.monitor.benchmark.BASELINES`) are judged the same way.
 
 The forecast (by-seed split, held-out runs that overoptimize): with gold known at the
@@ -39,7 +40,7 @@ def _features(history: Rows) -> np.ndarray:
 
 def _fit(histories: Mapping[RunKey, Rows], train: Sequence[RunKey]) -> Detector:
     x = np.concatenate([_features(histories[k]) for k in train])
-    y = np.concatenate([label_points(histories[k]).labels for k in train])
+    y = np.concatenate([label_points(histories[k]).warning for k in train])
     return fit_detector(x, y)
 
 

@@ -61,16 +61,18 @@ def test_judge_counts_alarms_before_the_drop_leads_and_false_alarms():
     assert r["n_overoptimizing"] == 2 and r["n_benign"] == 2
 
 
-def test_choose_threshold_maximises_hits_minus_false_alarms():
+def test_choose_threshold_takes_the_lowest_within_the_false_alarm_budget():
     over = _run([0.0, 0.5, 1.0, 0.9, 0.5, 0.2])
-    benign = _run([0.0, 0.3, 0.6, 0.9])
-    runs = [
-        (over, np.array([0.0, 0.2, 0.7, 0.8, 0.9, 0.9])),
-        (benign, np.array([0, 0.4, 0.5, 0.6])),
+    benign = [_run([0.0, 0.3, 0.6, 0.9])] * 10
+    # benign run k peaks at 0.1 * k: a threshold t alarms the runs with 0.1 k >= t
+    runs = [(over, np.array([0.0, 0.2, 0.7, 0.8, 0.9, 0.9]))] + [
+        (b, np.array([0.0, 0.0, 0.0, 0.1 * k])) for k, b in enumerate(benign)
     ]
-    # 0.7 and 0.8 alarm the overoptimizing run before its drop (index 4) and never the benign
-    # one (its max is 0.6); 0.9 alarms only at the drop; the tie goes to the higher threshold
-    assert choose_threshold(runs) == pytest.approx(0.8)
+    # a 10% budget allows one false alarm of the 10: at t = 0.9 only run k = 9 alarms, at the
+    # next lower observed score, 0.8, runs 8 and 9 do (20%)
+    assert choose_threshold(runs, max_false_alarms=0.1) == pytest.approx(0.9)
+    # a 30% budget allows runs 7, 8 and 9: t = 0.7; at 0.6 four would alarm
+    assert choose_threshold(runs, max_false_alarms=0.3) == pytest.approx(0.7)
 
 
 def test_reward_only_baselines_by_hand():
