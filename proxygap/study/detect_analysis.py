@@ -4,8 +4,10 @@ For each split (by seed: ``test_seeds`` held out; by family: ``test_families`` h
 proxygap detector's weights (:func:`proxygap.monitor.detector.fit_detector`, trained to flag the
 points from the gold peak on in runs that overoptimize, so that it warns before the drop:
 :attr:`~proxygap.monitor.benchmark.RunLabels.warning`) and every detector's alarm threshold
-(:func:`proxygap.monitor.benchmark.choose_threshold`) are fitted on the training runs only, then :func:`proxygap.monitor.benchmark.judge` scores them on the held-out runs. The
-reward-only baselines (:data:`proxygap.monitor.benchmark.BASELINES`) are judged the same way.
+(:func:`proxygap.monitor.benchmark.choose_threshold`: the lowest with at most 10% false alarms)
+are fitted on the training runs only, then :func:`proxygap.monitor.benchmark.judge` scores them
+on the held-out runs. The reward-only baselines (:data:`proxygap.monitor.benchmark.BASELINES`)
+are judged the same way.
 
 The forecast (by-seed split, held-out runs that overoptimize): with gold known at the
 evaluation points up to the proxygap detector's first alarm (or up to the point before the drop
