@@ -84,7 +84,7 @@ def test_minimal_config_takes_documented_defaults() -> None:
             runtime={"threads": 2},
         ),
         minimal(
-            task={"prompts": "p.txt", "policy": "lm", "gold": "mygold:score", "chat_template": True},
+            task={"prompts": "p.txt", "policy": "lm", "gold": "my:score", "chat_template": True},
             preferences={"file": "pairs.jsonl"},
             runtime={"device": "cuda:1"},
         ),

@@ -117,5 +117,7 @@ def parse_row(row: Mapping[str, object], lineno: int) -> Parsed | str:
     assert isinstance(chosen, str) and isinstance(rejected, str)
     if isinstance(prompt, str):
         return prompt, chosen, rejected, FORMATS[0]
+    if chosen == rejected:
+        return f"line {lineno}: chosen and rejected are the same text"
     n = _common_prefix(chosen, rejected)
     return chosen[:n].rstrip(), chosen[n:].lstrip(), rejected[n:].lstrip(), FORMATS[1]

@@ -86,7 +86,7 @@ def split_prompts(prompts: Sequence[str], *, heldout: float | int, seed: int) ->
     k = int(round(heldout * n)) if heldout < 1 else int(heldout)
     if n < 2 or not 1 <= k < n:
         raise DataFileError(
-            f"cannot hold out {heldout} of {n} distinct prompt(s): both the training and the "
+            f"cannot hold out {heldout:g} of {n} distinct prompt(s): both the training and the "
             "held-out prompts need at least one"
         )
     order = np.random.default_rng([seed, 15485863]).permutation(n)

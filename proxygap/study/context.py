@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from proxygap.config import StudyConfig
 from proxygap.data.preferences import Pairs, PreferenceFileError, read_jsonl
+from proxygap.errors import NonFiniteError
 from proxygap.models.device import resolve_device
 from proxygap.models.loading import check_vocab_match, load_policy, load_tokenizer
 from proxygap.sampling.generate import decode_responses, encode_prompts, sample
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SetupError",
     "StudyContext",
+    "check_measurements",
     "gold_scale_of",
     "input_paths",
     "reference_texts",
@@ -186,8 +188,11 @@ def probe_gold(
     )
     responses = decode_responses(s, tokenizer)
     texts = task.join([prompts[i] for i in s.prompt_index.tolist()], responses)
-    gold = np.asarray(task.gold(texts), dtype=np.float64)
     where = f"task.gold {cfg.task.gold!r}" if cfg.task.gold else f"the gold of task {task.name!r}"
+    try:
+        gold = np.asarray(task.gold(texts), dtype=np.float64)
+    except NonFiniteError as err:  # a gold function's own check
+        raise SetupError(f"{err} on base-policy samples") from None
     if gold.shape != (len(texts),) or not np.isfinite(gold).all():
         raise SetupError(
             f"{where} gave {int((~np.isfinite(gold)).sum())} non-finite score(s) of {gold.size} "
@@ -238,6 +243,24 @@ def setup(
     return StudyContext(
         cfg, run, task, tokenizer, policy, task.gold, log, file_pairs=file_pairs, device=device
     )
+
+
+MEASURED = ("d", "kl/k1", "kl/k2", "kl/k3", "reward/gold", "reward/proxy")
+"""The evaluation metrics a result is made of: a run whose evaluation gave NaN or inf in one of
+them diverged, and its result is not written."""
+
+
+def check_measurements(history: list[dict[str, Any]], stage: str) -> None:
+    """A :class:`NonFiniteError` naming ``stage``, the step and the metrics if an evaluation row
+    of ``history`` holds a non-finite :data:`MEASURED` value."""
+    for row in history:
+        bad = [k for k in MEASURED if k in row and not np.isfinite(row[k])]
+        if bad:
+            raise NonFiniteError(
+                f"stage {stage!r}: the evaluation at step {int(row.get('step', -1))} gave "
+                f"non-finite {', '.join(bad)}: the run diverged (lower the learning rate or raise "
+                "beta); its result was not written, finished runs are kept"
+            )
 
 
 def sample_responses(

@@ -22,7 +22,7 @@ from proxygap.optimize.daa_sweep import DAASweep, summarise_sweep
 from proxygap.optimize.loop import LoopResult
 from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json
-from proxygap.study.context import StudyContext
+from proxygap.study.context import StudyContext, check_measurements
 from proxygap.study.scoring import proxy_scorer
 from proxygap.study.sft import stage_sft
 from proxygap.study.watch import watchers
@@ -90,6 +90,7 @@ def stage_daa(ctx: StudyContext, train: Pairs) -> DAASweep | None:
                 log=lambda *_: None,
                 watch=watchers(ctx),
             )
+            check_measurements(result.history, f"daa:{name}")
             atomic_write_json(
                 folder / "result.json", {"history": result.history, "examples": result.examples}
             )

@@ -195,7 +195,10 @@ def test_relabel_without_gold_flips_the_given_labels_as_labelling_with_gold_woul
         assert (got.chosen, got.rejected) == (want.chosen, want.rejected)
         assert got.gold_chosen is None
     flipped = np.mean(
-        [c != c0 for c, c0 in zip(relabel(bare, noise=0.25, seed=1).chosen, bare.chosen)]
+        [
+            c != c0
+            for c, c0 in zip(relabel(bare, noise=0.25, seed=1).chosen, bare.chosen, strict=True)
+        ]
     )
     assert abs(flipped - 0.25) < four_sigma(0.25, 2_000)
     with pytest.raises(ValueError, match="label mode 'bradley_terry' draws labels from gold"):
