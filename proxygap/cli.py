@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="Measure, predict and mitigate reward-model overoptimization.",
@@ -68,10 +69,10 @@ def run(
         cfg = load_config(Path(name) if is_file else builtin_config_path(name))
         out = run_and_report(cfg, runs_dir, restart=restart, log=console.print)
     except user_errors as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     except FloatingPointError as err:  # NaN or inf in scores, rewards or losses
-        console.print(f"[red]error:[/red] {err} (finished stages are kept)")
+        console.print(f"[red]error:[/red] {escape(str(err))} (finished stages are kept)")
         raise typer.Exit(2) from None
     console.print(f"[green]done:[/green] {out}/report.html")
 

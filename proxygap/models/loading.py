@@ -118,6 +118,20 @@ def load_reward_model(
     return model.eval()
 
 
+def check_reward_model_folder(
+    path: str | Path, *, what: str = "reward model", trust_remote_code: bool = False
+) -> None:
+    """What :func:`load_reward_model` refuses, checked without reading the weights: no folder,
+    no safetensors, no config, or a language model's config."""
+    p = _check_dir(path, what)
+    lms = [a for a in _architectures(p, what, trust_remote_code) if a.endswith(LM_HEADS)]
+    if lms:
+        raise ModelLoadError(
+            f"{what} path {str(path)!r} holds a {lms[0]} (a language model), not a "
+            "sequence-classification model with one output"
+        )
+
+
 def check_vocab_match(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, what: str
 ) -> None:

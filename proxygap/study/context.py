@@ -23,7 +23,12 @@ from proxygap.config import StudyConfig
 from proxygap.data.preferences import Pairs, PreferenceFileError, read_jsonl
 from proxygap.errors import NonFiniteError
 from proxygap.models.device import resolve_device
-from proxygap.models.loading import check_vocab_match, load_policy, load_tokenizer
+from proxygap.models.loading import (
+    check_reward_model_folder,
+    check_vocab_match,
+    load_policy,
+    load_tokenizer,
+)
 from proxygap.sampling.generate import decode_responses, encode_prompts, sample
 from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json
@@ -228,6 +233,10 @@ def setup(
     tokenizer = load_tokenizer(task.tokenizer_path, trust_remote_code=trust)
     check_vocab_match(policy, tokenizer, f"policy {str(task.policy_path)!r}")
     _check_prompt_counts(cfg, task)
+    for proxy in cfg.proxies:
+        if proxy.path is not None:
+            what = f"proxies[{proxy.name}].path: reward model"
+            check_reward_model_folder(proxy.path, what=what, trust_remote_code=trust)
     file_pairs = _read_file_pairs(cfg, task)
     probe_gold(task, policy, tokenizer, cfg)
     # the folder is opened only once every input checked out: a mistake leaves nothing behind

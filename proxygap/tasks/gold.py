@@ -70,7 +70,7 @@ def _import(spec: str, search: Sequence[Path]) -> Callable[..., Any]:
     except ImportError as err:
         raise GoldError(
             f"task.gold {spec!r}: cannot import module {module_name!r} ({err}); it must be "
-            f"importable from the current folder or the config's folder"
+            "importable from the current folder or the Python path"
         ) from None
     except Exception as err:  # the user's module failed while importing
         raise GoldError(

@@ -222,6 +222,18 @@ MISTAKES: dict[str, tuple[Case, str]] = {
         "task.chat_template is true but the tokenizer at",
     ),
     "task from prompts without gold": (_task(gold=None), "invalid config"),
+    "chat template on the built-in task": (
+        lambda t, c: c.update(task={"chat_template": True}),
+        "invalid config",
+    ),
+    "proxy path missing": (
+        lambda t, c: c["proxies"].append({"name": "given", "path": str(t / "no-rm")}),
+        "proxies[given].path: reward model path",
+    ),
+    "causal LM as a proxy": (
+        lambda t, c: c["proxies"].append({"name": "given", "path": str(t / "own" / "policy")}),
+        "holds a GPT2LMHeadModel (a language model), not a sequence-classification model",
+    ),
     "task named like the built-in one": (_task(name="reviews"), "invalid config"),
 }
 
