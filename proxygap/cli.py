@@ -9,6 +9,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from proxygap.commands import SetOption
+from proxygap.commands.configs import configs, show
+from proxygap.commands.runs import compare, report, runs
+
 app = typer.Typer(
     help="Measure, predict and mitigate reward-model overoptimization.",
     no_args_is_help=True,
@@ -45,11 +49,13 @@ def run(
     restart: Annotated[
         bool, typer.Option(help="delete an existing run folder of another config and start over")
     ] = False,
+    set_: SetOption = None,
 ) -> None:
     """Run (or resume) a study and write its run folder and report.
 
     Exits 2 with a message naming the file, field or value for a mistake in the config or the
     inputs (found before the run folder is made or touched) and for a run that stops on NaN."""
+    from proxygap.commands.configs import with_overrides
     from proxygap.config import ConfigError, builtin_config_path, load_config
     from proxygap.data.jsonl import DataFileError
     from proxygap.models.device import DeviceError
@@ -67,6 +73,7 @@ def run(
         # a name with a folder or a YAML suffix is a file; a bare name may be a shipped config
         is_file = Path(name).exists() or Path(name).suffix in (".yaml", ".yml") or "/" in name
         cfg = load_config(Path(name) if is_file else builtin_config_path(name))
+        cfg = with_overrides(cfg, set_, source=name)
         out = run_and_report(cfg, runs_dir, restart=restart, log=console.print)
     except user_errors as err:
         console.print(f"[red]error:[/red] {escape(str(err))}")
@@ -116,18 +123,20 @@ def sweep(
         str | None,
         typer.Option(help="auto | ray | sequential (default: the sweep file's runtime.backend)"),
     ] = None,
+    set_: SetOption = None,
 ) -> None:
     """Run (or resume) every cell of a sweep and aggregate the results over seeds.
 
     Exits 2 when the sweep cannot start (bad file, bad grid path or value, no Ray for
-    --backend ray) and 1 when some cells failed (the report covers the others).
+    --backend ray) and 1 when some cells failed (the report covers the others). ``--set``
+    changes the base config, for every cell.
     """
     from proxygap.config import ConfigError
     from proxygap.store.run import RunFolderError
     from proxygap.sweep import SweepError, run_sweep
 
     try:
-        result = run_sweep(spec, runs_dir, backend=backend, log=console.print)
+        result = run_sweep(spec, runs_dir, backend=backend, log=console.print, overrides=set_)
     except (SweepError, ConfigError, RunFolderError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
@@ -140,6 +149,9 @@ def sweep(
         )
         raise typer.Exit(1)
 
+
+for command in (configs, show, report, runs, compare):
+    app.command()(command)
 
 if __name__ == "__main__":
     app()

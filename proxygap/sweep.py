@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from proxygap.commands.configs import with_overrides
 from proxygap.config import ConfigError, builtin_config_path, load_config, parse_config
 from proxygap.schema import PosInt, Strict, format_errors, safe_name
 
@@ -185,10 +186,10 @@ def expand(spec: SweepSpec, base: dict[str, Any]) -> list[Cell]:
         except ConfigError as err:
             errors.append(str(err))
             continue
-        if cfg.bon is None:
+        if cfg.bon is None and cfg.rl is None and cfg.daa is None:
             errors.append(
-                f"cell {index} ({_values_text(values)}): bon is null; a sweep "
-                "aggregates best-of-n results"
+                f"cell {index} ({_values_text(values)}): bon, rl and daa are null; a sweep "
+                "aggregates best-of-n, RL and DAA results"
             )
             continue
         cells.append(Cell(index, config["name"], values, cfg.model_dump(mode="json")))
@@ -223,8 +224,11 @@ def resolve_base(base: str, folder: Path) -> Path:
         raise SweepError(f"sweep field 'base': no file {str(path)!r} and {err}") from None
 
 
-def load_sweep(path: str | Path) -> tuple[SweepSpec, list[Cell]]:
-    """Read a sweep file, load its base config and expand the grid."""
+def load_sweep(
+    path: str | Path, overrides: Sequence[str] | None = None
+) -> tuple[SweepSpec, list[Cell]]:
+    """Read a sweep file, load its base config (with ``overrides``, ``a.b=value`` as
+    ``proxygap run --set`` takes them) and expand the grid."""
     p = Path(path)
     if not p.is_file():
         raise SweepError(f"sweep file {str(path)!r} does not exist")
@@ -233,8 +237,9 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, list[Cell]]:
     except yaml.YAMLError as err:
         raise SweepError(f"sweep file {str(path)!r} is not valid YAML: {err}") from None
     spec = parse_sweep(data, source=str(path))
-    base = load_config(resolve_base(spec.base, p.parent)).model_dump(mode="json")
-    return spec, expand(spec, base)
+    base_path = resolve_base(spec.base, p.parent)
+    cfg = with_overrides(load_config(base_path), overrides, source=str(base_path))
+    return spec, expand(spec, cfg.model_dump(mode="json"))
 
 
 # ---------------------------------------------------------------- running cells
@@ -362,11 +367,13 @@ def run_sweep(
     *,
     backend: str | None = None,
     log: Log = print,
+    overrides: Sequence[str] | None = None,
 ) -> GridSweepResult:
-    """Run (or resume) every cell of a sweep file, then aggregate and write the report."""
+    """Run (or resume) every cell of a sweep file, then aggregate and write the report;
+    ``overrides`` (``a.b=value``) change the base config of every cell."""
     from proxygap.report.sweep import write_sweep_outputs
 
-    spec, cells = load_sweep(path)
+    spec, cells = load_sweep(path, overrides)
     root = Path(runs_root)
     sweep_dir = (root / spec.name).resolve()
     if root.exists() and not root.is_dir():

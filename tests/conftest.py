@@ -85,4 +85,3 @@ def own_config(files: dict[str, Path], **top: Any) -> dict[str, Any]:
 def own_study() -> Any:
     """:func:`own_config` as a fixture (test modules are imported in importlib mode)."""
     return own_config
-

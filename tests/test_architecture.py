@@ -33,7 +33,13 @@ LAYERS: dict[int, tuple[str, ...]] = {
     4: ("proxygap.mitigations", "proxygap.monitor"),
     5: ("proxygap.optimize",),
     6: ("proxygap.config", "proxygap.study", "proxygap.report", "proxygap.runs"),
-    7: ("proxygap.cli", "proxygap.sweep", "proxygap.integrations", "proxygap"),
+    7: (
+        "proxygap.cli",
+        "proxygap.commands",
+        "proxygap.sweep",
+        "proxygap.integrations",
+        "proxygap",
+    ),
 }
 LAYER_OF: dict[str, int] = {name: layer for layer, names in LAYERS.items() for name in names}
 

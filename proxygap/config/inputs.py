@@ -9,9 +9,9 @@ folder is made; here the fields are checked for what the config alone tells.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from proxygap.models.device import DEVICE_PATTERN
 from proxygap.schema import PosInt, Strict, safe_name
@@ -135,6 +135,22 @@ class RuntimeConfig(Strict):
     workers: PosInt = Field(
         default=1, description="processes for independent runs (mitigation arms x seeds; Linux)"
     )
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=list,
+        description="trackers every RL, Quark and DAA run logs to, with the metric names of its "
+        "history.json and steps.jsonl (optional extras: pip install 'proxygap[tensorboard]')",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, v: list[str]) -> list[str]:
+        from proxygap.store.trackers import TrackerError, check_trackers
+
+        try:
+            check_trackers(v)
+        except TrackerError as err:
+            raise ValueError(str(err)) from None
+        return list(dict.fromkeys(v))
 
     @model_validator(mode="after")
     def _workers(self) -> RuntimeConfig:

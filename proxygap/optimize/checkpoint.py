@@ -1,4 +1,5 @@
-"""Atomic training checkpoints (policy, critic, tokenizer, trainer state) of any optimiser."""
+"""Atomic training checkpoints (policy, critic, tokenizer, trainer state) of any optimiser, and
+a watcher that keeps a run's final and best-by-gold policy (:class:`PolicyKeeper`)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,64 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+class PolicyKeeper:
+    """Keeps a run's final and best policy: an evaluation watcher
+    (:class:`~proxygap.optimize.loop.Watchers`) that remembers the policy's weights (a copy on
+    the CPU) at the evaluation with the highest ``metric`` (gold by default: the policy one
+    would have wanted to stop at, Gao et al. 2023), and a close hook that writes
+    ``folder/policy-final`` and ``folder/policy-best`` (safetensors model folders with the
+    tokenizer) and ``folder/policy-best.json`` (the step and value of the best evaluation).
+
+    It reads the policy and changes nothing: the run's numbers are the same with or without it.
+    """
+
+    def __init__(
+        self,
+        policy: PreTrainedModel,
+        tokenizer: Any,
+        folder: Path | str,
+        *,
+        metric: str = "reward/gold",
+    ) -> None:
+        self.policy, self.tokenizer, self.folder, self.metric = (
+            policy,
+            tokenizer,
+            Path(folder),
+            metric,
+        )
+        self.best: dict[str, float] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, row: dict[str, float], result: Any = None) -> None:
+        value = row.get(self.metric)
+        if value is None or value != value:  # absent or NaN
+            return
+        if self.best is None or value > self.best[self.metric]:
+            self.best = {"step": row["step"], self.metric: float(value)}
+            copies: dict[int, torch.Tensor] = {}  # tied weights stay tied in the copy
+            self.best_state = {
+                k: copies.setdefault(id(v), v.detach().to("cpu", copy=True))
+                for k, v in self.policy.state_dict().items()
+            }
+
+    def close(self) -> None:
+        """Write the final and the best policy (nothing if no evaluation was seen)."""
+        if self.best is None or self.best_state is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, state in (("policy-final", None), ("policy-best", self.best_state)):
+            folder = self.folder / name
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder))
+            try:
+                self.policy.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+                if folder.exists():
+                    shutil.rmtree(folder)
+                os.replace(tmp, folder)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        info = json.dumps({"metric": self.metric, **self.best}, indent=2) + "\n"
+        (self.folder / "policy-best.json").write_text(info, encoding="utf-8")

@@ -106,11 +106,13 @@ class StepHook(Protocol):
 @dataclass
 class Watchers:
     """What watches a run without changing it: ``on_evaluate`` hooks (a monitor, a tracker),
-    ``on_step`` hooks (a tracker) and a progress bar described by ``progress`` (None: none)."""
+    ``on_step`` hooks (a tracker), ``on_close`` callables run once when the loop returns (a
+    tracker flushes and finishes) and a progress bar described by ``progress`` (None: none)."""
 
     on_evaluate: list[EvalHook] = field(default_factory=list)
     on_step: list[StepHook] = field(default_factory=list)
     progress: str | None = None
+    on_close: list[Callable[[], Any]] = field(default_factory=list)
 
 
 Evaluate = Callable[[int], tuple[dict[str, float], list[dict[str, Any]]]]
@@ -194,6 +196,8 @@ def run_loop(
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
             checkpoint(step + 1)
     bar.close()
+    for close in watch.on_close:
+        close()
     return result
 
 

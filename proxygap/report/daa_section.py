@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxygap.optimize.bon import BonCurve
-from proxygap.report.document import Document, Heading, Image, Paragraph, Table
+from proxygap.report.document import Details, Document, Heading, Image, Paragraph, Table
 from proxygap.report.format import fmt
 from proxygap.report.plots import plot_daa
 
@@ -125,4 +125,5 @@ def daa_section(
             "Gold against d per DAA loss and β; best-of-n (dotted) and RL (dash-dot) overlaid.",
         )
     )
-    doc.add(_table(sweep))
+    table = _table(sweep)
+    doc.add(Details(f"Every checkpoint of every run ({len(table.rows)} rows)", [table]))

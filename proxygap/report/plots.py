@@ -65,15 +65,30 @@ def _n_axis(ax: plt.Axes, curve: BonCurve) -> None:
 
 
 def plot_proxy_vs_gold(curves: Sequence[BonCurve], path: Path) -> None:
-    """Gold against proxy along the optimisation path: where they part, the proxy is hacked."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.6))
-    for c in curves:
-        ax.errorbar(c.proxy, c.gold, yerr=2 * c.gold_se, fmt="o-", ms=3, lw=1, label=c.name)
-    lim = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
-    ax.plot(lim, lim, ":", color="grey", lw=1, label="gold = proxy")
-    ax.set_xlabel("proxy (centred)")
-    ax.set_ylabel("gold (unit-variance units)")
-    ax.set_title("gold vs proxy along best-of-n", fontsize=10)
+    """Gold against proxy along best-of-n (one line per proxy, n growing along it): where gold
+    stops rising while the proxy still does, the proxy is being exploited.
+
+    Gold is in units of its SD on base-policy samples and each proxy in its own (centred)
+    units, so no diagonal: the axes are not comparable. Each point's gold carries a ±1 SE band
+    (shaded, so the few large-n points with wide errors do not dominate), ★ marks the gold
+    peak and a few points are labelled with their n."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, c in enumerate(curves):
+        col = colors[i % len(colors)]
+        ax.plot(c.proxy, c.gold, "o-", ms=2.5, lw=1.2, color=col, label=c.name)
+        ax.fill_between(c.proxy, c.gold - c.gold_se, c.gold + c.gold_se, color=col, alpha=0.15)
+        k = c.turn.peak_index
+        ax.plot([c.proxy[k]], [c.gold[k]], "*", ms=11, color=col, mec="k", zorder=3)
+        for n in (4, 64, 1024, 16384):
+            j = int(np.searchsorted(c.ns, n))
+            if j < len(c.ns) and int(c.ns[j]) == n:
+                ax.annotate(f"n={n}", (c.proxy[j], c.gold[j]), fontsize=7, color=col,
+                            xytext=(3, -10), textcoords="offset points")  # fmt: skip
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("proxy of the pick − pool mean (each proxy's own units)")
+    ax.set_ylabel("gold of the pick − pool mean (SD units)")
+    ax.set_title("gold against proxy along best-of-n (±1 SE; ★ gold peak)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -92,7 +107,8 @@ def plot_rl(runs: Sequence, bon: BonCurve | None, path: Path, *, proxy: str) -> 
         proxy_v = np.array([h.get("reward/proxy", np.nan) for h in r.history])
         fit = r.analysis.fit
         label = f"RL β={r.kl_coef:g}" + (f" (R²={fit.r2:.2f})" if fit is not None else "")
-        ax_g.errorbar(d, gold, yerr=2 * se, fmt="o-", ms=3, lw=1, color=col, label=label)
+        ax_g.errorbar(d, gold, yerr=2 * se, fmt="o-", ms=3, lw=1, color=col, label=label,
+                      elinewidth=0.7, ecolor=(*matplotlib.colors.to_rgb(col), 0.35))  # fmt: skip
         if fit is not None and d.max() > 0:
             dd = np.linspace(1e-3, d.max(), 200)
             ax_g.plot(dd, fit.predict(dd), "--", lw=1, color=col)
@@ -124,7 +140,8 @@ def plot_daa(sweep: Any, bon: Sequence[BonCurve], rl_runs: Sequence, path: Path)
             g = np.array([h["reward/gold"] for h in r.history])
             se = np.nan_to_num(np.array([h["reward/gold_se"] for h in r.history]))
             col = colors[i % len(colors)]
-            ax.errorbar(d, g, yerr=2 * se, fmt="o-", ms=3, lw=1, color=col, label=f"β={beta:g}")
+            ax.errorbar(d, g, yerr=2 * se, fmt="o-", ms=3, lw=1, color=col, label=f"β={beta:g}",
+                        elinewidth=0.7, ecolor=(*matplotlib.colors.to_rgb(col), 0.35))  # fmt: skip
             ax.plot(d[-1:], g[-1:], "*", ms=12, color=col, mec="k")
         for c in bon:
             ax.plot(c.d, c.gold, ":", color="grey", lw=1.2)

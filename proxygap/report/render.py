@@ -7,11 +7,14 @@ import json
 
 from proxygap.config import StudyConfig
 from proxygap.report.daa_section import daa_section
-from proxygap.report.document import Document, Heading, Image, Paragraph, Table
+from proxygap.report.detect_section import detect_section
+from proxygap.report.document import Bullets, Details, Document, Heading, Image, Paragraph, Table
 from proxygap.report.format import fmt
 from proxygap.report.mitigation_section import mitigation_section
 from proxygap.report.plots import plot_bon, plot_proxy_vs_gold
 from proxygap.report.rl_section import rl_section
+from proxygap.report.saved import RESULTS_FILE, save_result
+from proxygap.report.summary import summary_lines
 from proxygap.store.atomic import atomic_write_text
 from proxygap.study.results import ProxyResult, StudyResult
 
@@ -60,13 +63,32 @@ def _setup_section(doc: Document, cfg: StudyConfig, gold_scale: float, data: str
 def _proxy_table(results: list[ProxyResult], cfg: StudyConfig) -> Table:
     header = [
         "proxy", "params", "pairs", "labels", "noise", "ensemble", "held-out acc",
-        "Spearman (gold)", "α", "β", "R²", "law peak d*", "observed peak n (d)",
-        "gold at peak ± SE", "gold at n=N ± SE", "drop / SE", "overoptimized?",
+        "Spearman (gold)",
+    ]  # fmt: skip
+    rows = [
+        [
+            r.config.name,
+            str(r.n_params) if r.n_params else "–",
+            str(r.config.n_pairs or cfg.preferences.n_pairs),
+            r.config.labels,
+            fmt(r.config.label_noise, 2),
+            f"{r.config.ensemble} ({r.config.aggregation})" if r.config.ensemble > 1 else "1",
+            fmt(r.heldout_accuracy),
+            fmt(r.spearman),
+        ]
+        for r in results
+    ]
+    return Table(header, rows, caption="Proxies: training data and agreement with gold")
+
+
+def _curve_table(results: list[ProxyResult]) -> Table:
+    header = [
+        "proxy", "α", "β", "R²", "law peak d*", "observed peak n (d)", "gold at peak ± SE",
+        "gold at n=N ± SE", "drop / SE", "overoptimized?",
     ]  # fmt: skip
     rows = []
     for r in results:
         c, t = r.curve, r.curve.turn
-        pc = r.config
         ratio = t.drop / t.drop_se if t.drop_se > 0 else float("nan")
         verdict = (
             "**yes**: falls > 2 SE"
@@ -75,14 +97,7 @@ def _proxy_table(results: list[ProxyResult], cfg: StudyConfig) -> Table:
         )
         rows.append(
             [
-                pc.name,
-                str(r.n_params) if r.n_params else "–",
-                str(pc.n_pairs or cfg.preferences.n_pairs),
-                pc.labels,
-                fmt(pc.label_noise, 2),
-                f"{pc.ensemble} ({pc.aggregation})" if pc.ensemble > 1 else "1",
-                fmt(r.heldout_accuracy),
-                fmt(r.spearman),
+                r.config.name,
                 fmt(c.fit.alpha),
                 fmt(c.fit.beta),
                 fmt(c.fit.r2),
@@ -94,7 +109,7 @@ def _proxy_table(results: list[ProxyResult], cfg: StudyConfig) -> Table:
                 verdict,
             ]
         )
-    return Table(header, rows, caption="Proxies and their best-of-n curves (gold in SD units)")
+    return Table(header, rows, caption="Best-of-n curves (gold in SD units, relative to n = 1)")
 
 
 def _reading(results: list[ProxyResult]) -> list[Paragraph]:
@@ -136,18 +151,30 @@ def _reading(results: list[ProxyResult]) -> list[Paragraph]:
     return out
 
 
-def write_report(study: StudyResult) -> None:
-    """Render plots, ``report.md`` and ``report.html`` into the study's run folder."""
+def write_report(study: StudyResult, *, rerendered: bool = False) -> None:
+    """Render plots, ``report.md`` and ``report.html`` into the study's run folder, and save
+    the results they come from (``results.json``, unless ``rerendered``: then they were read
+    from it, and the page says so)."""
+    if not rerendered:
+        save_result(study)
     cfg, run_dir, results, picks = study.config, study.dir, study.proxies, study.picks
     extra, rl_runs, daa, mitigations = study.timings, study.rl_runs, study.daa, study.mitigations
-    doc = Document(f"proxygap study `{cfg.name}`")
+    doc = Document(f"proxygap study: {cfg.name}")
     versions = json.loads((run_dir / "versions.json").read_text())
     doc.add(
         Paragraph(
             f"proxygap {versions.get('proxygap')}, torch {versions.get('torch')}, "
             f"transformers {versions.get('transformers')}; git {versions.get('git_revision')}; "
-            f"wall time {fmt(extra.get('wall_seconds'), 1)} s (this invocation)."
-        )
+            f"wall time {fmt(extra.get('wall_seconds'), 1)} s (the invocation that computed "
+            "these results; stages it resumed from an earlier one are read back, not rerun)."
+            + (
+                f" Re-rendered from `{RESULTS_FILE}` without rerunning anything."
+                if rerendered
+                else ""
+            )
+        ),
+        Heading("Summary"),
+        Bullets(summary_lines(study)),
     )
     _setup_section(doc, cfg, study.gold_scale, study.data)
     if results:
@@ -155,7 +182,7 @@ def write_report(study: StudyResult) -> None:
         plot_bon(curves, run_dir / "plots" / "bon_gold_proxy.png")
         plot_proxy_vs_gold(curves, run_dir / "plots" / "bon_proxy_vs_gold.png")
         doc.add(Heading("Best-of-n"))
-        doc.add(_proxy_table(results, cfg))
+        doc.add(_proxy_table(results, cfg), _curve_table(results))
         doc.add(*_reading(results))
         doc.add(
             Image("plots/bon_gold_proxy.png", "Gold and proxy against d = sqrt(KL) for best-of-n."),
@@ -192,7 +219,13 @@ def write_report(study: StudyResult) -> None:
                 for p in picks
                 if p["proxy"] == r.config.name
             ]
-            doc.add(Table(["n", "prompt ‖ response", "proxy", "gold"], rows, caption=r.config.name))
+            ns = ", ".join(dict.fromkeys(row[0] for row in rows))
+            doc.add(
+                Details(
+                    f"Picks of `{r.config.name}` at n = {ns} ({len(rows)} rows)",
+                    [Table(["n", "prompt ‖ response", "proxy", "gold"], rows)],
+                )
+            )
     if rl_runs:
         bon = next((r.curve for r in results if cfg.rl and r.config.name == cfg.rl.proxy), None)
         rl_section(doc, run_dir, cfg, rl_runs, bon)
@@ -200,10 +233,13 @@ def write_report(study: StudyResult) -> None:
         daa_section(doc, run_dir, cfg, daa, [r.curve for r in results], rl_runs)
     if mitigations is not None:
         mitigation_section(doc, run_dir, cfg, mitigations)
+    if study.detect is not None and cfg.detect is not None:
+        detect_section(doc, run_dir, study.detect, cfg.detect)
     doc.add(Heading("Files"))
     doc.add(
         Paragraph(
-            "`config.yaml` (resolved config), `versions.json`, `preferences.jsonl`, "
+            "`config.yaml` (resolved config), `versions.json`, `results.json` (what this report "
+            "shows: `proxygap report` renders it again), `preferences.jsonl`, "
             "`proxies/<name>/member-<k>/` (Hugging Face folders), `pool.jsonl`, `scores.npz`, "
             "`bon_curves.csv`, `metrics.jsonl`, `summary.json`, `samples.json`, `plots/`, and "
             "for RL `rl/<run>/history.json` (one row per evaluation), `steps.jsonl` (training "

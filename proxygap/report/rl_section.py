@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxygap.optimize.bon import BonCurve
-from proxygap.report.document import Document, Heading, Image, Paragraph, Table
+from proxygap.report.document import Details, Document, Heading, Image, Paragraph, Table
 from proxygap.report.format import fmt
 from proxygap.report.plots import plot_rl
 
@@ -69,11 +69,11 @@ def _reading(runs: list[RLRunResult]) -> Paragraph:
     parts.append(f"Larger penalties end at smaller KL ({finals}).")
     base = next((r for r in by_beta if r.kl_coef == 0), None)
     if base is not None:
-        parts += [_frontier_verdict(r, base) for r in by_beta if r.kl_coef > 0]
+        parts += [frontier_verdict(r, base) for r in by_beta if r.kl_coef > 0]
     return Paragraph("**Reading.** " + " ".join(parts))
 
 
-def _frontier_verdict(run: RLRunResult, base: RLRunResult) -> str:
+def frontier_verdict(run: RLRunResult, base: RLRunResult) -> str:
     """Does ``run`` (a KL penalty) beat the unpenalised ``base`` at the same KL budget?
 
     The frontier of ``base`` at distance d is the best gold it reached at any point with
@@ -141,13 +141,9 @@ def rl_section(
                         fmt(ex["gold"], 2),
                     ]
                 )
-    doc.add(
-        Table(
-            ["β", "step", "prompt ‖ response", "proxy", "gold (raw)"],
-            rows,
-            caption="Samples at the start, at the gold peak and at the end of each run",
-        )
-    )
+    table = Table(["β", "step", "prompt ‖ response", "proxy", "gold (raw)"], rows)
+    what = "Samples at the start, at the gold peak and at the end of each run"
+    doc.add(Details(f"{what} ({len(rows)} rows)", [table]))
 
 
-__all__: list[Any] = ["rl_section"]
+__all__: list[Any] = ["frontier_verdict", "rl_section"]

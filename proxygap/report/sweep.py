@@ -1,9 +1,10 @@
 """A sweep's outputs: results aggregated over seeds, mean gold curves, and the report.
 
 Written into the sweep folder: ``sweep.json`` (the spec, every cell with its status, and the
-aggregates), ``aggregate.csv`` (one row per setting and proxy), ``plots/group-<k>.png`` (mean gold
-against ``d`` over seeds, with a pointwise 95% t band), ``report.md`` and a self-contained
-``report.html``.
+aggregates), ``aggregate.csv`` (one row per setting and proxy), ``plots/group-<k>.png`` (mean
+best-of-n gold against ``d`` over seeds, with a pointwise 95% t band),
+``plots/group-<k>-runs.png`` (the same for the RL and DAA runs the cells ran,
+:mod:`proxygap.report.sweep_stages`), ``report.md`` and a self-contained ``report.html``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,21 @@ from proxygap.analysis.seeds import (  # noqa: E402
     t_band,
 )
 from proxygap.report.document import Document, Heading, Image, Paragraph, Table  # noqa: E402
+from proxygap.report.sweep_stages import (  # noqa: E402
+    StageAggregate,
+    aggregate_stage,
+    plot_stages,
+    read_stage_histories,
+)
 from proxygap.store.atomic import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
 
 LEVEL = 0.95
+STAGE_LABELS = {
+    "gold_peak": "gold at peak",
+    "d_peak": "d at peak",
+    "gold_end": "final gold",
+    "d_end": "final d",
+}
 METRIC_LABELS = {
     "gold_peak": "gold at peak",
     "d_peak": "d at peak",
@@ -117,6 +130,7 @@ class Group:
     records: list[dict[str, Any]]
     proxies: dict[str, ProxyAggregate]
     curves: dict[str, MeanCurve]
+    stages: dict[str, StageAggregate]  # RL and DAA runs, "RL kl-0", "DAA dpo-0.1"
 
 
 def build_groups(records: list[dict[str, Any]]) -> list[Group]:
@@ -126,14 +140,18 @@ def build_groups(records: list[dict[str, Any]]) -> list[Group]:
         recs = [records[i] for i in idx]
         by_proxy: dict[str, list[dict[str, Any]]] = {}
         curves: dict[str, list[Any]] = {}
+        stages: dict[str, list[Any]] = {}
         for r in recs:
             if not r["ok"]:
                 continue
             run = Path(r["run_dir"])
-            for p in json.loads((run / "summary.json").read_text())["proxies"]:
-                by_proxy.setdefault(p["name"], []).append(p)
-            for name, curve in read_curves(run).items():
-                curves.setdefault(name, []).append(curve)
+            if (run / "summary.json").is_file():  # best-of-n ran
+                for p in json.loads((run / "summary.json").read_text())["proxies"]:
+                    by_proxy.setdefault(p["name"], []).append(p)
+                for name, curve in read_curves(run).items():
+                    curves.setdefault(name, []).append(curve)
+            for name, history in read_stage_histories(run).items():
+                stages.setdefault(name, []).append(history)
         groups.append(
             Group(
                 key=k,
@@ -141,6 +159,7 @@ def build_groups(records: list[dict[str, Any]]) -> list[Group]:
                 records=recs,
                 proxies={n: aggregate_proxy(s, level=LEVEL) for n, s in by_proxy.items()},
                 curves={n: mean_curve(c) for n, c in curves.items()},
+                stages={n: aggregate_stage(h) for n, h in stages.items()},
             )
         )
     return groups
@@ -151,6 +170,8 @@ def check_outputs(records: list[dict[str, Any]]) -> None:
     for r in records:
         run = Path(r["run_dir"])
         missing = [f for f in ("summary.json", "bon_curves.csv") if not (run / f).is_file()]
+        if (run / "rl").is_dir() or (run / "daa").is_dir():
+            missing = missing if (run / "summary.json").is_file() else []  # no best-of-n
         if r["ok"] and missing:
             r.update(ok=False, error=f"the run left no {' or '.join(missing)} in {run}")
 
@@ -217,15 +238,27 @@ def _document(
     header = ["proxy", "seeds", *METRIC_LABELS.values(), "turned down"]
     for g in groups:
         doc.add(Heading(f"Setting {g.key}: {_label(g.values)}"))
-        if not g.proxies:
+        if not g.proxies and not g.stages:
             doc.add(Paragraph("No cell of this setting finished."))
             continue
-        rows = []
-        for name, agg in g.proxies.items():
-            cis = [_ci(agg.metrics[m]) for m in METRIC_LABELS]
-            rows.append([name, str(agg.n_seeds), *cis, f"{agg.n_significant}/{agg.n_seeds}"])
-        doc.add(Table(header, rows))
-        doc.add(Image(f"plots/group-{g.key}.png", f"Gold against d, setting {g.key}"))
+        if g.proxies:
+            rows = []
+            for name, agg in g.proxies.items():
+                cis = [_ci(agg.metrics[m]) for m in METRIC_LABELS]
+                rows.append([name, str(agg.n_seeds), *cis, f"{agg.n_significant}/{agg.n_seeds}"])
+            doc.add(Table(header, rows, caption="Best-of-n"))
+            doc.add(Image(f"plots/group-{g.key}.png", f"Best-of-n gold against d, setting {g.key}"))
+        if g.stages:
+            rows = [
+                [name, str(s.n_seeds), *(_ci(s.metrics[q]) for q in STAGE_LABELS),
+                 f"{s.n_turned_down}/{s.n_seeds}"]
+                for name, s in g.stages.items()
+            ]  # fmt: skip
+            caption = "RL and direct alignment (gold in SD units, relative to the start)"
+            doc.add(
+                Table(["run", "seeds", *STAGE_LABELS.values(), "turned down"], rows, caption),
+                Image(f"plots/group-{g.key}-runs.png", f"RL and DAA gold, setting {g.key}"),
+            )
     return doc
 
 
@@ -238,6 +271,9 @@ def write_sweep_outputs(
     for g in groups:
         if g.curves:
             plot_group(g.curves, sweep_dir / "plots" / f"group-{g.key}.png", title=_label(g.values))
+        if g.stages:
+            path = sweep_dir / "plots" / f"group-{g.key}-runs.png"
+            plot_stages(g.stages, path, title=_label(g.values))
     paths = [p for p in spec["grid"] if not is_seed_path(p)]
     atomic_write_text(sweep_dir / "aggregate.csv", _csv(groups, paths))
     atomic_write_json(
@@ -254,6 +290,7 @@ def write_sweep_outputs(
                     "values": {p: g.values[p] for p in paths},
                     "cells": [r["name"] for r in g.records],
                     "proxies": {n: a.as_dict() for n, a in g.proxies.items()},
+                    "runs": {n: s.as_dict() for n, s in g.stages.items()},
                 }
                 for g in groups
             ],
@@ -263,3 +300,16 @@ def write_sweep_outputs(
     atomic_write_text(sweep_dir / "report.md", doc.markdown())
     atomic_write_text(sweep_dir / "report.html", doc.html(sweep_dir))
     return groups
+
+
+def rerender_sweep(sweep_dir: Path) -> list[Group]:
+    """Aggregate and write a sweep's outputs again from its ``sweep.json`` and its cells' saved
+    outputs (``proxygap report SWEEP``); nothing is rerun. Cells are looked up in
+    ``sweep_dir/cells/`` when the folder has moved since the sweep ran."""
+    saved = json.loads((sweep_dir / "sweep.json").read_text(encoding="utf-8"))
+    records = saved["cells"]
+    for r in records:
+        moved = sweep_dir / "cells" / r["name"]
+        if not Path(r["run_dir"]).is_dir() and moved.is_dir():
+            r["run_dir"] = str(moved)
+    return write_sweep_outputs(sweep_dir, saved["spec"], records, backend=saved["backend"])

@@ -42,9 +42,10 @@ __all__ = [
     "result_config",
 ]
 
-RESULT_INDEPENDENT = ("runtime.workers", "runtime.threads", "report")
+RESULT_INDEPENDENT = ("runtime.workers", "runtime.threads", "runtime.report_to", "report")
 """Dotted config paths that change how a run goes, not what it finds: worker processes run
-independent, self-seeded runs; torch's thread count; how the report is rendered."""
+independent, self-seeded runs; torch's thread count; the trackers runs log to; how the report is
+rendered."""
 
 
 class RunFolderError(RuntimeError):

@@ -88,7 +88,7 @@ def stage_daa(ctx: StudyContext, train: Pairs) -> DAASweep | None:
                 cfg=cfg,
                 evaluator=evaluator,
                 log=lambda *_: None,
-                watch=watchers(ctx),
+                watch=watchers(ctx, run=f"daa/{name}", config=cfg.model_dump(mode="json")),
             )
             check_measurements(result.history, f"daa:{name}")
             atomic_write_json(

@@ -156,6 +156,7 @@ def run_arm(
         gold_scale=study.gold_scale, seed=study_seed(study.cfg.seed, "policy_eval"),
     )  # fmt: skip
     reward_fn = train_reward(ctx, arm)
+    run = f"mitigations/{arm.name}/seed-{seed}"
     if arm.quark is not None:
         refs = ctx.refs
         assert refs is not None
@@ -168,14 +169,14 @@ def run_arm(
         result: LoopResult = train_quark(
             policy, start, study.tokenizer, cfg=cfg, quark=arm.quark, train_prompts=ctx.prompts,
             join=study.task.join, reward_fn=reward_fn, evaluator=evaluator, initial=initial,
-            log=lambda *_: None, watch=watchers(study),
+            log=lambda *_: None, watch=watchers(study, run=run, config=cfg.model_dump(mode="json")),
         )  # fmt: skip
     else:
         result = train_rl(
             policy, start, study.tokenizer, cfg=cfg, train_prompts=ctx.prompts,
             join=study.task.join, reward_fn=reward_fn, evaluator=evaluator,
             hooks=_hooks(ctx, arm, policy, points, cfg.group_size), log=lambda *_: None,
-            watch=watchers(study),
+            watch=watchers(study, run=run, config=cfg.model_dump(mode="json")),
         )  # fmt: skip
     history = result.history
     probes = probe.rows[1:]  # the first call scored the initial policy's samples

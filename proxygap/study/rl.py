@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 
 from proxygap.analysis.rl_analysis import analyse_rl
 from proxygap.config import RLRunConfig
+from proxygap.optimize.checkpoint import PolicyKeeper
 from proxygap.optimize.evaluate import ScoreFn
 from proxygap.optimize.loop import LoopResult
 from proxygap.optimize.rl import RLConfig, rl_evaluator, train_rl
@@ -41,10 +42,13 @@ def train_from_base(
     hooks: RLHooks | None = None,
     policy: PreTrainedModel | None = None,
     proxy: ProxyScorer | None = None,
+    run: str | None = None,
+    keep: PolicyKeeper | None = None,
 ) -> LoopResult:
     """One RL run from a fresh copy of the base policy (or ``policy``, such a copy made by the
     caller), with the base policy as KL reference, evaluated on held-out prompts; the monitor
-    reads ``proxy``'s members and hidden states when given, and watches the run."""
+    reads ``proxy``'s members and hidden states when given, and watches the run (named ``run``
+    for the trackers and the progress bar; ``keep`` keeps its final and best policy)."""
     torch.manual_seed(cfg.seed)
     policy = policy if policy is not None else copy.deepcopy(ctx.policy).train()
     evaluator = rl_evaluator(
@@ -64,7 +68,7 @@ def train_from_base(
         evaluator=evaluator,
         hooks=hooks,
         log=lambda *_: None,
-        watch=watchers(ctx),
+        watch=watchers(ctx, run=run, config=cfg.model_dump(mode="json"), keep=keep),
     )
 
 
@@ -91,9 +95,11 @@ def stage_rl(ctx: StudyContext) -> list[RLRunResult]:
             cfg = rl.settings.model_copy(update={"kl_coef": kl_coef})
             prompts = ctx.task.prompts(4096, seed=study_seed(ctx.cfg.seed, "rl_train_prompts"))
             ctx.log(f"RL ({cfg.algo}) against {proxy.name}, kl_coef {kl_coef:g}")
+            policy = copy.deepcopy(ctx.policy).train()
             result = train_from_base(
                 ctx, cfg, reward_fn=reward_fn, eval_proxy=reward_fn, prompts=prompts,
-                eval_seed=study_seed(ctx.cfg.seed, "rl_eval"), proxy=proxy,
+                eval_seed=study_seed(ctx.cfg.seed, "rl_eval"), proxy=proxy, policy=policy,
+                run=f"rl/{name}", keep=PolicyKeeper(policy, ctx.tokenizer, folder),
             )  # fmt: skip
             history, examples = result.history, result.examples
             atomic_write_json(folder / "history.json", history)
