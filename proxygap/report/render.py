@@ -155,8 +155,14 @@ def write_report(study: StudyResult, *, rerendered: bool = False) -> None:
     """Render plots, ``report.md`` and ``report.html`` into the study's run folder, and save
     the results they come from (``results.json``, unless ``rerendered``: then they were read
     from it, and the page says so)."""
+    unsaved = ""
     if not rerendered:
-        save_result(study)
+        try:
+            save_result(study)
+        except (TypeError, ValueError) as err:  # a record the codec cannot write: keep the report
+            unsaved = (
+                f" `{RESULTS_FILE}` was not written ({err}): `proxygap report` cannot render it."
+            )
     cfg, run_dir, results, picks = study.config, study.dir, study.proxies, study.picks
     extra, rl_runs, daa, mitigations = study.timings, study.rl_runs, study.daa, study.mitigations
     doc = Document(f"proxygap study: {cfg.name}")
@@ -170,7 +176,7 @@ def write_report(study: StudyResult, *, rerendered: bool = False) -> None:
             + (
                 f" Re-rendered from `{RESULTS_FILE}` without rerunning anything."
                 if rerendered
-                else ""
+                else unsaved
             )
         ),
         Heading("Summary"),

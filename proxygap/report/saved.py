@@ -55,6 +55,8 @@ def encode(obj: Any) -> Any:
         return {"__items__": [[encode(k), encode(v)] for k, v in obj.items()]}
     if isinstance(obj, list | tuple):
         return [encode(x) for x in obj]
+    if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # a torch tensor: as an array
+        return encode(obj.detach().cpu().numpy())
     raise TypeError(f"cannot save a {type(obj).__name__} in {RESULTS_FILE}")
 
 
@@ -152,7 +154,7 @@ def load_result(run_dir: Path) -> StudyResult:
         result = decode(data, StudyResult)
     except SavedResultError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError, NameError) as err:
         raise SavedResultError(
             f"{str(path)!r} cannot be read back ({type(err).__name__}: {str(err)[:300]}); "
             "rerun the study's `proxygap run` to write it again"

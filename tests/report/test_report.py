@@ -114,3 +114,16 @@ def test_rerendered_report_says_so(study_runs: Any) -> None:
     assert "Re-rendered from <code>results.json</code> without rerunning anything" in html
     assert "wall time 12.5 s (the invocation that computed these results" in html
     assert (folder / "results.json").read_bytes() == before  # not rewritten
+
+
+def test_a_result_the_codec_cannot_write_still_gets_its_report(
+    tmp_path: Path, study_runs: Any
+) -> None:
+    _, make = study_runs
+    study = make(tmp_path, "odd")
+    study.rl_runs, study.daa = [], None  # fewer plots
+    study.picks = [{"proxy": "other", "n": 1, "why": object()}]
+    write_report(study)
+    assert not (study.dir / "results.json").exists()
+    html = (study.dir / "report.html").read_text()
+    assert "<code>results.json</code> was not written (cannot save a object" in html
