@@ -6,9 +6,9 @@ input file and model folder), ``inputs.json`` (the inputs' fingerprints,
 :mod:`proxygap.store.fingerprint`), ``versions.json`` (package versions, git revision, machine)
 and one output per stage, each written atomically. Starting a run on an existing folder resumes
 it: finished stages are read back, not recomputed, and the temporary files of an interrupted
-write are removed. A folder made by a different config, or from inputs whose content changed
-since, is refused (the message names the changed fields or inputs) unless the caller asks to
-start over. While a run uses its folder it holds the folder's lock (:mod:`proxygap.store.lock`).
+write are removed. Once a stage finished, a folder made by a different config, or from inputs
+whose content changed since, is refused (the message names the changed fields or inputs) unless
+the caller asks to start over; a folder without a finished stage is taken over. While a run uses its folder it holds the folder's lock (:mod:`proxygap.store.lock`).
 
 The folder takes the config as plain data: its name and its fully resolved form as a JSON-like
 dict (``StudyConfig.model_dump(mode="json")``), written out as YAML in field order.
@@ -154,7 +154,9 @@ class RunFolder:
         if marker.exists():
             old = marker.read_text().strip()
             if old != digest:
-                if not restart:
+                # a folder without a finished stage holds no result to protect: a run that
+                # stopped on a mistake in its inputs resumes once they are corrected
+                if not restart and self._stages():
                     self.close()
                     raise RunFolderError(self._mismatch(old, digest, config, old_inputs, records))
                 self._clear()

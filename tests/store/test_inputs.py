@@ -161,3 +161,18 @@ def test_stale_temporary_files_are_removed_on_resume(tmp_path: Path) -> None:
     again = RunFolder(tmp_path, "run", CONFIG)
     assert again.removed_tmp == [stale] and not stale.exists()
     assert (run.dir / ".keep.txt").exists() and remove_stale_tmp(run.dir) == []
+
+
+def test_a_folder_without_a_finished_stage_is_taken_over(tmp_path: Path) -> None:
+    """A run that stopped before finishing a stage (e.g. on a mistake in an input found
+    mid-stage) left no result: the corrected inputs start it again without --restart."""
+    inputs = _inputs(tmp_path)
+    run = RunFolder(tmp_path / "runs", "run", CONFIG, inputs=inputs)
+    run.path("proxies", "rm", "member-0.tmp").write_text("partial")
+    run.close()
+    inputs["preferences.file"].write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    again = RunFolder(tmp_path / "runs", "run", {**CONFIG, "seed": 3}, inputs=inputs)
+    assert not again.resumed and not (again.dir / "proxies").exists()
+    again.mark_done("preferences")
+    with pytest.raises(RunFolderError, match="fields that differ: seed"):
+        RunFolder(tmp_path / "runs", "run", CONFIG, inputs=inputs)
