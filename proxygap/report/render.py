@@ -249,7 +249,9 @@ def write_report(study: StudyResult, *, rerendered: bool = False) -> None:
             "`proxies/<name>/member-<k>/` (Hugging Face folders), `pool.jsonl`, `scores.npz`, "
             "`bon_curves.csv`, `metrics.jsonl`, `summary.json`, `samples.json`, `plots/`, and "
             "for RL `rl/<run>/history.json` (one row per evaluation), `steps.jsonl` (training "
-            "metrics of every step), `examples.json`, `rl/summary.json`; for direct alignment "
+            "metrics of every step), `examples.json`, `policy-final/` and `policy-best/` (the "
+            "policy at the end and at its best gold, `policy-best.json` says where), "
+            "`rl/summary.json`; for direct alignment "
             "`daa/<loss>-<beta>/result.json` and `daa/summary.json`."
         )
     )
