@@ -113,6 +113,9 @@ def plot_rl(runs: Sequence, bon: BonCurve | None, path: Path, *, proxy: str) -> 
             dd = np.linspace(1e-3, d.max(), 200)
             ax_g.plot(dd, fit.predict(dd), "--", lw=1, color=col)
         ax_p.plot(d, proxy_v, "o-", ms=3, lw=1, color=col, label=f"RL β={r.kl_coef:g}")
+        alarms = [i for i, h in enumerate(r.history) if h.get("monitor/alarm") == 1.0]
+        if alarms:  # the monitor's first alarm on the gold curve
+            ax_g.plot(d[alarms[0]], gold[alarms[0]], "X", ms=11, color=col, mec="k")
     if bon is not None:
         ax_g.plot(bon.d, bon.gold, "k:", lw=1.5, label=f"best-of-n ({bon.name})")
         ax_p.plot(bon.d, bon.proxy, "k:", lw=1.5, label=f"best-of-n ({bon.name})")
@@ -122,7 +125,10 @@ def plot_rl(runs: Sequence, bon: BonCurve | None, path: Path, *, proxy: str) -> 
         ax.set_ylabel(f"{what} − initial policy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    ax_g.set_title(f"RL against {proxy}: gold (±2 SE; dashed: d(α−β log d) fit)", fontsize=10)
+    ax_g.set_title(
+        f"RL against {proxy}: gold (±2 SE; dashed: d(α−β log d) fit; X: monitor's first alarm)",
+        fontsize=10,
+    )
     ax_p.set_title(f"RL against {proxy}: proxy", fontsize=10)
     _save(fig, path)
 
