@@ -8,7 +8,8 @@ and one output per stage, each written atomically. Starting a run on an existing
 it: finished stages are read back, not recomputed, and the temporary files of an interrupted
 write are removed. Once a stage finished, a folder made by a different config, or from inputs
 whose content changed since, is refused (the message names the changed fields or inputs) unless
-the caller asks to start over; a folder without a finished stage is taken over. While a run uses its folder it holds the folder's lock (:mod:`proxygap.store.lock`).
+the caller asks to start over; a folder without a finished stage is taken over. While a run
+uses its folder it holds the folder's lock (:mod:`proxygap.store.lock`).
 
 The folder takes the config as plain data: its name and its fully resolved form as a JSON-like
 dict (``StudyConfig.model_dump(mode="json")``), written out as YAML in field order.
