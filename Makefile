@@ -29,6 +29,7 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_sampling.py
 	$(PY) benchmarks/bench_rl.py
 	$(PY) benchmarks/bench_monitor.py
+	$(PY) benchmarks/bench_trl_callback.py
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check proxygap tests benchmarks

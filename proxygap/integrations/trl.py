@@ -24,7 +24,8 @@ into the package's history rows.
 from __future__ import annotations
 
 from proxygap.integrations.scoring import EnsembleScorer, concat_join, text_join
-from proxygap.integrations.trl_callback import ProxygapCallback, kl_metrics
+from proxygap.integrations.trl_callback import ProxygapCallback
+from proxygap.integrations.trl_kl import kl_metrics
 from proxygap.integrations.trl_rewards import (
     EnsembleReward,
     GoldReward,

@@ -13,15 +13,14 @@ to the trainer's own log call, so they are in ``trainer.state.log_history`` and 
 
 How it reaches the trainer: TRL and ``transformers`` hand callbacks no trainer, so the callback
 finds it once, in ``on_init_end``, as the ``Trainer`` that is calling it (the caller's frame),
-or takes it from :meth:`ProxygapCallback.attach`. It then wraps two methods of that one
-instance: ``log`` (documented as the method to override to add to the logs) and, on GRPO and
-RLOO, ``_generate_and_score_completions`` (to read the batch's token masks and log-probs).
+or takes it from :meth:`ProxygapCallback.attach`. It then wraps methods of that one instance:
+``log`` (documented as the method to override to add to the logs) and, on GRPO and RLOO, the
+loss and generation methods whose log-probs give the KL.
 
-KL to the reference (Schulman's k1, k2 and a k3 whose ``exp`` is clamped, docs/methods.md §2):
-from the reference log-probs the trainer computed (GRPO with ``beta > 0``) or with the trainer's
-``ref_model`` (RLOO with ``beta > 0``) or a ``ref_model`` given to the callback, and the
-policy's log-probs of the sampled tokens (the trainer's when it kept them, else one forward pass
-without gradients). With none of these (GRPO's default ``beta = 0``) no ``kl/*`` is logged and
+KL to the reference (:class:`~proxygap.integrations.trl_kl.KLProbe`): from the log-probs the
+trainer computes for its loss (GRPO with ``beta > 0``: no extra forward pass), else with the
+trainer's ``ref_model`` (RLOO with ``beta > 0``) or a ``ref_model`` given to the callback. With
+neither (GRPO's default ``beta = 0``) no ``kl/*`` is logged and
 :attr:`ProxygapCallback.kl_status` says why (also logged once as a warning).
 """
 
@@ -38,32 +37,15 @@ import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from proxygap.estimators.kl import K3_CLAMP, sequence_kl
 from proxygap.integrations.scoring import batch_signals, default_monitor
+from proxygap.integrations.trl_kl import KLProbe
 from proxygap.integrations.trl_rewards import Scored, take
 from proxygap.runs import TRL_KEYS
 
-__all__ = ["ProxygapCallback", "kl_metrics"]
+__all__ = ["ProxygapCallback"]
 
 logger = logging.getLogger(__name__)
 PREFIX = "proxygap/"
-
-
-def kl_metrics(
-    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, *, clamp: float = K3_CLAMP
-) -> dict[str, float]:
-    """``kl/k1``, ``kl/k2``, ``kl/k3`` (means over the batch of the sequence sums; k3 with the
-    log ratio clamped at ``-clamp``), ``kl/clamped`` and ``signal/entropy`` (``-sum log pi /
-    tokens``, the policy's Monte-Carlo entropy per token) from ``(B, T)`` log-probs of the
-    sampled tokens under the policy and the reference and the response mask."""
-    mask = mask.float()
-    _, metrics = sequence_kl(logp.float() - ref_logp.float(), mask, clamp=clamp)
-    tokens = float(mask.sum())
-    if tokens > 0:
-        metrics["signal/entropy"] = (
-            float(-(torch.where(mask > 0, logp.float(), 0.0)).sum()) / tokens
-        )
-    return metrics
 
 
 def _is_train_log(logs: dict[str, Any]) -> bool:
@@ -81,8 +63,8 @@ class ProxygapCallback(TrainerCallback):
         stop_on_alarm: stop training (``control.should_training_stop``) at the first alarm.
         save_on_alarm: save a checkpoint at the first alarm (``control.should_save``).
         kl: measure KL to the reference when the trainer exposes log-probs.
-        kl_every: measure it on every ``kl_every``-th generated batch (each measurement may cost
-            forward passes; see the module docstring).
+        kl_every: where the KL costs forward passes (RLOO, or a ``ref_model`` given here),
+            measure it on every ``kl_every``-th generated batch.
         ref_model: a reference model for the KL when the trainer has none (GRPO with
             ``beta = 0``): the initial policy, on the trainer's device.
         history: write ``<output_dir>/proxygap/history.jsonl``.
@@ -99,22 +81,18 @@ class ProxygapCallback(TrainerCallback):
         ref_model: torch.nn.Module | None = None,
         history: bool = True,
     ) -> None:
-        if kl_every < 1:
-            raise ValueError(f"kl_every must be >= 1, got {kl_every}")
+        self.probe = KLProbe(every=kl_every, ref_model=ref_model) if kl else None
         self.monitor = (
             default_monitor() if isinstance(monitor, str) and monitor == "auto" else monitor
         )
         if self.monitor is not None and not callable(getattr(self.monitor, "update", None)):
             raise TypeError("monitor must have an update(row) -> dict method")
         self.stop_on_alarm, self.save_on_alarm = stop_on_alarm, save_on_alarm
-        self.kl, self.kl_every, self.ref_model, self.history = kl, kl_every, ref_model, history
+        self.history = history
         self.trainer: Any = None
         self.rows: list[dict[str, float]] = []  # every step's row, for inspection
         self.alarm_step: int | None = None
-        self.kl_status = "no batch seen yet"
         self._window: list[dict[str, float]] = []
-        self._kl_pending: list[dict[str, float]] = []
-        self._generations = 0
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------ attaching
@@ -131,25 +109,14 @@ class ProxygapCallback(TrainerCallback):
             return original_log(logs, *args, **kwargs)
 
         trainer.log = log
-        generate = getattr(trainer, "_generate_and_score_completions", None)
-        if self.kl and generate is not None:
-
-            def generate_and_measure(*args: Any, **kwargs: Any) -> Any:
-                out = generate(*args, **kwargs)
-                if trainer.model.training:
-                    self._generations += 1
-                    if (self._generations - 1) % self.kl_every == 0:
-                        kl = self._measure_kl(out)
-                        if kl:
-                            self._kl_pending.append(kl)
-                return out
-
-            trainer._generate_and_score_completions = generate_and_measure
-        elif self.kl:
-            self.kl_status = f"{type(trainer).__name__} generates no batches the callback can read"
-        if self.ref_model is not None:
-            self.ref_model.to(trainer.accelerator.device).eval()
+        if self.probe is not None:
+            self.probe.attach(trainer)
         return self
+
+    @property
+    def kl_status(self) -> str:
+        """Whether KL is measured, and if not, why."""
+        return self.probe.status if self.probe is not None else "off (kl=False)"
 
     def _find_trainer(self) -> None:
         """The ``Trainer`` up the stack whose callbacks include this one."""
@@ -165,49 +132,6 @@ class ProxygapCallback(TrainerCallback):
                 self.attach(owner)
                 return
             frame = frame.f_back  # type: ignore[assignment]
-
-    # ------------------------------------------------------------ KL
-    def _measure_kl(self, out: dict[str, Any]) -> dict[str, float] | None:
-        trainer = self.trainer
-        mask = out.get("completion_mask")
-        if mask is None:
-            self.kl_status = "the trainer's batch has no completion mask"
-            return None
-        ref: Any = out.get("ref_per_token_logps")
-        logp: Any = out.get("old_per_token_logps")
-        if logp is None:
-            logp = out.get("sampling_per_token_logps")
-        need_ref = ref is None
-        ref_model = (
-            self.ref_model if self.ref_model is not None else getattr(trainer, "ref_model", None)
-        )
-        if need_ref and ref_model is None:
-            self.kl_status = (
-                "no KL: the trainer computes no reference log-probs (beta = 0) and has no "
-                "ref_model; set beta > 0 or pass ProxygapCallback(ref_model=...)"
-            )
-            self._warn_once(self.kl_status)
-            return None
-        per_token: Any = getattr(trainer, "_get_per_token_logps_and_entropies", None)
-        if (need_ref or logp is None) and per_token is None:
-            self.kl_status = f"no KL: {type(trainer).__name__} has no per-token log-prob method"
-            self._warn_once(self.kl_status)
-            return None
-        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
-        attn = torch.cat([out["prompt_mask"], mask], dim=1)
-        width = out["completion_ids"].shape[1]
-
-        def logps(model: Any) -> torch.Tensor:
-            with torch.no_grad():
-                lp, _, _ = per_token(model, ids, attn, width, batch_size=ids.shape[0])
-            return lp
-
-        if logp is None:
-            logp = logps(trainer.model)
-        if need_ref:
-            ref = logps(ref_model)
-        self.kl_status = "measured"
-        return kl_metrics(logp, ref, mask)
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -244,13 +168,10 @@ class ProxygapCallback(TrainerCallback):
         row = batch_signals(
             proxy=proxy, completions=completions, members=members, gold=gold, lengths=lengths
         )
-        if self._kl_pending:
-            keys = set().union(*self._kl_pending)
-            for key in keys:
-                vals = [m[key] for m in self._kl_pending if key in m]
-                row[key] = float(sum(vals) if key == "kl/clamped" else np.mean(vals))
+        kl = self.probe.pop() if self.probe is not None else {}
+        if kl:
+            row.update(kl)
             row["d"] = math.sqrt(max(row["kl/k1"], 0.0))
-            self._kl_pending = []
         if row:
             row["step"] = float(step)
         return self._synchronised(row)

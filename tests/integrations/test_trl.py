@@ -30,6 +30,7 @@ from proxygap.integrations.trl import (
     par_reward,
     reference_rewards,
 )
+from proxygap.integrations.trl_kl import KLProbe
 from proxygap.integrations.trl_rewards import take
 from proxygap.models.loading import load_policy, load_reward_model
 from proxygap.rewards.reward_model import score_texts
@@ -136,13 +137,24 @@ def test_kl_metrics_by_hand():
     assert m["signal/entropy"] == pytest.approx((1 + 2 + 0.5 + 100) / 4)
 
 
-def test_kl_unavailable_and_gold_weight_are_reported(caplog):
-    cb = ProxygapCallback(monitor=None)
-    cb.trainer = SimpleNamespace(ref_model=None)
-    batch = {"completion_mask": torch.ones(1, 2)}
+def test_kl_probe_weights_batches_and_says_when_it_cannot(caplog):
+    probe = KLProbe()
+    zero, one = torch.zeros(1, 2), torch.ones(1, 2)
+    probe._add(zero, zero, one)  # B = 1: k1 = 0
+    probe._add(torch.zeros(3, 2), -torch.ones(3, 2), torch.ones(3, 2))  # B = 3: k1 = 2
+    pooled = probe.pop()
+    assert pooled["kl/k1"] == pytest.approx((1 * 0.0 + 3 * 2.0) / 4)  # weighted by sequences
+    assert probe.pop() == {}
+    probe.attach(SimpleNamespace())  # a trainer without per-token log-probs
+    assert probe.status.startswith("no KL: SimpleNamespace exposes no per-token log-probs")
+    probe.trainer = SimpleNamespace(ref_model=None)
     with caplog.at_level(logging.WARNING):
-        assert cb._measure_kl(batch) is None
-    assert "beta = 0" in cb.kl_status and "ref_model" in caplog.text
+        probe._measure({"completion_mask": torch.ones(1, 2)})
+    assert "beta = 0" in probe.status and "ref_model" in caplog.text and probe.pop() == {}
+
+
+def test_gold_weight_is_reported(caplog):
+    cb = ProxygapCallback(monitor=None)
     cb.trainer = SimpleNamespace(
         reward_funcs=[gold_reward(len)], reward_weights=torch.tensor([1.0])
     )
@@ -258,3 +270,37 @@ def test_grpo_history_file_and_load_run(grpo_run):
     assert run.trl[1]["reward/gold"] == pytest.approx(gold[1] - gold[0])
     assert run.trl[1]["reward/gold_raw"] == pytest.approx(gold[1])
     assert run.trl[1]["d"] == pytest.approx(log[1]["proxygap/d"])
+
+
+def test_rloo_kl_by_forward_passes_matches_trl(member_paths, tok, tmp_path):
+    """RLOO keeps no reference log-probs in its batches: the callback computes them with the
+    trainer's ``ref_model``. TRL's RLOO ``kl`` is the token mean of k1, so ours (the mean over
+    sequences of the per-sequence sum) is it times the mean completion length."""
+    import datasets
+    import transformers
+    from trl import RLOOConfig, RLOOTrainer
+
+    transformers.logging.set_verbosity_error()
+    data = datasets.Dataset.from_dict(
+        {"prompt": [f"{tok.bos_token} {p}" for p in TASK.prompts(4, seed=1)]}
+    )
+    cb = ProxygapCallback(monitor=None, history=False)
+    cfg = RLOOConfig(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=4,
+        num_generations=2, max_completion_length=8, max_steps=2, logging_steps=1,
+        save_strategy="no", disable_tqdm=True, beta=0.05, learning_rate=1e-2, seed=0,
+        model_init_kwargs={"dtype": torch.float32},
+    )  # fmt: skip
+    trainer = RLOOTrainer(
+        model=str(TASK.policy_path),
+        reward_funcs=ensemble_reward(member_paths[:2], join=join_for(tok)),
+        args=cfg, train_dataset=data, processing_class=tok, callbacks=[cb],
+    )  # fmt: skip
+    trainer.train()
+    rows = [r for r in trainer.state.log_history if "proxygap/kl/k1" in r]
+    assert len(rows) == 2 and cb.kl_status == "measured"
+    assert rows[0]["proxygap/kl/k1"] == 0.0  # step 1 samples the initial policy
+    for r in rows:
+        assert r["proxygap/kl/k1"] == pytest.approx(
+            r["kl"] * r["completions/mean_length"], rel=1e-4, abs=1e-6
+        )
