@@ -26,7 +26,7 @@ import numpy as np
 
 from proxygap.config.detect import DetectConfig
 from proxygap.monitor.benchmark import BASELINES, choose_threshold, judge, label_points
-from proxygap.monitor.detector import Detector, fit_detector
+from proxygap.monitor.detector import Detector, default_detector, fit_detector
 from proxygap.monitor.forecast import forecast_peak, gao_rl_peak
 from proxygap.monitor.signals import FEATURES, features
 
@@ -41,8 +41,12 @@ def _features(history: Rows) -> np.ndarray:
 
 
 def _fit(histories: Mapping[RunKey, Rows], train: Sequence[RunKey]) -> Detector:
+    """The detector fitted on the training runs; the shipped one when they hold only one label
+    (e.g. no training run overoptimizes: nothing to learn from)."""
     x = np.concatenate([_features(histories[k]) for k in train])
     y = np.concatenate([label_points(histories[k]).warning for k in train])
+    if len(set(y.tolist())) < 2:
+        return default_detector()
     return fit_detector(x, y)
 
 
