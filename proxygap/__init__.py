@@ -17,6 +17,8 @@ The public API, ``import proxygap as pg`` (the README's "API" section lists ever
   :func:`pairwise_accuracy`, :class:`ProxyScorer`, and loading by path (safetensors only, no
   remote code unless asked): :func:`load_reward_model`, :func:`load_policy`,
   :func:`load_tokenizer`;
+- the gold-free overoptimization monitor, :class:`Monitor` (``update(row)`` gives its score and
+  alarm);
 - tasks (:func:`get_task`) and run folders: :func:`load_run`, :func:`history_from_log`.
 
 Names are imported on first use (PEP 562), so ``import proxygap`` imports neither torch nor
@@ -89,6 +91,8 @@ _EXPORTS: dict[str, str] = {
     "load_policy": "proxygap.models.loading",
     "load_reward_model": "proxygap.models.loading",
     "load_tokenizer": "proxygap.models.loading",
+    # the gold-free monitor
+    "Monitor": "proxygap.monitor",
     # tasks and runs
     "Task": "proxygap.tasks",
     "get_task": "proxygap.tasks",
@@ -109,6 +113,7 @@ __all__ = [
     "LawFit",
     "LengthPenalty",
     "ModelLoadError",
+    "Monitor",
     "Overoptimization",
     "PARTransform",
     "ProxyScorer",
@@ -220,6 +225,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them
         load_reward_model,
         load_tokenizer,
     )
+    from proxygap.monitor import Monitor
     from proxygap.optimize.bon import BonCurve, bon_curve, log_spaced_ns
     from proxygap.rewards.ensemble import (
         aggregate,
