@@ -27,9 +27,7 @@ optimisation and stays nearly flat under UWO).
 from __future__ import annotations
 
 import json
-import multiprocessing
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,6 +49,7 @@ from proxygap.study.mitigation_stats import (
 from proxygap.study.results import MitigationResult
 from proxygap.study.scoring import proxy_scorer
 from proxygap.study.sft import stage_sft
+from proxygap.study.workers import run_jobs
 
 __all__ = ["stage_mitigations"]
 
@@ -79,63 +78,28 @@ def _references(ctx: StudyContext, members: ProxyScorer, prompts: list[str]) -> 
 
 
 # ---------------------------------------------------------------- running the arms
-_CONTEXT: ArmContext | None = None  # what a forked worker inherits
-
-
-def _work(arm: MitigationRunConfig, seed: int, points: np.ndarray | None) -> list[dict[str, Any]]:
-    assert _CONTEXT is not None  # the config allows workers > 1 only with threads: 1
-    return run_arm(_CONTEXT, arm, seed, points=points)
-
-
 def _stage(arm: MitigationRunConfig, seed: int) -> str:
     return f"mitigation:{arm.name}:{seed}"
 
 
 def _run(arms: ArmContext, runs: list[ArmRun]) -> None:
-    """Run the runs (none of them done yet), marking each stage done as it finishes."""
-    global _CONTEXT
+    """Run the runs (none of them done yet) on ``runtime.workers`` processes, marking each stage
+    done as it finishes (:func:`proxygap.study.workers.run_jobs`)."""
     ctx = arms.study
-    workers = min(ctx.cfg.runtime.workers, len(runs))
 
-    def finished(arm: MitigationRunConfig, seed: int) -> None:
+    def job(arm: MitigationRunConfig, seed: int, points: np.ndarray | None) -> Callable[[], Any]:
+        return lambda: run_arm(arms, arm, seed, points=points)
+
+    def finished(i: int) -> None:
+        arm, seed, _ = runs[i]
         ctx.run.mark_done(_stage(arm, seed), {"mitigation": arm.name, "seed": seed})
 
-    if workers <= 1 or not sys.platform.startswith("linux"):
-        if workers > 1:
-            ctx.log("runtime.workers > 1 needs Linux (fork); running the arms one at a time")
-        for arm, seed, points in runs:
-            ctx.log(f"mitigation {arm.name}, seed {seed}")
-            run_arm(arms, arm, seed, points=points)
-            finished(arm, seed)
-        return
-    ctx.log(f"{len(runs)} mitigation runs on {workers} worker processes")
-    _CONTEXT = arms
-    errors: list[tuple[str, BaseException]] = []
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    try:
-        futures = {pool.submit(_work, *r): r for r in runs}
-        for fut in as_completed(futures):
-            arm, seed, _ = futures[fut]
-            if fut.cancelled():
-                continue
-            err = fut.exception()
-            if err is None:
-                finished(arm, seed)
-                ctx.log(f"mitigation {arm.name}, seed {seed}: done")
-                continue
-            errors.append((f"mitigation {arm.name}, seed {seed}", err))
-            ctx.log(f"mitigation {arm.name}, seed {seed} failed: {err}")
-            for f in futures:  # start nothing new; the runs under way finish and are kept
-                f.cancel()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        _CONTEXT = None
-    if errors:
-        where, err = errors[0]
-        raise RuntimeError(
-            f"{where} failed: {err} ({len(errors)} failed run(s); the finished runs are kept "
-            "and a new invocation resumes from them)"
-        ) from err
+    run_jobs(
+        [(f"mitigation {arm.name}, seed {seed}", job(arm, seed, p)) for arm, seed, p in runs],
+        workers=ctx.cfg.runtime.workers,
+        finished=finished,
+        log=ctx.log,
+    )
 
 
 def _histories(ctx: StudyContext, arm: MitigationRunConfig, seeds: list[int]) -> list[list[dict]]:
