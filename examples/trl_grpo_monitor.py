@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--group", type=int, default=4, help="samples per prompt")
     parser.add_argument("--beta", type=float, default=0.02)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--logging-steps", type=int, default=2)
+    parser.add_argument("--logging-steps", type=int, default=1)
     parser.add_argument("--stop-on-alarm", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -147,7 +147,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         max_completion_length=task.max_new_tokens, max_steps=args.steps, beta=args.beta,
         learning_rate=args.lr, lr_scheduler_type="constant", logging_steps=args.logging_steps,
         save_strategy="no", disable_tqdm=True, reward_weights=[1.0, 0.0], temperature=1.0,
-        model_init_kwargs={"dtype": torch.float32},
     )  # fmt: skip
     trainer = GRPOTrainer(
         model=policy, reward_funcs=[proxy, gold], args=cfg, train_dataset=data,
