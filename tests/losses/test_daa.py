@@ -8,10 +8,7 @@ sigmoid (cDPO) and simpo; selective_log_softmax / CPOTrainer.get_batch_logps for
 
 from __future__ import annotations
 
-import collections
 import math
-import types
-import warnings
 
 import pytest
 import torch
@@ -28,7 +25,7 @@ from proxygap.losses.daa import (
     simpo_loss,
     slic_loss,
 )
-from proxygap.losses.sequence import masked_mean, sequence_logprobs, token_logprobs
+from proxygap.losses.sequence import sequence_logprobs, token_logprobs
 
 F64 = torch.float64
 TOL = {"rtol": 0.0, "atol": 1e-12}
@@ -127,24 +124,8 @@ def test_dpo_large_margins_are_finite():
 # --------------------------------------------------------------------------- special cases
 
 
-def _random_pairs(b: int = 6, seed: int = 0) -> PairBatchLogps:
-    g = torch.Generator().manual_seed(seed)
-
-    def logps() -> torch.Tensor:
-        return -30.0 * torch.rand(b, generator=g, dtype=F64)
-
-    return PairBatchLogps(
-        policy_chosen=logps(),
-        policy_rejected=logps(),
-        ref_chosen=logps(),
-        ref_rejected=logps(),
-        chosen_len=torch.randint(1, 40, (b,), generator=g),
-        rejected_len=torch.randint(1, 40, (b,), generator=g),
-    )
-
-
-def test_cdpo_eps0_equals_dpo_exactly():
-    p = _random_pairs()
+def test_cdpo_eps0_equals_dpo_exactly(random_pairs):
+    p = random_pairs()
     args = (p.policy_chosen, p.policy_rejected, p.ref_chosen, p.ref_rejected)
     dpo, dpo_m = dpo_loss(*args, beta=0.3)
     cdpo, cdpo_m = cdpo_loss(*args, beta=0.3, label_smoothing=0.0)
@@ -153,8 +134,8 @@ def test_cdpo_eps0_equals_dpo_exactly():
     assert torch.equal(dpo, -F.logsigmoid(0.3 * h))
 
 
-def test_rpo_eta0_equals_dpo_exactly():
-    p = _random_pairs()
+def test_rpo_eta0_equals_dpo_exactly(random_pairs):
+    p = random_pairs()
     args = (p.policy_chosen, p.policy_rejected, p.ref_chosen, p.ref_rejected)
     dpo, dpo_m = dpo_loss(*args, beta=0.2)
     rpo, rpo_m = rpo_loss(*args, -p.policy_chosen, p.chosen_len, beta=0.2, eta=0.0)
@@ -231,8 +212,8 @@ GRAD_HYPER = {
 
 
 @pytest.mark.parametrize("name", sorted(DAA_LOSSES))
-def test_gradcheck_wrt_policy_logps(name):
-    p = _random_pairs(b=4, seed=1)
+def test_gradcheck_wrt_policy_logps(name, random_pairs):
+    p = random_pairs(b=4, seed=1)
     pc = p.policy_chosen.clone().requires_grad_(True)
     pr = p.policy_rejected.clone().requires_grad_(True)
 
@@ -243,8 +224,8 @@ def test_gradcheck_wrt_policy_logps(name):
     assert torch.autograd.gradcheck(f, (pc, pr), eps=1e-6, atol=1e-9)
 
 
-def test_registry_matches_direct_calls():
-    p = _random_pairs()
+def test_registry_matches_direct_calls(random_pairs):
+    p = random_pairs()
     ref = (p.policy_chosen, p.policy_rejected, p.ref_chosen, p.ref_rejected)
     direct = {
         "dpo": dpo_loss(*ref, **GRAD_HYPER["dpo"]),
@@ -305,8 +286,8 @@ def test_bad_hyperparameters():
         simpo_loss(PC, PR, torch.tensor([0, 1]), torch.tensor([1, 1]))
 
 
-def test_registry_errors():
-    p = _random_pairs()
+def test_registry_errors(random_pairs):
+    p = random_pairs()
     allowed = "allowed: \\['cdpo', 'dpo', 'ipo', 'rpo', 'simpo', 'slic'\\]"
     with pytest.raises(ValueError, match=f"unknown DAA loss 'dpoo'; {allowed}"):
         compute_daa_loss("dpoo", p)
@@ -326,33 +307,6 @@ def test_registry_errors():
         )
     with pytest.raises(ValueError, match="beta"):
         compute_daa_loss("slic", p, beta=-1.0)
-
-
-# --------------------------------------------------------------------------- sequence log-probs
-
-
-def test_token_logprobs_matches_naive_and_ignores_negative_labels():
-    g = torch.Generator().manual_seed(0)
-    logits = 5.0 * torch.randn(3, 6, 17, generator=g, dtype=F64)
-    labels = torch.randint(0, 17, (3, 6), generator=g)
-    naive = logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(token_logprobs(logits, labels), naive, **TOL)
-    labels[1, 2:] = -100
-    out = token_logprobs(logits, labels)
-    assert torch.equal(out[1, 2:], torch.zeros(4, dtype=F64))
-    torch.testing.assert_close(out[1, :2], naive[1, :2], **TOL)
-    half = token_logprobs(logits.to(torch.bfloat16), labels)
-    assert half.dtype == torch.float32
-    # bf16 keeps 8 significand bits: logits up to ~16 are rounded by up to 0.03 each
-    torch.testing.assert_close(half.double(), out, rtol=0.0, atol=0.15)
-
-
-def test_sequence_logprobs_hand_value():
-    # uniform over V = 4 tokens: each scored token has log(1/4); 3 masked-in tokens -> -3 log 4
-    logits = torch.zeros(1, 5, 4, dtype=F64)
-    mask = torch.tensor([[0, 1, 1, 1, 0]])
-    out = sequence_logprobs(logits, torch.tensor([[0, 1, 2, 3, -100]]), mask)
-    torch.testing.assert_close(out, t(-3 * math.log(4)), **TOL)
 
 
 def test_padding_invariance_of_logps_and_losses():
@@ -391,271 +345,3 @@ def test_padding_invariance_of_logps_and_losses():
             for x in (right, left)
         )
         torch.testing.assert_close(_call(name, a, **hyper), _call(name, b, **hyper), **TOL)
-
-
-def test_sequence_logprobs_bad_shapes():
-    with pytest.raises(ValueError, match="mask must have the shape of labels"):
-        sequence_logprobs(
-            torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 4)
-        )
-    with pytest.raises(ValueError, match="labels must have shape \\(B, T\\)"):
-        token_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match="integer tensor"):
-        token_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="logits must have shape \\(B, T, V\\)"):
-        token_logprobs(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long))
-
-
-def test_masked_mean():
-    x = t(1.0, 2.0, 3.0, 4.0, 5.0, float("nan")).reshape(2, 3)
-    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
-    # row 0: (1 + 2) / 2 = 1.5; row 1: empty mask -> 0; overall (1 + 2) / 2 = 1.5
-    torch.testing.assert_close(masked_mean(x, mask, dim=-1), t(1.5, 0.0), **TOL)
-    torch.testing.assert_close(masked_mean(x, mask), torch.tensor(1.5, dtype=F64), **TOL)
-    mask2 = torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool)
-    # columns: (1 + 4) / 2 = 2.5; 5 / 1 = 5; 3 / 1 = 3 (the NaN at [1, 2] is masked out)
-    torch.testing.assert_close(masked_mean(x, mask2, dim=0), t(2.5, 5.0, 3.0), **TOL)
-    with pytest.raises(ValueError, match="mask must have the shape of x"):
-        masked_mean(x, mask[:, :2])
-
-
-# --------------------------------------------------------------------------- TRL as oracle
-
-
-@pytest.fixture(scope="module")
-def trl():
-    trl = pytest.importorskip("trl")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from trl.experimental.cpo import CPOTrainer
-        from trl.trainer.dpo_trainer import DPOTrainer
-        from trl.trainer.utils import selective_log_softmax
-    return types.SimpleNamespace(
-        version=trl.__version__,
-        DPOTrainer=DPOTrainer,
-        CPOTrainer=CPOTrainer,
-        selective_log_softmax=selective_log_softmax,
-    )
-
-
-class _FakeFusedLM:
-    """Stands in for a model patched by TRL's ``add_fused_lm_head``: returns per-token log-probs
-    of ``labels[:, 1:]`` (0 where the label is -100) computed with TRL's own selective_log_softmax
-    from fixed logits."""
-
-    training = True
-
-    def __init__(self, logits: torch.Tensor, selective_log_softmax):
-        self.logits, self.sls = logits, selective_log_softmax
-
-    def __call__(self, *, labels, fused_lm_head, **_):
-        assert fused_lm_head
-        shift = labels[:, 1:]
-        keep = shift != -100
-        lp = self.sls(self.logits[:, :-1], shift.clamp(min=0)).masked_fill(~keep, 0.0)
-        zeros = torch.zeros_like(lp)
-        return types.SimpleNamespace(
-            log_probs=lp,
-            entropy=zeros,
-            mean_logits=zeros,
-            is_top1=torch.zeros_like(keep),
-            aux_loss=None,
-        )
-
-
-def _trl_dpo(trl, batch, loss_types, beta, loss_weights=None):
-    """TRL's ``DPOTrainer._compute_loss`` on a minimal stand-in ``self`` (precomputed ref logps,
-    reverse KL, no weighting): returns (mean loss, TRL's logged metrics)."""
-    model = _FakeFusedLM(batch["logits"], trl.selective_log_softmax)
-    accelerator = types.SimpleNamespace(
-        device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x
-    )
-    stub = types.SimpleNamespace(
-        model=model,
-        accelerator=accelerator,
-        aux_loss_enabled=False,
-        ld_alpha=None,
-        precompute_ref_logps=True,
-        f_divergence_type="reverse_kl",
-        loss_types=loss_types,
-        loss_weights=loss_weights or [1.0] * len(loss_types),
-        beta=beta,
-        label_smoothing=0.0,
-        use_weighting=False,
-        _metrics=collections.defaultdict(lambda: collections.defaultdict(list)),
-        _total_train_tokens=0,
-        _tp_size=1,
-    )
-    inputs = {
-        k: batch[k]
-        for k in ("input_ids", "completion_mask", "ref_chosen_logps", "ref_rejected_logps")
-    }
-    inputs["attention_mask"] = batch["attention_mask"]
-    loss = trl.DPOTrainer._compute_loss(stub, model, inputs, return_outputs=False)
-    return loss, {k: v[-1] for k, v in stub._metrics["train"].items()}
-
-
-def _pair_batch(b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    """TRL's DPO layout: rows [chosen_0..chosen_{b-1}, rejected_0..], right padded, prompt first."""
-    g = torch.Generator().manual_seed(seed)
-    T, V = 12, 13
-    input_ids = torch.randint(0, V, (2 * b, T), generator=g)
-    completion_mask = torch.zeros(2 * b, T, dtype=torch.long)
-    attention_mask = torch.zeros(2 * b, T, dtype=torch.long)
-    for i in range(2 * b):
-        prompt = int(torch.randint(1, 4, (1,), generator=g))
-        n = int(torch.randint(1, T - prompt + 1, (1,), generator=g))
-        completion_mask[i, prompt : prompt + n] = 1
-        attention_mask[i, : prompt + n] = 1
-    return {
-        "logits": (3.0 * torch.randn(2 * b, T, V, generator=g, dtype=F64)).requires_grad_(True),
-        "input_ids": input_ids,
-        "completion_mask": completion_mask,
-        "attention_mask": attention_mask,
-        "ref_chosen_logps": -20.0 * torch.rand(b, generator=g, dtype=F64),
-        "ref_rejected_logps": -20.0 * torch.rand(b, generator=g, dtype=F64),
-    }
-
-
-def _ours_logps(batch) -> PairBatchLogps:
-    # Shift for a causal LM: position t scores token t + 1 (see losses/sequence.py).
-    mask = batch["completion_mask"][:, 1:]
-    logps = sequence_logprobs(batch["logits"][:, :-1], batch["input_ids"][:, 1:], mask)
-    lens = mask.sum(-1)
-    pc, pr = logps.chunk(2)
-    lc, lr = lens.chunk(2)
-    return PairBatchLogps(pc, pr, batch["ref_chosen_logps"], batch["ref_rejected_logps"], lc, lr)
-
-
-def _subset(batch, i: int) -> dict[str, torch.Tensor]:
-    """Pair ``i`` alone, in the same layout (rows chosen_i, rejected_i)."""
-    b = batch["ref_chosen_logps"].shape[0]
-    out = {k: v[[i, b + i]] for k, v in batch.items() if v.shape[0] == 2 * b}
-    out["ref_chosen_logps"] = batch["ref_chosen_logps"][i : i + 1]
-    out["ref_rejected_logps"] = batch["ref_rejected_logps"][i : i + 1]
-    return out
-
-
-@pytest.mark.parametrize(
-    ("trl_type", "name", "beta"),
-    [("sigmoid", "dpo", 0.1), ("sigmoid", "dpo", 0.7), ("hinge", "slic", 0.1)],
-)
-def test_dpo_and_slic_match_trl_dpo_trainer(trl, trl_type, name, beta):
-    batch = _pair_batch()
-    trl_loss, trl_m = _trl_dpo(trl, batch, [trl_type], beta)
-    (trl_grad,) = torch.autograd.grad(trl_loss, batch["logits"])
-    losses, m = compute_daa_loss(name, _ours_logps(batch), beta=beta)
-    (grad,) = torch.autograd.grad(losses.mean(), batch["logits"])
-    torch.testing.assert_close(losses.mean(), trl_loss, **TOL)
-    torch.testing.assert_close(grad, trl_grad, **TOL)
-    for ours_key, trl_key in [
-        ("daa/chosen_reward", "rewards/chosen"),
-        ("daa/rejected_reward", "rewards/rejected"),
-        ("daa/margin", "rewards/margins"),
-        ("daa/accuracy", "rewards/accuracies"),
-    ]:
-        assert m[ours_key] == pytest.approx(trl_m[trl_key], abs=1e-12)
-    for i in range(2):  # per-pair values: TRL only returns the batch mean, so use batches of one
-        one, _ = _trl_dpo(trl, _subset(batch, i), [trl_type], beta)
-        torch.testing.assert_close(losses[i], one, **TOL)
-
-
-def test_ipo_matches_trl_with_per_token_average(trl):
-    # TRL 1.x divides each log-ratio by the response length before the IPO square; ipo_loss uses
-    # the sums (docs/methods.md §5). Feeding per-token averages reproduces TRL exactly.
-    batch, beta = _pair_batch(seed=1), 0.1
-    trl_loss, _ = _trl_dpo(trl, batch, ["ipo"], beta)
-    p = _ours_logps(batch)
-    lc, lr = p.chosen_len.to(F64), p.rejected_len.to(F64)
-    avg, _ = ipo_loss(
-        p.policy_chosen / lc,
-        p.policy_rejected / lr,
-        p.ref_chosen / lc,
-        p.ref_rejected / lr,
-        beta=beta,
-    )
-    torch.testing.assert_close(avg.mean(), trl_loss, **TOL)
-    summed, _ = ipo_loss(
-        p.policy_chosen, p.policy_rejected, p.ref_chosen, p.ref_rejected, beta=beta
-    )
-    assert not torch.allclose(summed.mean(), trl_loss)  # the documented difference is real
-
-
-@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
-def test_rpo_matches_trl_sigmoid_plus_sft(trl, eta):
-    # TRL's RPO: loss_type ["sigmoid", "sft"], weights [1, eta]. Its SFT term is a token mean over
-    # the whole batch, equal to NLL(y_w) / |y_w| for a batch of one pair.
-    batch = _pair_batch(seed=2)
-    losses, _ = compute_daa_loss("rpo", _ours_logps(batch), beta=0.1, eta=eta)
-    for i in range(batch["ref_chosen_logps"].shape[0]):
-        one, _ = _trl_dpo(trl, _subset(batch, i), ["sigmoid", "sft"], 0.1, [1.0, eta])
-        torch.testing.assert_close(losses[i], one, **TOL)
-
-
-def _trl_cpo_losses(trl, chosen, rejected, *, loss_type, beta, label_smoothing=0.0, gamma=0.5):
-    """``CPOTrainer.cpo_loss`` (per-example losses) on a stand-in ``self``."""
-    stub = types.SimpleNamespace(
-        alpha=0.0,
-        accelerator=types.SimpleNamespace(device="cpu"),
-        loss_type=loss_type,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        simpo_gamma=gamma,
-    )
-    return trl.CPOTrainer.cpo_loss(stub, chosen, rejected)[0]
-
-
-@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
-def test_cdpo_matches_trl_cpo_label_smoothed_sigmoid(trl, eps):
-    # TRL 1.x's DPOTrainer sigmoid loss has no label smoothing (its label_smoothing feeds the
-    # "robust" and "exo_pair" losses, which are different). CPOTrainer.cpo_loss keeps the cDPO
-    # form -(1-eps) log sigma(beta z) - eps log sigma(-beta z) of z = chosen - rejected; given the
-    # policy-minus-reference log-ratios, z = h and it is exactly cDPO.
-    p = _random_pairs(b=8, seed=4)
-    ours, _ = dpo_loss(
-        p.policy_chosen,
-        p.policy_rejected,
-        p.ref_chosen,
-        p.ref_rejected,
-        beta=0.25,
-        label_smoothing=eps,
-    )
-    theirs = _trl_cpo_losses(
-        trl,
-        p.policy_chosen - p.ref_chosen,
-        p.policy_rejected - p.ref_rejected,
-        loss_type="sigmoid",
-        beta=0.25,
-        label_smoothing=eps,
-    )
-    torch.testing.assert_close(ours, theirs, **TOL)
-
-
-@pytest.mark.parametrize(("beta", "gamma"), [(2.0, 1.0), (2.5, 0.3), (0.5, 0.0)])
-def test_simpo_matches_trl_cpo_simpo(trl, beta, gamma):
-    # CPOTrainer computes SimPO on per-token average log-probs (average_log_prob=True).
-    p = _random_pairs(b=8, seed=5)
-    ours, _ = simpo_loss(
-        p.policy_chosen, p.policy_rejected, p.chosen_len, p.rejected_len, beta=beta, gamma=gamma
-    )
-    theirs = _trl_cpo_losses(
-        trl,
-        p.policy_chosen / p.chosen_len,
-        p.policy_rejected / p.rejected_len,
-        loss_type="simpo",
-        beta=beta,
-        gamma=gamma,
-    )
-    torch.testing.assert_close(ours, theirs, rtol=0.0, atol=1e-12)
-
-
-def test_sequence_logprobs_matches_trl(trl):
-    batch = _pair_batch(seed=6)
-    logits, ids, cm = batch["logits"].detach(), batch["input_ids"], batch["completion_mask"]
-    labels = ids.masked_fill(cm == 0, -100)  # TRL's convention: unshifted labels, -100 = ignore
-    theirs = trl.CPOTrainer.get_batch_logps(logits, labels)  # shifts internally
-    ours = sequence_logprobs(logits[:, :-1], ids[:, 1:], cm[:, 1:])
-    torch.testing.assert_close(ours, theirs, **TOL)
-    torch.testing.assert_close(
-        token_logprobs(logits, ids), trl.selective_log_softmax(logits, ids), **TOL
-    )
