@@ -23,7 +23,6 @@ from proxygap.models.logprobs import response_logprobs
 from proxygap.models.schedule import lr_factor
 from proxygap.optimize import rollout as rl_rollout
 from proxygap.optimize.evaluate import PolicyEvaluator
-from proxygap.optimize.loop import LoopResult
 from proxygap.optimize.ppo_update import critic_values, new_critic, optimiser_steps
 from proxygap.optimize.rl import RLConfig, train_rl
 from proxygap.optimize.rl_hooks import RLHooks
@@ -488,38 +487,3 @@ def test_lr_schedule_hand_values():
     assert f[6] == pytest.approx(0.5)
     assert f[10] == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(7, kind="constant", warmup=2, total=10) == 1.0
-
-
-@pytest.mark.parametrize(
-    ("kw", "field"),
-    [
-        ({"algo": "a2c"}, "algo"),
-        ({"kl_mode": "both"}, "kl_mode"),
-        ({"clip": 1.5}, "clip"),
-        ({"algo": "rloo", "group_size": 1}, "group_size"),
-        ({"minibatch_size": 5}, "minibatch_size"),
-        ({"kl_controller": "adaptive"}, "kl_coef"),
-        ({"lr_schedule": "linear"}, "lr_schedule"),
-        ({"stepz": 3}, "stepz"),
-    ],
-)
-def test_config_errors_name_the_field(kw, field):
-    with pytest.raises(ValueError, match=field):
-        RLConfig(**kw)
-
-
-def test_config_resolves_the_kl_estimator():
-    assert RLConfig().estimator == "k1"
-    assert RLConfig(kl_mode="loss").estimator == "k3"
-    assert RLConfig(kl_mode="loss", kl_estimator="k2").estimator == "k2"
-
-
-def test_non_finite_error_survives_pickling():
-    """Worker processes send a failed run's error back pickled: the step, the message and the
-    run so far must arrive intact."""
-    import pickle
-
-    err = NonFiniteError("loss is nan", step=7, result=LoopResult(history=[{"step": 5.0}]))
-    back = pickle.loads(pickle.dumps(err))
-    assert type(back) is NonFiniteError and str(back) == "step 7: loss is nan"
-    assert back.step == 7 and back.result.history == [{"step": 5.0}]
