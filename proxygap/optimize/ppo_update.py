@@ -65,7 +65,7 @@ class UpdateSettings:
     """Hyperparameters of :func:`update` (a view of the recipe's config).
 
     An optimiser step takes ``micro * accum`` rows; its forward passes take at most ``micro``
-    rows and ``forward_tokens`` padded tokens each (see :func:`~proxygap.optimize.rl_rollout.
+    rows and ``forward_tokens`` padded tokens each (see :func:`~proxygap.optimize.rollout.
     pack`), which changes speed and memory, not the update.
     """
 
