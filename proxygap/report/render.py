@@ -252,7 +252,9 @@ def write_report(study: StudyResult, *, rerendered: bool = False) -> None:
             "metrics of every step), `examples.json`, `policy-final/` and `policy-best/` (the "
             "policy at the end and at its best gold, `policy-best.json` says where), "
             "`rl/summary.json`; for direct alignment "
-            "`daa/<loss>-<beta>/result.json` and `daa/summary.json`."
+            "`daa/<loss>-<beta>/result.json` and `daa/summary.json`; for the monitor's corpus "
+            "`detect/<family>/seed-<s>/history.json`, `detect/summary.json` and the fitted "
+            "`detect/detector.json`."
         )
     )
     atomic_write_text(run_dir / "report.md", doc.markdown())

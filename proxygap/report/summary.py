@@ -127,4 +127,23 @@ def summary_lines(study: StudyResult) -> list[str]:
             )
     if study.mitigations is not None:
         lines += _mitigation_lines(study.mitigations)
+    if study.detect is not None:
+        lines.append(_detect_line(study.detect.summary))
     return lines or ["No stage produced a result to summarise."]
+
+
+def _detect_line(summary: dict) -> str:
+    """The monitor against the best reward-only baseline on the held-out seeds."""
+    dets = summary["detectors"]
+    ours = dets["proxygap"]
+    base = max((v for k, v in dets.items() if k != "proxygap"), key=lambda v: v["auroc"] or 0)
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.0f}%"
+
+    return (
+        f"Monitor on held-out runs: AUROC {fmt(ours['auroc'], 2)} against "
+        f"{fmt(base['auroc'], 2)} for the best reward-only baseline; alarms before gold's drop in "
+        f"{pct(ours['alarm_before_drop'])} of {ours['n_overoptimizing']} overoptimizing runs, "
+        f"false alarms in {pct(ours['false_alarm_rate'])} of {ours['n_benign']} benign runs."
+    )
