@@ -44,6 +44,7 @@ from proxygap.losses.daa_checks import (
     logratios,
     n_tokens,
 )
+from proxygap.losses.fdpo import FDPO_LOSSES
 from proxygap.schema import check_keywords, keyword_parameters
 
 LossOutput = tuple[Tensor, dict[str, float]]
@@ -354,6 +355,10 @@ class DAALoss:
         return self.fn(*self.inputs(logps), **hyper)
 
 
+def _reference_inputs(loss: str) -> Callable[[PairBatchLogps], tuple[Tensor, ...]]:
+    return lambda b: b.require(*_REFERENCE_BASED, loss=loss)
+
+
 def _rpo_inputs(logps: PairBatchLogps) -> tuple[Tensor, ...]:
     pc, pr, rc, rr, chosen_len = logps.require(*_REFERENCE_BASED, "chosen_len", loss="rpo")
     return pc, pr, rc, rr, -pc, chosen_len
@@ -372,8 +377,9 @@ DAA_LOSSES: dict[str, DAALoss] = {
         ),
     ),
     "rpo": DAALoss("rpo", rpo_loss, _rpo_inputs),
+    **{n: DAALoss(n, f, _reference_inputs(n)) for n, f in FDPO_LOSSES.items()},
 }
-"""DAA losses by config name. RPO's NLL term is ``-policy_chosen`` over ``chosen_len`` tokens."""
+"""DAA losses by config name. RPO's NLL is ``-policy_chosen`` over ``chosen_len``; f-DPO: fdpo.py"""
 
 
 def get_daa_loss(name: str) -> DAALoss:
