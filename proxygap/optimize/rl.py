@@ -13,7 +13,8 @@ step:
 4. **advantages**: the KL penalty ``-beta * k(log_ratio_t)`` joins the per-token reward when
    ``kl_mode = "reward"`` (Ziegler et al. 2019), then the algorithm's estimator: GAE with a
    separate critic (PPO, Schulman et al. 2017), group-normalised (GRPO, Shao et al. 2024) or
-   leave-one-out (RLOO, Ahmadian et al. 2024);
+   leave-one-out (RLOO, Ahmadian et al. 2024); or f-DPG (Go et al. 2023, methods §7), whose
+   target ``pi_ref exp(score/beta)`` holds the KL, so nothing joins the per-token reward;
 5. **update**: clipped surrogate over shuffled minibatches with gradient accumulation,
    ``+ beta * k3`` in the loss when ``kl_mode = "loss"`` (GRPO), clipped value loss (PPO),
    gradient clipping, learning-rate schedule;
@@ -191,6 +192,8 @@ def train_rl(
     controller = _kl_controller(cfg)
     # KL in the reward or in the loss: beta goes to one of the two, 0 to the other
     reward_beta, loss_beta = (1.0, 0.0) if cfg.kl_mode == "reward" else (0.0, 1.0)
+    if cfg.algo == "fdpg":  # beta is the target's temperature, inside the advantages
+        reward_beta = 0.0
     advantage_fn = ADVANTAGES[cfg.algo]
     settings = UpdateSettings(
         micro=cfg.minibatch_size or cfg.batch_size,
@@ -249,7 +252,17 @@ def train_rl(
         if critic is not None:
             batch.values = packed_values(critic, batch, settings)
         batch.advantages, batch.returns = advantage_fn(
-            rewards_t, batch.values, mask, group_size=cfg.group_size, gamma=cfg.gamma, lam=cfg.lam
+            rewards_t,
+            batch.values,
+            mask,
+            group_size=cfg.group_size,
+            gamma=cfg.gamma,
+            lam=cfg.lam,
+            score=score,
+            logprobs=batch.logprobs,
+            ref_logprobs=batch.ref_logprobs,
+            beta=beta,
+            divergence=cfg.divergence,
         )
 
         # ---- 5. update

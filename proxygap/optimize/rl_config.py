@@ -31,9 +31,13 @@ class RLConfig(Strict):
     One optimiser step per rollout keeps RLOO and GRPO on-policy (ratio 1, no clipping).
     """
 
-    algo: Literal["ppo", "grpo", "rloo"] = Field(
+    algo: Literal["ppo", "grpo", "rloo", "fdpg"] = Field(
         default="rloo",
-        description="ppo (GAE with a critic), grpo (group-normalised) or rloo (leave-one-out)",
+        description="ppo (GAE with a critic), grpo (group-normalised), rloo (leave-one-out) or "
+        "fdpg (f-divergence towards pi0 exp(r/kl_coef), Go et al. 2023)",
+    )
+    divergence: Literal["reverse_kl", "forward_kl", "js", "tv"] = Field(
+        default="reverse_kl", description="the f-divergence fdpg minimises (fdpg only)"
     )
     steps: PosInt = Field(default=200, description="RL steps")
     prompts_per_step: PosInt = Field(default=32, description="training prompts per step")
@@ -127,7 +131,16 @@ class RLConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RLConfig:
-        if self.algo in ("grpo", "rloo") and self.group_size < 2:
+        if self.algo == "fdpg":
+            if self.kl_coef == 0:
+                raise ValueError("kl_coef must be > 0 for algo 'fdpg' (the target's beta)")
+            if self.kl_mode != "reward":
+                raise ValueError(
+                    "kl_mode must be 'reward' for algo 'fdpg' (the KL is in the target)"
+                )
+        elif self.divergence != "reverse_kl":
+            raise ValueError(f"divergence is used only by algo 'fdpg', not {self.algo!r}")
+        if self.algo in ("grpo", "rloo", "fdpg") and self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 for {self.algo}, got {self.group_size}")
         micro = self.minibatch_size or self.batch_size
         if self.batch_size % (micro * self.grad_accum):

@@ -6,7 +6,7 @@ What the RL step (:mod:`proxygap.optimize.rl`) reads, in the order it reads it:
 - :func:`token_rewards` puts the KL penalty in the per-token reward (Ziegler et al. 2019);
 - :data:`ADVANTAGES` maps an algorithm name to its advantage estimator: GAE with a learned value
   (PPO, Schulman et al. 2017), group-normalised (GRPO, Shao et al. 2024) or leave-one-out
-  (RLOO, Ahmadian et al. 2024);
+  (RLOO, Ahmadian et al. 2024), or f-DPG towards the KL-regularised target (Go et al. 2023);
 - :class:`Rollout` holds one batch of experience, every tensor ``(B, T)`` or ``(B,)`` with the
   ``G`` samples of a prompt in consecutive rows; :func:`pack` cuts its rows into forward passes
   of similar length and :func:`packed` runs a model over them (reference log-probs, values).
@@ -29,6 +29,7 @@ from proxygap.estimators.advantages import (
     kl_penalised_token_rewards,
     rloo_advantages,
 )
+from proxygap.estimators.fdpg import fdpg_advantages
 from proxygap.losses.ppo import KL_ESTIMATORS
 from proxygap.models.logprobs import response_logprobs
 
@@ -134,9 +135,40 @@ def ppo_gae(
     return adv, returns
 
 
-ADVANTAGES: dict[str, AdvantageFn] = {"ppo": ppo_gae, "grpo": grpo, "rloo": rloo}
+def fdpg(
+    rewards: Tensor,
+    values: Tensor | None,
+    mask: Tensor,
+    *,
+    group_size: int,
+    score: Tensor,
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    beta: float,
+    divergence: str,
+    **_: float,
+) -> tuple[Tensor, None]:
+    """f-DPG advantages (Go et al. 2023; docs/methods.md §7): ``-f'(pi/p)`` for the target
+    ``p ∝ pi0 exp(score/beta)`` from the sequence log-probs (``(B, T)`` token log-probs summed
+    over the mask), ``Z`` estimated per prompt from its ``G`` samples, centred per group, times
+    ``beta`` and given to every token. The factor ``beta`` puts them in reward units: for the
+    reverse KL they are ``score - beta log(pi/pi0)`` minus its group mean, the KL-penalised
+    reward of RLHF. The KL enters only through the target (``rewards`` is not read)."""
+    adv, _ = fdpg_advantages(
+        (logprobs * mask).sum(dim=1),
+        (ref_logprobs * mask).sum(dim=1),
+        score,
+        beta=beta,
+        divergence=divergence,
+        group_size=group_size,
+    )
+    return _broadcast(beta * adv, mask), None
+
+
+ADVANTAGES: dict[str, AdvantageFn] = {"ppo": ppo_gae, "grpo": grpo, "rloo": rloo, "fdpg": fdpg}
 """Advantage estimator by algorithm name: ``(token_rewards, values, mask, *, group_size, gamma,
-lam) -> (advantages (B, T), returns (B, T) or None)``."""
+lam, score, logprobs, ref_logprobs, beta, divergence) -> (advantages (B, T), returns (B, T) or
+None)``; each reads the keywords it needs."""
 
 
 @dataclass
