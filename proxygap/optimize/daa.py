@@ -61,12 +61,13 @@ from proxygap.sampling.generate import sample
 from proxygap.schema import PosFloat, PosInt, Strict
 from proxygap.tasks.base import Task
 
-_LOSS_HYPER = ("label_smoothing", "gamma", "eta")
+_LOSS_HYPER = ("label_smoothing", "gamma", "eta", "alpha")
 
 
 class DAAConfig(Strict):
-    """One direct-alignment run. ``label_smoothing`` (cDPO), ``gamma`` (SimPO) and ``eta`` (RPO)
-    may be set only for a loss that takes them; unset ones keep the loss function's default.
+    """One direct-alignment run. ``label_smoothing`` (cDPO), ``gamma`` (SimPO), ``eta`` (RPO) and
+    ``alpha`` (f-DPO alpha-divergence) may be set only for a loss that takes them; unset ones keep
+    the loss function's default.
 
     Deviations from the papers, for a small policy on CPU: AdamW instead of RMSprop (Rafailov et
     al. 2023), a learning rate of 3e-4 instead of ~1e-6 (chosen on the built-in task, where 1e-4
@@ -86,6 +87,9 @@ class DAAConfig(Strict):
     )
     eta: Annotated[float, Field(ge=0.0)] | None = Field(
         default=None, description="RPO weight of the NLL term; None: the loss's default"
+    )
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        default=None, description="f-DPO alpha-divergence alpha; None: the loss's default"
     )
     lr: PosFloat = Field(
         default=3e-4,

@@ -138,3 +138,12 @@ def test_alpha_out_of_range(alpha: float) -> None:
 def test_bad_beta() -> None:
     with pytest.raises(ValueError, match="beta"):
         fdpo_js_loss(*PAIR, beta=0.0)
+
+
+def test_daa_config_sets_alpha_only_for_the_alpha_loss() -> None:
+    assert DAAConfig(loss="fdpo_alpha", alpha=0.3).loss_hyper() == {"beta": 0.1, "alpha": 0.3}
+    assert DAAConfig(loss="fdpo_alpha").loss_hyper() == {"beta": 0.1}  # the loss's 0.5
+    with pytest.raises(ValueError, match="alpha is not a hyperparameter of loss 'fdpo_js'"):
+        DAAConfig(loss="fdpo_js", alpha=0.3)
+    with pytest.raises(ValueError, match="alpha"):
+        DAAConfig(loss="fdpo_alpha", alpha=1.0)
