@@ -209,7 +209,7 @@ def _run(tok, cfg: DAAConfig, n_train: int = 32):
     return result
 
 
-@pytest.mark.parametrize("loss", ["dpo", "ipo", "slic"])
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "slic", "fdpo_fkl", "fdpo_js", "fdpo_alpha"])
 def test_a_few_steps_learn_a_trivial_preference(tok, loss):
     cfg = DAAConfig(loss=loss, beta=0.5, lr=3e-3, batch_size=8, epochs=1, eval_at=[0, 1.0])
     h = _run(tok, cfg).history
