@@ -139,6 +139,12 @@ class StudyConfig(Strict):
                     f"detect.monitor_proxy {self.detect.monitor_proxy!r} is not one of the "
                     f"proxies {names}"
                 )
+            monitor = next(p for p in self.proxies if p.name == self.detect.monitor_proxy)
+            if monitor.path is None and monitor.ensemble < 2:
+                raise ValueError(
+                    f"detect.monitor_proxy {monitor.name!r} has {monitor.ensemble} member; the "
+                    "monitor's disagreement signal needs an ensemble (ensemble >= 2)"
+                )
         _check_targets(self)
         check_inputs(self.preferences.file, self.proxies)
         needs = [

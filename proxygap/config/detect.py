@@ -80,6 +80,8 @@ class DetectConfig(Strict):
             raise ValueError(f"detect.test_families: unknown {unknown}; families: {names}")
         if not set(self.test_seeds) < set(self.seeds):
             raise ValueError("detect.test_seeds must be a proper subset of detect.seeds")
+        if set(self.test_families) == set(names):
+            raise ValueError("detect.test_families must leave at least one family to train on")
         for f in self.families:
             bad = sorted(set(f.settings) - set(RLConfig.model_fields))
             if bad:

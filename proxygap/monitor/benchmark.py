@@ -12,7 +12,8 @@ variance, CUSUM and length-drift detectors): :func:`variance_collapse`, :func:`c
 
 Scores of a detector on a set of runs (:func:`judge`): ``auroc`` over all evaluation points
 (score against label), ``alarm_before_drop`` (share of overoptimizing runs whose first alarm
-comes at an earlier evaluation point than the drop), ``median_lead_steps`` (training steps from
+comes after the start, whose score reads no signal yet, and at an earlier evaluation point than
+the drop), ``median_lead_steps`` (training steps from
 that alarm to the drop, over those runs), ``false_alarm_rate`` (share of benign runs with any
 alarm), and ``alarm_before_drop_warnable``: the share alarmed after the start and before the
 drop among the runs where that is possible (the drop comes at the second evaluation after the
@@ -118,9 +119,9 @@ def judge(
             continue
         n_over += 1
         warnable += lab.drop >= 2
-        if first is not None and first < lab.drop:
+        if first is not None and 0 < first < lab.drop:  # at the start the score reads no signal
             alarmed_before += 1
-            warned += first > 0 and lab.drop >= 2
+            warned += lab.drop >= 2
             leads.append(float(history[lab.drop]["step"]) - float(history[first]["step"]))
     area = auroc(np.concatenate(all_s), np.concatenate(all_y)) if all_s else math.nan
     return {  # None where a share has no runs to count over
@@ -145,6 +146,8 @@ def choose_threshold(
     the highest score."""
     candidates = np.unique(np.concatenate([np.asarray(s, dtype=np.float64) for _, s in runs]))
     best = float(candidates[-1])
+    if judge(runs, best)["false_alarm_rate"] is None:  # no benign run to bound alarms by
+        return best
     for t in candidates[::-1]:
         fa = judge(runs, float(t))["false_alarm_rate"]
         if fa is not None and fa > max_false_alarms:

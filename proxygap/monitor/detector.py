@@ -24,7 +24,26 @@ import numpy as np
 from proxygap.monitor.signals import FEATURES, features
 from proxygap.store.atomic import atomic_write_text
 
-__all__ = ["DEFAULT_DETECTOR_PATH", "Detector", "Monitor", "default_detector", "fit_detector"]
+__all__ = [
+    "DEFAULT_DETECTOR_PATH",
+    "SIGNALS",
+    "Detector",
+    "Monitor",
+    "default_detector",
+    "fit_detector",
+]
+
+SIGNALS = (
+    "d",
+    "reward/proxy",
+    "length/mean",
+    "diversity/distinct2",
+    "signal/proxy_std",
+    "signal/entropy",
+    "signal/ensemble_std",
+    "signal/outlier_rate",
+)
+"""The row keys the monitor's features read."""
 
 DEFAULT_DETECTOR_PATH = Path(__file__).with_name("default_detector.json")
 """The detector the monitor uses unless given another."""
@@ -141,7 +160,9 @@ class Monitor:
     Use it as a :class:`~proxygap.optimize.loop.Watchers` ``on_evaluate`` hook (it adds its keys
     to each row) or call :meth:`update` with rows from any trainer. Keys it adds: ``monitor/<f>``
     for every feature, ``monitor/score`` (the probability), ``monitor/alarm`` (0 or 1) and
-    ``monitor/first_alarm_step`` (the step of the first alarm so far, -1 before any). With
+    ``monitor/first_alarm_step`` (the step of the first alarm so far, -1 before any) and
+    ``monitor/missing_signals`` (how many of :data:`SIGNALS` the row lacks: each counts as no
+    drift, so the score then reads less than the detector was fitted on). With
     ``stop_on_alarm`` the hook asks the loop to stop at the first alarm.
     """
 
@@ -165,6 +186,7 @@ class Monitor:
             "monitor/score": score,
             "monitor/alarm": float(alarm),
             "monitor/first_alarm_step": self.first_alarm_step,
+            "monitor/missing_signals": float(sum(k not in row for k in SIGNALS)),
         }
 
     def __call__(self, row: dict[str, float], result: Any) -> bool:

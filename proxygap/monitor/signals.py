@@ -17,7 +17,8 @@ Sample-level functions (``(n,)`` or ``(n, K)`` arrays in, one number out):
 Run-level features (:func:`features`) compare an evaluation row with the run's first row, so that
 every feature is 0 at the start and grows as the policy drifts:
 
-- ``d``: ``sqrt(KL)`` to the initial policy (Gao et al. 2023's axis);
+- ``d``: growth of ``sqrt(KL)`` to the initial policy since the first row (Gao et al. 2023's
+  axis; the first row's ``d`` is 0 for RL, small for a conditioned or late-evaluated policy);
 - ``proxy_gain``: proxy gain in units of the proxy's spread over initial-policy samples;
 - ``proxy_per_d``: ``proxy_gain / d``, the proxy bought per unit of ``d``; its decline marks the
   bend of the Gao law on the proxy;
@@ -102,13 +103,22 @@ def mahalanobis(x: np.ndarray, ref: np.ndarray, *, shrinkage: float = 0.1) -> np
 def outlier_rate(
     x: np.ndarray, ref: np.ndarray, *, quantile: float = 0.95, shrinkage: float = 0.1
 ) -> float:
-    """Share of rows of ``x`` farther (Mahalanobis, :func:`mahalanobis`) from ``ref`` than the
-    ``quantile`` of ``ref``'s own distances: ``1 - quantile`` in expectation when ``x`` is drawn
-    like ``ref``, more when the policy's samples leave the initial distribution."""
+    """Share of rows of ``x`` farther (Mahalanobis, :func:`mahalanobis`) from the initial
+    distribution than the ``quantile`` of fresh initial samples: ``ref``'s even rows give the
+    mean and covariance, its odd rows (unseen by them) the cutoff, so that ``x`` drawn like
+    ``ref`` exceeds it with probability ``1 - quantile`` (an in-sample cutoff would be biased
+    low in high dimension and flag fresh in-distribution samples); more when the policy's
+    samples leave the initial distribution."""
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
-    cut = np.quantile(mahalanobis(ref, ref, shrinkage=shrinkage), quantile)
-    return float((mahalanobis(x, ref, shrinkage=shrinkage) > cut).mean())
+    ref = np.asarray(ref, dtype=np.float64)
+    if len(ref) < 4:
+        raise ValueError(
+            f"need at least 4 reference rows (2 to fit, 2 to calibrate), got {len(ref)}"
+        )
+    fit, calibrate = ref[0::2], ref[1::2]
+    cut = np.quantile(mahalanobis(calibrate, fit, shrinkage=shrinkage), quantile)
+    return float((mahalanobis(x, fit, shrinkage=shrinkage) > cut).mean())
 
 
 def _log_ratio(row: Mapping[str, float], first: Mapping[str, float], key: str) -> float:
@@ -129,7 +139,7 @@ def features(row: Mapping[str, float], first: Mapping[str, float]) -> dict[str, 
             return 0.0
         return float(first[key]) - float(row[key])
 
-    d = max(float(row.get("d", 0.0)), 0.0)
+    d = max(float(row.get("d", 0.0)), 0.0) - max(float(first.get("d", 0.0)), 0.0)
     spread = float(first.get("signal/proxy_std", 0.0)) or 1.0
     gain = -drop("reward/proxy") / spread
     return {

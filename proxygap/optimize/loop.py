@@ -155,49 +155,51 @@ def run_loop(
     bar = tqdm(
         total=schedule.total, desc=watch.progress, unit="step", disable=watch.progress is None
     )
-    for step in range(schedule.total + 1):
-        if schedule.is_eval(step):
-            t0 = time.perf_counter()
-            metrics, examples = evaluate(step)
-            row = {
-                "step": float(step),
-                "samples_seen": float(step * schedule.samples_per_step),
-                **metrics,
-                **window_means(window),
-                "time/wall": time.perf_counter() - t_start,
-                "time/eval": time.perf_counter() - t0,
-            }
-            result.history.append(row)
-            result.examples += [{"step": step, **e} for e in examples]
-            log((describe or describe_row)(row))
-            stop = [bool(hook(row, result)) for hook in watch.on_evaluate]
-            window = []
-            bar.set_postfix(_postfix(row), refresh=False)
-            if any(stop) and step < schedule.total:
-                result.stopped_at = step
-                log(f"stopped at step {step}: a watcher asked to stop")
+    try:  # the watchers close (trackers flush, keepers write) even when a step fails
+        for step in range(schedule.total + 1):
+            if schedule.is_eval(step):
+                t0 = time.perf_counter()
+                metrics, examples = evaluate(step)
+                row = {
+                    "step": float(step),
+                    "samples_seen": float(step * schedule.samples_per_step),
+                    **metrics,
+                    **window_means(window),
+                    "time/wall": time.perf_counter() - t_start,
+                    "time/eval": time.perf_counter() - t0,
+                }
+                result.history.append(row)
+                result.examples += [{"step": step, **e} for e in examples]
+                log((describe or describe_row)(row))
+                stop = [bool(hook(row, result)) for hook in watch.on_evaluate]
+                window = []
+                bar.set_postfix(_postfix(row), refresh=False)
+                if any(stop) and step < schedule.total:
+                    result.stopped_at = step
+                    log(f"stopped at step {step}: a watcher asked to stop")
+                    break
+            if step == schedule.total:
                 break
-        if step == schedule.total:
-            break
-        t_step = time.perf_counter()
-        try:
-            metrics = train_step(step)
-        except NonFiniteError as err:
-            if err.step is not None:
-                raise
-            raise NonFiniteError(err.message, step=step, result=result) from err
-        metrics["time/step"] = time.perf_counter() - t_step
-        step_row = {"step": float(step + 1), **metrics}
-        result.steps.append(step_row)
-        window.append(metrics)
-        for step_hook in watch.on_step:
-            step_hook(step_row)
-        bar.update()
-        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-            checkpoint(step + 1)
-    bar.close()
-    for close in watch.on_close:
-        close()
+            t_step = time.perf_counter()
+            try:
+                metrics = train_step(step)
+            except NonFiniteError as err:
+                if err.step is not None:
+                    raise
+                raise NonFiniteError(err.message, step=step, result=result) from err
+            metrics["time/step"] = time.perf_counter() - t_step
+            step_row = {"step": float(step + 1), **metrics}
+            result.steps.append(step_row)
+            window.append(metrics)
+            for step_hook in watch.on_step:
+                step_hook(step_row)
+            bar.update()
+            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+                checkpoint(step + 1)
+    finally:
+        bar.close()
+        for close in watch.on_close:
+            close()
     return result
 
 

@@ -104,14 +104,15 @@ def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any)
             "threshold are fitted on the training runs; the tables score the held-out runs."
         )
     )
-    dets = s["detectors"]
+    dets = {k: v for k, v in s["detectors"].items() if v.get("fitted", True)}
     doc.add(
         Table(HEADER, [_row(n, v) for n, v in dets.items()],
               caption=f"Held out by seed (seeds {', '.join(map(str, corpus['test_seeds']))})."),
     )  # fmt: skip
     if corpus["test_families"]:
         doc.add(
-            Table(HEADER, [_row(n, v["by_family"]) for n, v in dets.items() if "by_family" in v],
+            Table(HEADER, [_row(n, v["by_family"]) for n, v in dets.items()
+                           if v.get("by_family", {}).get("fitted", True)],
                   caption="Held out by family: " + ", ".join(corpus["test_families"]) + "."),
         )  # fmt: skip
     doc.add(
@@ -126,6 +127,10 @@ def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any)
             f"{_pct(fc.get('share_gao_no_turn'))} of them)."
         )
     )
-    detector = Detector.load(run_dir / "detect" / "detector.json")
+    saved = run_dir / "detect" / "detector.json"
+    if not saved.is_file():  # the training runs held a single label: no detector was fitted
+        doc.add(Paragraph("No detector was fitted: the training runs hold a single label."))
+        return
+    detector = Detector.load(saved)
     _plot(result, detector, run_dir / "plots" / "detect_runs.png", list(corpus["test_seeds"]))
     doc.add(Image("plots/detect_runs.png", "Held-out runs with the monitor's score."))

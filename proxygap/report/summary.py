@@ -136,6 +136,8 @@ def _detect_line(summary: dict) -> str:
     """The monitor against the best reward-only baseline on the held-out seeds."""
     dets = summary["detectors"]
     ours = dets["proxygap"]
+    if not ours.get("fitted", True):
+        return "Monitor: not fitted (the detection corpus's training runs hold a single label)."
     base = max((v for k, v in dets.items() if k != "proxygap"), key=lambda v: v["auroc"] or 0)
 
     def pct(x: float | None) -> str:

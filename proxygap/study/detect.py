@@ -102,7 +102,7 @@ def _run(ctx: StudyContext, cfg: DetectConfig, family: DetectFamily, seed: int) 
     evaluator = rl_evaluator(
         ctx.policy, ctx.tokenizer, task=ctx.task, proxy=reward_fn, cfg=settings,
         gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "detect_eval"),
-        members=monitor.standardised, embed=monitor.embed,
+        members=monitor.standardised if monitor.n_members > 1 else None, embed=monitor.embed,
     )  # fmt: skip
     torch.manual_seed(settings.seed)
     policy = copy.deepcopy(ctx.policy).train()
@@ -148,5 +148,6 @@ def stage_detect(ctx: StudyContext) -> DetectResult | None:
     }
     summary, detector = analyse_corpus(cfg, histories)
     atomic_write_json(ctx.run.path("detect", "summary.json"), summary)
-    detector.save(ctx.run.path("detect", "detector.json"))
+    if detector is not None:
+        detector.save(ctx.run.path("detect", "detector.json"))
     return DetectResult(histories=histories, summary=summary)

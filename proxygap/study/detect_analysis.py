@@ -26,7 +26,7 @@ import numpy as np
 
 from proxygap.config.detect import DetectConfig
 from proxygap.monitor.benchmark import BASELINES, choose_threshold, judge, label_points
-from proxygap.monitor.detector import Detector, default_detector, fit_detector
+from proxygap.monitor.detector import Detector, fit_detector
 from proxygap.monitor.forecast import forecast_peak, gao_rl_peak
 from proxygap.monitor.signals import FEATURES, features
 
@@ -40,13 +40,13 @@ def _features(history: Rows) -> np.ndarray:
     return np.array([[features(r, history[0])[f] for f in FEATURES] for r in history])
 
 
-def _fit(histories: Mapping[RunKey, Rows], train: Sequence[RunKey]) -> Detector:
-    """The detector fitted on the training runs; the shipped one when they hold only one label
-    (e.g. no training run overoptimizes: nothing to learn from)."""
+def _fit(histories: Mapping[RunKey, Rows], train: Sequence[RunKey]) -> Detector | None:
+    """The detector fitted on the training runs; None when they hold only one label (e.g. no
+    training run overoptimizes: nothing to learn from)."""
     x = np.concatenate([_features(histories[k]) for k in train])
     y = np.concatenate([label_points(histories[k]).warning for k in train])
     if len(set(y.tolist())) < 2:
-        return default_detector()
+        return None
     return fit_detector(x, y)
 
 
@@ -56,13 +56,18 @@ def _scores(detector: Detector, history: Rows) -> np.ndarray:
 
 def _split(
     histories: Mapping[RunKey, Rows], train: Sequence[RunKey], test: Sequence[RunKey]
-) -> tuple[dict[str, dict[str, Any]], Detector]:
-    """Every detector fitted on ``train`` and judged on ``test``."""
+) -> tuple[dict[str, dict[str, Any]], Detector | None]:
+    """Every detector fitted on ``train`` and judged on ``test`` (the proxygap detector marked
+    unfitted, and None returned for it, when the training runs hold a single label)."""
+    out: dict[str, dict[str, Any]] = {}
     detector = _fit(histories, train)
-    scored = {k: _scores(detector, histories[k]) for k in histories}
-    threshold = choose_threshold([(histories[k], scored[k]) for k in train])
-    detector = detector.with_threshold(float(np.clip(threshold, 1e-6, 1 - 1e-6)))
-    out = {"proxygap": judge([(histories[k], scored[k]) for k in test], threshold)}
+    if detector is None:
+        out["proxygap"] = {"fitted": False}
+    else:
+        scored = {k: _scores(detector, histories[k]) for k in histories}
+        threshold = choose_threshold([(histories[k], scored[k]) for k in train])
+        detector = detector.with_threshold(float(np.clip(threshold, 1e-6, 1 - 1e-6)))
+        out["proxygap"] = judge([(histories[k], scored[k]) for k in test], detector.threshold)
     for name, baseline in BASELINES.items():
         base = {k: baseline(histories[k]) for k in histories}
         t = choose_threshold([(histories[k], base[k]) for k in train])
@@ -71,7 +76,10 @@ def _split(
 
 
 def _forecast(
-    histories: Mapping[RunKey, Rows], test: Sequence[RunKey], detector: Detector, level: float
+    histories: Mapping[RunKey, Rows],
+    test: Sequence[RunKey],
+    detector: Detector | None,
+    level: float,
 ) -> dict[str, Any]:
     errors, gao_errors, covered, rows = [], [], [], []
     for key in test:
@@ -79,9 +87,14 @@ def _forecast(
         lab = label_points(h)
         if lab.drop is None:
             continue
-        alarms = np.flatnonzero(_scores(detector, h) >= detector.threshold)
-        cut = int(alarms[0]) if len(alarms) and alarms[0] < lab.drop else lab.drop - 1
-        cut = max(cut, 2)
+        if lab.drop < 3:  # fewer than three points before the drop: nothing to fit
+            continue
+        alarms = (
+            np.flatnonzero(_scores(detector, h) >= detector.threshold)
+            if detector is not None
+            else np.zeros(0, dtype=np.int64)
+        )
+        cut = int(alarms[0]) if len(alarms) and 2 <= alarms[0] < lab.drop else lab.drop - 1
         seen = h[: cut + 1]
         d = [r["d"] for r in seen]
         g = [r["reward/gold"] for r in seen]
@@ -120,8 +133,9 @@ def _finite(x: float) -> float | None:
 
 def analyse_corpus(
     cfg: DetectConfig, histories: Mapping[RunKey, Rows]
-) -> tuple[dict[str, Any], Detector]:
-    """The summary (``detectors``, ``forecast``, ``corpus``) and the by-seed detector."""
+) -> tuple[dict[str, Any], Detector | None]:
+    """The summary (``detectors``, ``forecast``, ``corpus``, ``detector``) and the by-seed
+    detector (None when its training runs hold a single label)."""
     keys = list(histories)
     by_seed_test = [k for k in keys if k[1] in cfg.test_seeds]
     by_seed_train = [k for k in keys if k[1] not in cfg.test_seeds]
@@ -147,7 +161,9 @@ def analyse_corpus(
             "test_seeds": cfg.test_seeds,
             "test_families": cfg.test_families,
         },
-        "detector": {
+        "detector": None
+        if detector is None
+        else {
             "features": list(detector.features),
             "weights": list(detector.weights),
             "bias": detector.bias,

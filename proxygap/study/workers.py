@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 __all__ = ["run_jobs"]
@@ -46,22 +46,30 @@ def run_jobs(
     _JOBS = [fn for _, fn in jobs]
     errors: list[tuple[str, BaseException]] = []
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    todo = iter(range(len(jobs)))
+    running: dict[Future[Any], int] = {}
+
+    def submit_next() -> None:  # at most `workers` jobs are ever handed to the pool
+        i = next(todo, None)
+        if i is not None:
+            running[pool.submit(_call, i)] = i
+
     try:
-        futures = {pool.submit(_call, i): i for i in range(len(jobs))}
-        for fut in as_completed(futures):
-            i = futures[fut]
-            label = jobs[i][0]
-            if fut.cancelled():
-                continue
-            err = fut.exception()
-            if err is None:
-                finished(i)
-                log(f"{label}: done")
-                continue
-            errors.append((label, err))
-            log(f"{label} failed: {err}")
-            for f in futures:  # start nothing new; the runs under way finish and are kept
-                f.cancel()
+        for _ in range(workers):
+            submit_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = running.pop(fut)
+                label, err = jobs[i][0], fut.exception()
+                if err is None:
+                    finished(i)
+                    log(f"{label}: done")
+                else:
+                    errors.append((label, err))
+                    log(f"{label} failed: {err}")
+                if not errors:  # after a failure start nothing new; the runs under way finish
+                    submit_next()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _JOBS = ()

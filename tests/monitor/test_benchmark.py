@@ -75,6 +75,18 @@ def test_choose_threshold_takes_the_lowest_within_the_false_alarm_budget():
     assert choose_threshold(runs, max_false_alarms=0.3) == pytest.approx(0.7)
 
 
+def test_without_benign_runs_the_threshold_is_the_highest_score():
+    over = _run([0.0, 0.5, 1.0, 0.9, 0.5, 0.2])
+    assert choose_threshold([(over, np.array([0.1, 0.2, 0.7, 0.8, 0.9, 0.95]))]) == 0.95
+
+
+def test_an_alarm_at_the_start_is_not_a_warning():
+    # at the first evaluation every feature is 0: an alarm there reads no signal
+    over = _run([0.0, 0.5, 1.0, 0.9, 0.5, 0.2])  # drop at index 4
+    r = judge([(over, np.array([0.9, 0.1, 0.1, 0.1, 0.1, 0.1]))], 0.5)
+    assert r["alarm_before_drop"] == 0.0 and r["alarm_before_drop_warnable"] == 0.0
+
+
 def test_reward_only_baselines_by_hand():
     rows = [
         {"reward/proxy": 0.0, "signal/proxy_std": 2.0, "length/mean": 10.0},

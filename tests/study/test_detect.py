@@ -83,13 +83,21 @@ def test_summary_counts_the_corpus_from_the_histories(detect_run: Path) -> None:
         "cusum_slope",
         "length_drift",
     }
-    for scores in summary["detectors"].values():
-        # by seed: 2 held-out runs (seed 2 of both families); by family: the 3 'gold' runs
-        assert scores["n_overoptimizing"] + scores["n_benign"] == 2
+    for name, scores in summary["detectors"].items():
+        # by seed: 2 held-out runs (seed 2 of both families); by family: the 3 'gold' runs;
+        # the proxygap detector is fitted only when its training runs hold both labels
+        if scores.get("fitted", True):
+            assert scores["n_overoptimizing"] + scores["n_benign"] == 2, name
+        else:
+            assert name == "proxygap" and summary["detector"] is None
         by_family = scores["by_family"]
-        assert by_family["n_overoptimizing"] + by_family["n_benign"] == 3
-    saved = Detector.load(detect_run / "detect" / "detector.json")
-    assert list(saved.weights) == summary["detector"]["weights"]
+        if by_family.get("fitted", True):
+            assert by_family["n_overoptimizing"] + by_family["n_benign"] == 3, name
+    if summary["detector"] is not None:
+        saved = Detector.load(detect_run / "detect" / "detector.json")
+        assert list(saved.weights) == summary["detector"]["weights"]
+    else:
+        assert not (detect_run / "detect" / "detector.json").exists()
 
 
 def test_rerun_resumes_without_training_and_writes_the_same_summary(detect_run: Path) -> None:

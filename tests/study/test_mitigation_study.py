@@ -318,7 +318,17 @@ def test_a_failed_worker_run_keeps_the_finished_ones(tmp_path: Path, monkeypatch
     monkeypatch.setattr(study_module, "run_arm", real)
     lines: list[str] = []
     run_and_report(cfg, tmp_path, log=lambda *a: lines.append(" ".join(a)))
-    assert [x for x in lines if x.startswith("mitigation")] == ["mitigation uwo, seed 1"]
+    # the rerun trains exactly the runs the failed invocation did not finish (uwo seed 1, and any
+    # run it never started after the failure), and nothing that was done
+    missing = {
+        f"mitigation {a}, seed {s}"
+        for a in ("single", "uwo")
+        for s in (0, 1, 2)
+        if f"mitigation:{a}:{s}" not in done
+    }
+    assert "mitigation uwo, seed 1" in missing
+    trained = {x.removesuffix(": done") for x in lines if x.startswith("mitigation")}
+    assert trained == missing
     for s, t in stamps.items():
         path = run / "mitigations" / "single" / f"seed-{s}" / "history.json"
         assert path.stat().st_mtime_ns == t

@@ -1,0 +1,63 @@
+"""The detection analysis fits on training runs only: held-out runs cannot move the detector
+or any threshold (proxygap/study/detect_analysis.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from proxygap.config.detect import DetectConfig
+from proxygap.study.detect_analysis import analyse_corpus
+
+
+def _run(rng: np.random.Generator, overoptimizes: bool) -> list[dict[str, float]]:
+    rows = []
+    for i in range(8):
+        drift = i / 7
+        gold = 0.5 * drift - (2.0 * max(drift - 0.5, 0) if overoptimizes else 0.0)
+        rows.append(
+            {
+                "step": float(10 * i), "d": 2 * drift + 0.05 * rng.random(),
+                "reward/gold": gold + 0.01 * rng.normal(), "reward/gold_se": 0.05,
+                "reward/proxy": drift, "signal/proxy_std": 1.0, "length/mean": 10.0 + drift,
+                "diversity/distinct2": 0.8, "signal/entropy": 2.0 - drift * overoptimizes,
+                "signal/ensemble_std": 0.3,
+                "signal/outlier_rate": 0.05 + 0.5 * drift * overoptimizes,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def _corpus(seed: int) -> dict[tuple[str, int], list[dict[str, float]]]:
+    rng = np.random.default_rng(seed)
+    return {(f, s): _run(rng, f == "hack") for f in ("hack", "calm") for s in range(4)}
+
+
+CFG = DetectConfig.model_validate(
+    {
+        "monitor_proxy": "ens", "seeds": [0, 1, 2, 3], "test_seeds": [3],
+        "test_families": ["calm"],
+        "families": [{"name": "hack", "reward": "rm"}, {"name": "calm", "reward": "rm"}],
+    }
+)  # fmt: skip
+
+
+def test_held_out_runs_do_not_move_the_detector_or_thresholds():
+    base = _corpus(0)
+    other = _corpus(1)
+    changed = {k: (other[k] if k[1] == 3 else v) for k, v in base.items()}  # new seed-3 runs
+    a, det_a = analyse_corpus(CFG, base)
+    b, det_b = analyse_corpus(CFG, changed)
+    assert det_a == det_b
+    for name in a["detectors"]:
+        assert a["detectors"][name]["threshold"] == b["detectors"][name]["threshold"], name
+
+
+def test_the_corpus_counts_and_the_split_sizes():
+    summary, detector = analyse_corpus(CFG, _corpus(0))
+    assert summary["corpus"]["runs"] == 8 and summary["corpus"]["overoptimizing"] == 4
+    ours = summary["detectors"]["proxygap"]
+    assert ours["n_overoptimizing"] == 1 and ours["n_benign"] == 1  # seed 3 of each family
+    assert detector is not None and detector.weights[FEATURE_OUTLIER] > 0
+
+
+FEATURE_OUTLIER = 7  # "outlier_excess" in FEATURES
