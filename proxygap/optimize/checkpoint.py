@@ -59,6 +59,11 @@ class PolicyKeeper:
     ``folder/policy-final`` and ``folder/policy-best`` (safetensors model folders with the
     tokenizer) and ``folder/policy-best.json`` (the step and value of the best evaluation).
 
+    When the overoptimization monitor watches the run (its ``monitor/alarm`` in the rows, the
+    monitor placed before the keeper), it also keeps the policy of the last evaluation before the
+    first alarm, what a practitioner without gold would roll back to, and writes it as
+    ``folder/policy-before-alarm`` with ``folder/policy-before-alarm.json`` (its step).
+
     It reads the policy and changes nothing: the run's numbers are the same with or without it.
     """
 
@@ -78,35 +83,56 @@ class PolicyKeeper:
         )
         self.best: dict[str, float] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.alarmed = False
+        self.before_alarm: dict[str, float] | None = None
+        self.before_alarm_state: dict[str, torch.Tensor] | None = None
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        copies: dict[int, torch.Tensor] = {}  # tied weights stay tied in the copy
+        return {
+            k: copies.setdefault(id(v), v.detach().to("cpu", copy=True))
+            for k, v in self.policy.state_dict().items()
+        }
 
     def __call__(self, row: dict[str, float], result: Any = None) -> None:
+        alarm = row.get("monitor/alarm")
+        if alarm is not None and not self.alarmed:
+            if alarm == 1.0:
+                self.alarmed = True
+            else:
+                self.before_alarm = {"step": row["step"]}
+                self.before_alarm_state = self._snapshot()
         value = row.get(self.metric)
         if value is None or value != value:  # absent or NaN
             return
         if self.best is None or value > self.best[self.metric]:
             self.best = {"step": row["step"], self.metric: float(value)}
-            copies: dict[int, torch.Tensor] = {}  # tied weights stay tied in the copy
-            self.best_state = {
-                k: copies.setdefault(id(v), v.detach().to("cpu", copy=True))
-                for k, v in self.policy.state_dict().items()
-            }
+            self.best_state = self._snapshot()
+
+    def _write(self, name: str, state: dict[str, torch.Tensor] | None) -> None:
+        folder = self.folder / name
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder))
+        try:
+            self.policy.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def close(self) -> None:
-        """Write the final and the best policy (nothing if no evaluation was seen)."""
+        """Write the final and the best policy (nothing if no evaluation was seen), and the
+        last one before the monitor's first alarm when it alarmed."""
         if self.best is None or self.best_state is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        for name, state in (("policy-final", None), ("policy-best", self.best_state)):
-            folder = self.folder / name
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder))
-            try:
-                self.policy.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-                self.tokenizer.save_pretrained(tmp)
-                if folder.exists():
-                    shutil.rmtree(folder)
-                os.replace(tmp, folder)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+        self._write("policy-final", None)
+        self._write("policy-best", self.best_state)
         info = json.dumps({"metric": self.metric, **self.best}, indent=2) + "\n"
         (self.folder / "policy-best.json").write_text(info, encoding="utf-8")
+        if self.alarmed and self.before_alarm_state is not None:
+            self._write("policy-before-alarm", self.before_alarm_state)
+            info = json.dumps(self.before_alarm, indent=2) + "\n"
+            (self.folder / "policy-before-alarm.json").write_text(info, encoding="utf-8")
