@@ -44,8 +44,8 @@ def reward(texts) -> np.ndarray:
     return np.array([t.split().count("great") + 0.1 * len(t.split()) for t in texts])
 
 
-def run(cfg: RLConfig, policy, ref):
-    ev = PolicyEvaluator(
+def evaluator(ref) -> PolicyEvaluator:
+    return PolicyEvaluator(
         ref=ref,
         tokenizer=TOK,
         join=join,
@@ -57,6 +57,9 @@ def run(cfg: RLConfig, policy, ref):
         max_new_tokens=6,
         seed=1,
     )
+
+
+def run(cfg: RLConfig, policy, ref, reward_fn=reward):
     return train_rl(
         policy,
         ref,
@@ -64,8 +67,8 @@ def run(cfg: RLConfig, policy, ref):
         cfg=cfg,
         train_prompts=PROMPTS,
         join=join,
-        reward_fn=reward,
-        evaluator=ev,
+        reward_fn=reward_fn,
+        evaluator=evaluator(ref),
         log=lambda _: None,
     )
 
@@ -140,18 +143,7 @@ def test_reverse_kl_advantages_are_the_kl_penalised_reward(monkeypatch):
         train_prompts=PROMPTS,
         join=join,
         reward_fn=scored,
-        evaluator=PolicyEvaluator(
-            ref=ref,
-            tokenizer=TOK,
-            join=join,
-            prompts=["the ending"],
-            prompt_ids=encode_prompts(TOK, ["the ending"]),
-            gold=reward,
-            proxy=reward,
-            n_per_prompt=2,
-            max_new_tokens=6,
-            seed=1,
-        ),
+        evaluator=evaluator(ref),
         log=lambda _: None,
     )
     s = samples[0]
