@@ -49,6 +49,9 @@ Training metrics, means over the steps since the previous evaluation point (abse
 - ``kl/loss_term``, ``kl/loss_clamped``: the per-token KL term of the loss (before ``beta``);
 - ``policy/clipfrac``, ``policy/approx_kl`` (k3 of ``KL(pi_old || pi)``), ``policy/ratio_mean``;
 - ``value/loss``, ``value/mse``, ``value/clipfrac`` (PPO only);
+- ``fdpg/ess``, ``fdpg/log_z``, ``fdpg/pseudo_reward``, ``fdpg/log_ratio`` (f-DPG only): the
+  importance weights' effective sample size and the partition-function estimate, see
+  :func:`proxygap.optimize.rollout.fdpg`;
 - ``train/loss``, ``train/grad_norm`` (before clipping), ``train/optimizer_steps``, ``train/lr``;
 - ``time/sample``, ``time/score``, ``time/ref``, ``time/update``, ``time/step``: seconds per step;
 - whatever the ``post_step`` hook returns (namespaced by the hook).
@@ -251,7 +254,7 @@ def train_rl(
         rewards_t = token_rewards(score, kl_tok, mask, beta=reward_beta * beta)  # (B, T)
         if critic is not None:
             batch.values = packed_values(critic, batch, settings)
-        batch.advantages, batch.returns = advantage_fn(
+        batch.advantages, batch.returns, adv_metrics = advantage_fn(
             rewards_t,
             batch.values,
             mask,
@@ -290,6 +293,7 @@ def train_rl(
             "kl/beta": beta,
             "train/lr": lr_now,
             **train_metrics,
+            **adv_metrics,
             **(hook_metrics or {}),
             "time/sample": t_sample - t_step,
             "time/score": t_score - t_sample,

@@ -89,7 +89,7 @@ def token_rewards(score: Tensor, kl: Tensor, mask: Tensor, *, beta: float) -> Te
     return kl_penalised_token_rewards(score, kl, mask, beta=beta)
 
 
-AdvantageFn = Callable[..., tuple[Tensor, Tensor | None]]
+AdvantageFn = Callable[..., tuple[Tensor, Tensor | None, dict[str, float]]]
 
 
 def _broadcast(seq_adv: Tensor, mask: Tensor) -> Tensor:
@@ -98,18 +98,18 @@ def _broadcast(seq_adv: Tensor, mask: Tensor) -> Tensor:
 
 def grpo(
     rewards: Tensor, values: Tensor | None, mask: Tensor, *, group_size: int, **_: float
-) -> tuple[Tensor, None]:
+) -> tuple[Tensor, None, dict[str, float]]:
     """GRPO outcome advantages (Shao et al. 2024, §4.1.2): the sequence reward normalised within
     its group, ``(r_i - mean_G) / (std_G + eps)``, given to every token. No value function."""
-    return _broadcast(grpo_advantages(rewards.sum(dim=1), group_size), mask), None
+    return _broadcast(grpo_advantages(rewards.sum(dim=1), group_size), mask), None, {}
 
 
 def rloo(
     rewards: Tensor, values: Tensor | None, mask: Tensor, *, group_size: int, **_: float
-) -> tuple[Tensor, None]:
+) -> tuple[Tensor, None, dict[str, float]]:
     """RLOO advantages (Ahmadian et al. 2024, eq. 5): the sequence reward minus the mean of the
     other ``G - 1`` samples of the same prompt, given to every token. No value function."""
-    return _broadcast(rloo_advantages(rewards.sum(dim=1), group_size), mask), None
+    return _broadcast(rloo_advantages(rewards.sum(dim=1), group_size), mask), None, {}
 
 
 def ppo_gae(
@@ -120,7 +120,7 @@ def ppo_gae(
     gamma: float,
     lam: float,
     **_: float,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, dict[str, float]]:
     """PPO advantages (Schulman et al. 2017; Ziegler et al. 2019): GAE(gamma, lambda) over the
     per-token rewards with the critic's values, then whitened over the batch's response tokens
     (mean 0, variance 1, as in OpenAI's lm-human-preferences). Returns ``(advantages, returns)``
@@ -132,7 +132,7 @@ def ppo_gae(
     mean = adv[keep].mean()
     std = adv[keep].std() if int(keep.sum()) > 1 else adv.new_tensor(1.0)
     adv = torch.where(keep, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
-    return adv, returns
+    return adv, returns, {}
 
 
 def fdpg(
@@ -147,14 +147,22 @@ def fdpg(
     beta: float,
     divergence: str,
     **_: float,
-) -> tuple[Tensor, None]:
+) -> tuple[Tensor, None, dict[str, float]]:
     """f-DPG advantages (Go et al. 2023; docs/methods.md §7): ``-f'(pi/p)`` for the target
     ``p ∝ pi0 exp(score/beta)`` from the sequence log-probs (``(B, T)`` token log-probs summed
     over the mask), ``Z`` estimated per prompt from its ``G`` samples, centred per group, times
     ``beta`` and given to every token. The factor ``beta`` puts them in reward units: for the
     reverse KL they are ``score - beta log(pi/pi0)`` minus its group mean, the KL-penalised
-    reward of RLHF. The KL enters only through the target (``rewards`` is not read)."""
-    adv, _ = fdpg_advantages(
+    reward of RLHF. The KL enters only through the target (``rewards`` is not read).
+
+    Metrics (means over the batch's prompts): ``fdpg/ess``, the effective sample size
+    ``1 / sum_i w_i^2`` of the self-normalised importance weights ``w_i ∝ p(y_i)/pi(y_i)`` of a
+    prompt's ``G`` samples as a fraction of ``G`` (1: the policy is the target; ``1/G``: one
+    sample holds all the weight); ``fdpg/log_z``, the estimate of ``log Z(x)`` of this step
+    (``Z(x)`` is a property of ``pi0`` and the reward, not of the policy, so a drift across steps
+    shows estimation bias, which grows as ``fdpg/ess`` falls); ``fdpg/pseudo_reward`` and
+    ``fdpg/log_ratio`` (mean ``log(pi/p)``: a Monte Carlo estimate of ``KL(pi || p)``)."""
+    adv, metrics = fdpg_advantages(
         (logprobs * mask).sum(dim=1),
         (ref_logprobs * mask).sum(dim=1),
         score,
@@ -162,13 +170,13 @@ def fdpg(
         divergence=divergence,
         group_size=group_size,
     )
-    return _broadcast(beta * adv, mask), None
+    return _broadcast(beta * adv, mask), None, metrics
 
 
 ADVANTAGES: dict[str, AdvantageFn] = {"ppo": ppo_gae, "grpo": grpo, "rloo": rloo, "fdpg": fdpg}
 """Advantage estimator by algorithm name: ``(token_rewards, values, mask, *, group_size, gamma,
 lam, score, logprobs, ref_logprobs, beta, divergence) -> (advantages (B, T), returns (B, T) or
-None)``; each reads the keywords it needs."""
+None, metrics)``; each reads the keywords it needs; the metrics join the step's row."""
 
 
 @dataclass

@@ -125,8 +125,9 @@ def test_reverse_kl_advantages_are_the_kl_penalised_reward(monkeypatch):
         return samples[-1]
 
     def recording_fdpg(*args, **kw):
-        seen.append(rl_rollout.fdpg(*args, **kw)[0])
-        return seen[-1], None
+        out = rl_rollout.fdpg(*args, **kw)
+        seen.append(out[0])
+        return out
 
     def scored(texts):
         scores.append(reward(texts))
@@ -156,3 +157,42 @@ def test_reverse_kl_advantages_are_the_kl_penalised_reward(monkeypatch):
     x = (torch.tensor(scores[0], dtype=torch.float32) - beta * seq_lr).view(-1, 4)
     expected = (x - x.mean(dim=1, keepdim=True)).reshape(-1)[:, None] * s.mask
     torch.testing.assert_close(seen[0], expected, atol=1e-5, rtol=0)
+
+
+def test_steps_log_the_estimators_ess_and_log_z(monkeypatch):
+    """Each step row carries the f-DPG estimator's ``fdpg/ess`` and ``fdpg/log_z``, recomputed
+    here from the sampler's log-probs, a fresh reference pass and the scores:
+    ``log Z = logsumexp_i(r_i/beta - l_i) - log G`` per prompt and ``ess = 1 / (G sum_i w_i^2)``
+    with ``w = softmax(r/beta - l)``, each averaged over prompts."""
+    ref = tiny_lm()
+    policy = copy.deepcopy(ref)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(4)))
+    beta, samples, scores = 0.5, [], []
+
+    def recording_sample(*args, **kwargs):
+        samples.append(sample(*args, **kwargs))
+        return samples[-1]
+
+    def scored(texts):
+        scores.append(reward(texts))
+        return scores[-1]
+
+    monkeypatch.setattr(rl_module, "sample", recording_sample)
+    res = run(cfg(steps=1, kl_coef=beta, divergence="js"), policy, ref, reward_fn=scored)
+    s = samples[0]
+    with torch.no_grad():
+        ref_lp = response_logprobs(
+            ref, s.prompt_ids_rows(), s.response_ids, s.mask, pad_id=TOK.pad_token_id
+        )
+    seq_lr = ((s.logprobs - ref_lp) * s.mask).sum(dim=1).double().view(-1, 4)
+    tilted = torch.tensor(scores[0], dtype=torch.float64).view(-1, 4) / beta - seq_lr
+    log_z = torch.logsumexp(tilted, dim=1) - math.log(4)
+    w = torch.softmax(tilted, dim=1)
+    ess = 1.0 / (4 * w.square().sum(dim=1))
+    row = res.steps[0]
+    assert row["fdpg/log_z"] == pytest.approx(float(log_z.mean()), abs=1e-4)
+    assert row["fdpg/ess"] == pytest.approx(float(ess.mean()), abs=1e-4)
+    assert 0.25 <= row["fdpg/ess"] <= 1.0
+    assert float(ess.min()) < 0.99  # the weights are uneven, so the check is not trivially 1
