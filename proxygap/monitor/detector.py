@@ -189,6 +189,15 @@ class Monitor:
             "monitor/missing_signals": float(sum(k not in row for k in SIGNALS)),
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the monitor remembers of a run (its baseline row, the first alarm), for a
+        training checkpoint."""
+        return {"first": self.first, "first_alarm_step": self.first_alarm_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue a run from a checkpoint's :meth:`state_dict`."""
+        self.first, self.first_alarm_step = state["first"], float(state["first_alarm_step"])
+
     def __call__(self, row: dict[str, float], result: Any) -> bool:
         """Watchers hook: adds the metrics to ``row``; True asks the loop to stop."""
         row.update(self.update(row))
