@@ -28,6 +28,11 @@ weights ``w_i`` (``1/G`` for ``G`` samples of one prompt). The divergences and t
   ``f'(t) = log(2t/(1 + t)) = log 2 + s - softplus(s)`` with ``s = log t``;
 - total variation: ``f(t) = |t - 1| / 2``, ``f'(t) = sign(t - 1) / 2``.
 
+The other direction, ``D_f(p || pi)``, needs no option of its own: ``D_f(p || pi) =
+D_g(pi || p)`` with the perspective ``g(t) = t f(1/t)``, which maps ``t log t`` to ``-log t`` and
+back and leaves JS and TV unchanged. So ``KL(p || pi)`` is ``forward_kl``, ``KL(pi || p)`` is
+``reverse_kl``, and JS and TV are symmetric: the four options cover both directions.
+
 The baseline is the weighted mean of ``A`` within each group (so a group's advantages average to
 0). With ``Z`` estimated from the same samples the estimator is consistent, not unbiased, as in
 Go et al.; given the true ``log Z`` (``log_z``) its expectation is exactly ``-grad D_f``.

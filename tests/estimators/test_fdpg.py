@@ -118,3 +118,28 @@ def test_bad_input() -> None:
         fdpg_advantages(x, x, torch.zeros(3), beta=1.0, divergence="js")
     with pytest.raises(ValueError, match="sample_weights"):
         fdpg_advantages(x, x, x, beta=1.0, divergence="js", sample_weights=-torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    ("f_name", "option"),
+    [("reverse_kl", "forward_kl"), ("forward_kl", "reverse_kl"), ("js", "js"), ("tv", "tv")],
+)
+def test_other_direction_is_the_perspective_option(f_name: str, option: str) -> None:
+    """``D_f(p || pi) = sum_y pi(y) f(p(y)/pi(y))`` computed exactly; its gradient is minus the
+    estimator's expectation with the option the docstring names for that direction (the
+    perspective ``t f(1/t)``): reverse and forward KL swap, JS and TV map to themselves."""
+    logits, ref_logp, rewards = problem(2)
+    theta = logits.clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, dim=0)
+    log_p = torch.log_softmax(ref_logp + rewards / BETA, dim=0)
+    d_f = (logp.exp() * F_OF[f_name]((log_p - logp).exp())).sum()
+    (exact,) = torch.autograd.grad(d_f, theta)
+    assert exact.abs().max() > 1e-3
+    lp = logp.detach()
+    adv, _ = fdpg_advantages(
+        lp, ref_logp, rewards, beta=BETA, divergence=option, sample_weights=lp.exp()
+    )
+    theta2 = logits.clone().requires_grad_(True)
+    logp2 = torch.log_softmax(theta2, dim=0)
+    (expected,) = torch.autograd.grad((lp.exp() * adv * logp2).sum(), theta2)
+    torch.testing.assert_close(expected, -exact, rtol=0, atol=1e-10)
