@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from proxygap.config.detect import DetectConfig
+from proxygap.config.fdiv import FDivStudyConfig
 from proxygap.config.inputs import RuntimeConfig, TaskConfig, check_inputs
 from proxygap.config.mitigations import (
     ConstraintConfig,
@@ -102,6 +103,9 @@ class StudyConfig(Strict):
         default=None, description="SFT variants, for 'sft' and 'soup' references"
     )
     detect: DetectConfig | None = None  # the overoptimization-detection corpus
+    fdiv: FDivStudyConfig | None = Field(
+        default=None, description="f-DPG arms and f-DPO rows over seeds (methods §7); null: none"
+    )
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
@@ -127,6 +131,17 @@ class StudyConfig(Strict):
             )
         if self.mitigations is not None:
             _check_mitigations(self.mitigations, self.proxies)
+        if self.fdiv is not None:
+            if self.fdiv.proxy not in names:
+                raise ValueError(
+                    f"fdiv.proxy {self.fdiv.proxy!r} is not one of the proxies {names}"
+                )
+            n = self.fdiv.daa.n_pairs if self.fdiv.daa is not None else None
+            if (n or 0) > self.preferences.n_pairs:
+                raise ValueError(
+                    f"fdiv.daa.n_pairs ({n}) exceeds preferences.n_pairs "
+                    f"({self.preferences.n_pairs})"
+                )
         if self.detect is not None:
             bad = sorted({f.reward for f in self.detect.families} - {*names, "gold", "gold_noisy"})
             if bad:
