@@ -27,6 +27,7 @@ STUDY_STREAMS: dict[str, int] = {
     "detect_eval": 13,  # held-out prompts and samples of the detection corpus's evaluator
     "gold_probe": 14,  # base-policy samples gold must tell apart before a run starts
     "prompt_split": 15,  # training / held-out split of a task's prompt file
+    "mitigation_members": 16,  # training seeds of the mitigation study's per-seed ensembles
     "mitigation_bon_pool": 100,  # + the study seed index: one pool per seed
 }
 """Purpose -> offset of ``study_seed`` (``1000 * seed + offset``)."""
