@@ -40,6 +40,7 @@ __all__ = [
     "BonConfig",
     "ConstraintConfig",
     "DAARunConfig",
+    "FDivStudyConfig",
     "MitigationBonConfig",
     "MitigationHookConfig",
     "MitigationRunConfig",

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from proxygap.analysis.rl_analysis import RLAnalysis
-from proxygap.config import MitigationStudyConfig, ProxyConfig, StudyConfig
+from proxygap.config import FDivStudyConfig, MitigationStudyConfig, ProxyConfig, StudyConfig
 from proxygap.optimize.bon import BonCurve
 from proxygap.optimize.daa_sweep import DAASweep
 
 __all__ = [
     "DetectResult",
+    "FDivResult",
     "BonVariant",
     "DAASweep",
     "MitigationResult",
@@ -82,6 +83,18 @@ class DetectResult:
 
 
 @dataclass
+class FDivResult:
+    """The f-divergence comparison: evaluation rows per arm (RL: divergence; DAA: loss), one
+    list per seed in ``config.seeds`` order, and their numbers
+    (:func:`proxygap.study.fdiv_stats.summarise_arms`, keyed ``rl`` and ``daa``)."""
+
+    config: FDivStudyConfig
+    rl: dict[str, list[list[dict[str, float]]]] = field(default_factory=dict)
+    daa: dict[str, list[list[dict[str, float]]]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class StudyResult:
     """A whole run: where it lives and what every stage found."""
 
@@ -96,3 +109,4 @@ class StudyResult:
     daa: DAASweep | None = None
     mitigations: MitigationResult | None = None
     detect: DetectResult | None = None
+    fdiv: FDivResult | None = None
