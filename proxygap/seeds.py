@@ -28,6 +28,8 @@ STUDY_STREAMS: dict[str, int] = {
     "gold_probe": 14,  # base-policy samples gold must tell apart before a run starts
     "prompt_split": 15,  # training / held-out split of a task's prompt file
     "mitigation_members": 16,  # training seeds of the mitigation study's per-seed ensembles
+    "fdiv_train_prompts": 17,  # training prompts of the f-divergence study's RL arms
+    "fdiv_eval": 18,  # held-out prompts and samples of the f-divergence study's evaluators
     "mitigation_bon_pool": 100,  # + the study seed index: one pool per seed
 }
 """Purpose -> offset of ``study_seed`` (``1000 * seed + offset``)."""
