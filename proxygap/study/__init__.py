@@ -13,6 +13,7 @@ Stages, each written atomically into the run folder and skipped when already don
 6. ``rl:<run>``, ``mitigation*``, ``daa:<run>`` — online RL over KL coefficients
    (:mod:`proxygap.study.rl`), the mitigation study (:mod:`proxygap.study.mitigations`) and
    direct alignment (:mod:`proxygap.study.daa`), when the config asks for them.
+7. ``fdiv:*`` — f-DPG arms and f-DPO rows over seeds (:mod:`proxygap.study.fdiv`).
 
 :func:`run_study` returns a :class:`~proxygap.study.results.StudyResult`; the report is written
 from it by :func:`proxygap.report.render.write_report`.
@@ -41,6 +42,7 @@ from proxygap.study.context import StudyContext, reference_texts, setup
 from proxygap.study.daa import stage_daa
 from proxygap.study.data import describe_data, stage_preferences, stage_proxy
 from proxygap.study.detect import stage_detect
+from proxygap.study.fdiv import stage_fdiv
 from proxygap.study.mitigations import stage_mitigations
 from proxygap.study.results import ProxyResult, StudyResult
 from proxygap.study.rl import stage_rl
@@ -86,5 +88,6 @@ def _stages(ctx: StudyContext, t_start: float) -> StudyResult:
     out.mitigations = stage_mitigations(ctx, train)
     out.daa = stage_daa(ctx, train)
     out.detect = stage_detect(ctx)
+    out.fdiv = stage_fdiv(ctx, train)
     ctx.timings["wall_seconds"] = time.perf_counter() - t_start
     return out

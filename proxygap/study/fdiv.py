@@ -1,0 +1,166 @@
+"""Study stage: f-divergence alignment compared over seeds (docs/methods.md §7).
+
+- **RL arms** (Go et al. 2023, f-DPG): for every divergence of ``fdiv.rl`` and every seed, a
+  fresh copy of the base policy trained with ``algo: fdpg`` towards ``pi0 exp(r / beta)`` with
+  the study proxy as ``r``, all arms with the same ``beta``, settings, training prompts (a
+  seeded pass over them per seed) and evaluation prompts. Stage ``fdiv:rl:<div>:<seed>``, rows
+  in ``fdiv/rl/<div>/seed-<s>/history.json`` (training rows in ``steps.jsonl``).
+- **DAA rows** (Wang et al. 2023, f-DPO): for every loss of ``fdiv.daa`` and every seed, the
+  base policy trained on the study's gold-labelled pairs (relabelled with ``label_noise``) with
+  that loss at the same ``beta``; the seed sets the data order. Reference log-probs are computed
+  once. Stage ``fdiv:daa:<loss>:<seed>``, rows in ``fdiv/daa/<loss>/seed-<s>/history.json``.
+
+Every run is evaluated by the same kind of evaluator on the same held-out prompts (drawn with
+the study seed's ``fdiv_eval`` stream): gold (SD units, relative to the base policy), the proxy,
+``d`` and distinct-n. With ``runtime.workers > 1`` the runs go to forked worker processes
+(:func:`proxygap.study.workers.run_jobs`); each run seeds itself, so results do not depend on
+the number of workers. The numbers are :func:`proxygap.study.fdiv_stats.summarise_arms`,
+written to ``fdiv/summary.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proxygap.config import FDivStudyConfig
+from proxygap.data.preferences import Pairs, relabel
+from proxygap.optimize.daa import daa_evaluator, prepare_pairs, train_daa
+from proxygap.optimize.evaluate import PolicyEvaluator
+from proxygap.optimize.loop import LoopResult
+from proxygap.seeds import study_seed
+from proxygap.store.atomic import atomic_write_json, atomic_write_text
+from proxygap.study.context import StudyContext, check_measurements
+from proxygap.study.fdiv_stats import summarise_arms
+from proxygap.study.results import FDivResult
+from proxygap.study.rl import train_from_base
+from proxygap.study.scoring import proxy_scorer
+from proxygap.study.watch import watchers
+from proxygap.study.workers import run_jobs
+
+__all__ = ["stage_fdiv"]
+
+Job = tuple[str, str, Callable[[], Any]]  # stage, label, run
+
+
+def _folder(ctx: StudyContext, kind: str, arm: str, seed: int) -> Path:
+    return ctx.run.dir / "fdiv" / kind / arm / f"seed-{seed}"
+
+
+def _save(folder: Path, result: LoopResult, stage: str) -> None:
+    check_measurements(result.history, stage)
+    atomic_write_json(folder / "history.json", result.history)
+    atomic_write_text(folder / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in result.steps))
+
+
+def _rl_jobs(ctx: StudyContext, spec: FDivStudyConfig) -> list[Job]:
+    rl = spec.rl
+    todo = [
+        (div, seed)
+        for div in (rl.divergences if rl is not None else [])
+        for seed in spec.seeds
+        if not ctx.run.done(f"fdiv:rl:{div}:{seed}")
+    ]
+    if rl is None or not todo:
+        return []
+    proxy = proxy_scorer(ctx, spec.proxy)
+    s = rl.settings
+    prompts = ctx.task.prompts(
+        s.steps * s.prompts_per_step, seed=study_seed(ctx.cfg.seed, "fdiv_train_prompts")
+    )
+
+    def job(div: str, seed: int) -> Job:
+        stage, name = f"fdiv:rl:{div}:{seed}", f"fdiv/rl/{div}/seed-{seed}"
+
+        def go() -> None:
+            result = train_from_base(
+                ctx, rl.arm(div, seed), reward_fn=proxy.reward, eval_proxy=proxy.reward,
+                prompts=prompts, eval_seed=study_seed(ctx.cfg.seed, "fdiv_eval"), proxy=proxy,
+                run=name,
+            )  # fmt: skip
+            _save(_folder(ctx, "rl", div, seed), result, stage)
+
+        return stage, f"f-DPG {div}, seed {seed}", go
+
+    return [job(div, seed) for div, seed in todo]
+
+
+def _daa_jobs(ctx: StudyContext, spec: FDivStudyConfig, train: Pairs) -> list[Job]:
+    daa = spec.daa
+    todo = [
+        (loss, seed)
+        for loss in (daa.losses if daa is not None else [])
+        for seed in spec.seeds
+        if not ctx.run.done(f"fdiv:daa:{loss}:{seed}")
+    ]
+    if daa is None or not todo:
+        return []
+    n = daa.n_pairs or len(train)
+    pairs = relabel(train.subset(np.arange(n)), noise=daa.label_noise, seed=ctx.cfg.seed + 11)
+    ref = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
+    prepared = (
+        prepare_pairs(ref, ctx.tokenizer, pairs),
+        prepare_pairs(ref, ctx.tokenizer, ctx.heldout),
+    )
+    evaluator: PolicyEvaluator = daa_evaluator(
+        ctx.policy, ctx.tokenizer, task=ctx.task, proxy=proxy_scorer(ctx, spec.proxy).reward,
+        cfg=daa.settings, gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "fdiv_eval"),
+    )  # fmt: skip
+
+    def job(loss: str, seed: int) -> Job:
+        stage, cfg = f"fdiv:daa:{loss}:{seed}", daa.row(loss, seed)
+
+        def go() -> None:
+            policy = copy.deepcopy(ctx.policy).requires_grad_(True)
+            result = train_daa(
+                policy, ref, ctx.tokenizer, *prepared, cfg=cfg, evaluator=evaluator,
+                log=lambda *_: None,
+                watch=watchers(
+                    ctx, run=f"fdiv/daa/{loss}/seed-{seed}", config=cfg.model_dump(mode="json")
+                ),
+            )  # fmt: skip
+            _save(_folder(ctx, "daa", loss, seed), result, stage)
+
+        return stage, f"f-DPO {loss}, seed {seed}", go
+
+    return [job(loss, seed) for loss, seed in todo]
+
+
+def _histories(
+    ctx: StudyContext, kind: str, arms: list[str], seeds: list[int]
+) -> dict[str, list[list[dict[str, float]]]]:
+    return {
+        arm: [json.loads((_folder(ctx, kind, arm, s) / "history.json").read_text()) for s in seeds]
+        for arm in arms
+    }
+
+
+def stage_fdiv(ctx: StudyContext, train: Pairs) -> FDivResult | None:
+    """Run (or read back) every RL arm and DAA row of ``fdiv`` for every seed; None if the
+    study has no ``fdiv``."""
+    spec = ctx.cfg.fdiv
+    if spec is None:
+        return None
+    jobs = _rl_jobs(ctx, spec) + _daa_jobs(ctx, spec, train)
+    if jobs:
+        ctx.log(f"f-divergence comparison: {len(jobs)} runs")
+        run_jobs(
+            [(label, fn) for _, label, fn in jobs],
+            workers=ctx.cfg.runtime.workers,
+            finished=lambda i: ctx.run.mark_done(jobs[i][0]),
+            log=ctx.log,
+        )
+    out = FDivResult(spec)
+    if spec.rl is not None:
+        out.rl = _histories(ctx, "rl", list(spec.rl.divergences), spec.seeds)
+        out.summary["rl"] = summarise_arms(out.rl)
+    if spec.daa is not None:
+        out.daa = _histories(ctx, "daa", list(spec.daa.losses), spec.seeds)
+        out.summary["daa"] = summarise_arms(out.daa)
+    atomic_write_json(ctx.run.path("fdiv", "summary.json"), out.summary | {"seeds": spec.seeds})
+    return out
