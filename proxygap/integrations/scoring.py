@@ -191,6 +191,17 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _standard_error(values: np.ndarray, groups: np.ndarray | None) -> float:
+    """SE of the mean of ``values`` over the means of ``groups`` (each value its own group
+    without them): ``std(means, ddof=1) / sqrt(#groups)``; NaN with one group."""
+    if groups is not None:
+        _, index = np.unique(np.asarray(groups), return_inverse=True)
+        values = np.bincount(index, weights=values) / np.bincount(index)
+    if len(values) < 2:
+        return math.nan
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
 def batch_signals(
     *,
     proxy: np.ndarray | None,
@@ -198,12 +209,16 @@ def batch_signals(
     members: np.ndarray | None = None,
     gold: np.ndarray | None = None,
     lengths: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
     """What one scored batch says, with the keys of the package's evaluation rows (docs/methods.md
     §6) so the monitor reads both alike.
 
     Keys: ``reward/proxy`` (mean of the optimised reward) and ``signal/proxy_std`` (its
-    population SD), ``reward/gold`` and ``signal/gold_std`` with ``gold``,
+    population SD), ``reward/gold``, ``signal/gold_std`` and ``reward/gold_se`` with ``gold``
+    (``reward/gold_se``: the standard error of the mean over the means of ``groups``, e.g. each
+    sample's prompt; without groups each sample counts as independent, which understates it when
+    samples share prompts),
     ``signal/proxy_gold_spearman`` with both (proxy and gold disagree more as hacking starts),
     ``signal/ensemble_std`` (mean over samples of the members' population SD, Coste et al. 2023)
     with ``members`` ``(B, K)``, ``length/mean`` (``lengths``, else whitespace words),
@@ -216,6 +231,7 @@ def batch_signals(
     if gold is not None and len(gold):
         row["reward/gold"] = float(np.mean(gold))
         row["signal/gold_std"] = float(np.std(gold))
+        row["reward/gold_se"] = _standard_error(np.asarray(gold, dtype=np.float64), groups)
         if proxy is not None and len(proxy) == len(gold) and len(gold) > 2:
             rho = _spearman(np.asarray(proxy), np.asarray(gold))
             if not math.isnan(rho):

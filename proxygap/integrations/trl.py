@@ -19,12 +19,19 @@ A script with its own reward function changes by ``callbacks=[ProxygapCallback()
 ``reward_funcs=monitor_reward(fn)``. Metrics land in ``trainer.state.log_history`` and every
 ``report_to`` tracker as ``proxygap/<name>``; :func:`proxygap.runs.history_from_log` turns them
 into the package's history rows.
+
+Trainers that generate nothing while training (``DPOTrainer``, SFT, KTO ...) take
+:class:`~proxygap.integrations.trl_eval.ProxygapEvalCallback` instead: it samples a fixed prompt
+set at evaluation points and logs gold, proxy, KL and the monitor on those samples::
+
+    DPOTrainer(..., callbacks=[ProxygapEvalCallback(prompts, proxy=proxy, gold=gold, every=50)])
 """
 
 from __future__ import annotations
 
 from proxygap.integrations.scoring import EnsembleScorer, concat_join, text_join
 from proxygap.integrations.trl_callback import ProxygapCallback
+from proxygap.integrations.trl_eval import ProxygapEvalCallback
 from proxygap.integrations.trl_kl import kl_metrics
 from proxygap.integrations.trl_rewards import (
     EnsembleReward,
@@ -45,6 +52,7 @@ __all__ = [
     "EnsembleScorer",
     "GoldReward",
     "ProxygapCallback",
+    "ProxygapEvalCallback",
     "TRLReward",
     "TransformedReward",
     "concat_join",

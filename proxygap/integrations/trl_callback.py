@@ -42,7 +42,7 @@ from proxygap.integrations.trl_kl import KLProbe
 from proxygap.integrations.trl_rewards import Scored, take
 from proxygap.runs import TRL_KEYS
 
-__all__ = ["ProxygapCallback"]
+__all__ = ["ProxygapCallback", "calling_trainer"]
 
 logger = logging.getLogger(__name__)
 PREFIX = "proxygap/"
@@ -51,6 +51,23 @@ PREFIX = "proxygap/"
 def _is_train_log(logs: dict[str, Any]) -> bool:
     """A training log row (not evaluation, not the end-of-training summary)."""
     return not any(k.startswith("eval_") or k == "train_runtime" for k in logs)
+
+
+def calling_trainer(callback: TrainerCallback) -> Any:
+    """The ``Trainer`` up the call stack whose callbacks include ``callback``, or None (TRL and
+    ``transformers`` pass callbacks no trainer)."""
+    from transformers import Trainer
+
+    frame = sys._getframe(1)
+    for _ in range(14):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        handler = getattr(owner, "callback_handler", None)
+        if isinstance(owner, Trainer) and callback in getattr(handler, "callbacks", ()):
+            return owner
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
 
 
 class ProxygapCallback(TrainerCallback):
@@ -119,19 +136,9 @@ class ProxygapCallback(TrainerCallback):
         return self.probe.status if self.probe is not None else "off (kl=False)"
 
     def _find_trainer(self) -> None:
-        """The ``Trainer`` up the stack whose callbacks include this one."""
-        from transformers import Trainer
-
-        frame = sys._getframe(1)
-        for _ in range(12):
-            if frame is None:
-                break
-            owner = frame.f_locals.get("self")
-            handler = getattr(owner, "callback_handler", None)
-            if isinstance(owner, Trainer) and self in getattr(handler, "callbacks", ()):
-                self.attach(owner)
-                return
-            frame = frame.f_back  # type: ignore[assignment]
+        trainer = calling_trainer(self)
+        if trainer is not None:
+            self.attach(trainer)
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
