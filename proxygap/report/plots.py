@@ -94,9 +94,12 @@ def plot_proxy_vs_gold(curves: Sequence[BonCurve], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_rl(runs: Sequence, bon: BonCurve | None, path: Path, *, proxy: str) -> None:
+def plot_rl(
+    runs: Sequence, bon: BonCurve | None, path: Path, *, proxy: str, what: str = "RL"
+) -> None:
     """RL runs (one per KL coefficient) as gold and proxy against d, with the best-of-n curve of
-    the same proxy for comparison; the fitted ``d(α − β log d)`` law is dashed."""
+    the same proxy for comparison; the fitted ``d(α − β log d)`` law is dashed. A run with a
+    ``label`` attribute is labelled by it; ``what`` names the optimiser in the titles."""
     fig, (ax_g, ax_p) = plt.subplots(1, 2, figsize=(12, 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(runs):
@@ -106,13 +109,14 @@ def plot_rl(runs: Sequence, bon: BonCurve | None, path: Path, *, proxy: str) -> 
         se = np.nan_to_num(np.array([h["reward/gold_se"] for h in r.history]))
         proxy_v = np.array([h.get("reward/proxy", np.nan) for h in r.history])
         fit = r.analysis.fit
-        label = f"RL β={r.kl_coef:g}" + (f" (R²={fit.r2:.2f})" if fit is not None else "")
+        name = getattr(r, "label", None) or f"RL β={r.kl_coef:g}"
+        label = name + (f" (R²={fit.r2:.2f})" if fit is not None else "")
         ax_g.errorbar(d, gold, yerr=2 * se, fmt="o-", ms=3, lw=1, color=col, label=label,
                       elinewidth=0.7, ecolor=(*matplotlib.colors.to_rgb(col), 0.35))  # fmt: skip
         if fit is not None and d.max() > 0:
             dd = np.linspace(1e-3, d.max(), 200)
             ax_g.plot(dd, fit.predict(dd), "--", lw=1, color=col)
-        ax_p.plot(d, proxy_v, "o-", ms=3, lw=1, color=col, label=f"RL β={r.kl_coef:g}")
+        ax_p.plot(d, proxy_v, "o-", ms=3, lw=1, color=col, label=name)
         alarms = [i for i, h in enumerate(r.history) if h.get("monitor/alarm") == 1.0]
         if alarms:  # the monitor's first alarm on the gold curve
             ax_g.plot(d[alarms[0]], gold[alarms[0]], "X", ms=11, color=col, mec="k")
@@ -125,11 +129,9 @@ def plot_rl(runs: Sequence, bon: BonCurve | None, path: Path, *, proxy: str) -> 
         ax.set_ylabel(f"{what} − initial policy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    ax_g.set_title(
-        f"RL against {proxy}: gold (±2 SE; dashed: d(α−β log d) fit; X: monitor's first alarm)",
-        fontsize=10,
-    )
-    ax_p.set_title(f"RL against {proxy}: proxy", fontsize=10)
+    marks = "±2 SE; dashed: d(α−β log d) fit; X: monitor's first alarm"
+    ax_g.set_title(f"{what} against {proxy}: gold ({marks})", fontsize=10)
+    ax_p.set_title(f"{what} against {proxy}: proxy", fontsize=10)
     _save(fig, path)
 
 
