@@ -216,6 +216,17 @@ def stage_proxy(ctx: StudyContext, proxy: ProxyConfig, train: Pairs) -> None:
     stage = f"proxy:{proxy.name}"
     if proxy.path or ctx.run.done(stage):
         return
+    seeds = [1000 * proxy.seed + k for k in range(proxy.ensemble)]
+    info = train_members(ctx, proxy, train, seeds=seeds, folder=ctx.run.path("proxies", proxy.name))
+    ctx.run.mark_done(stage, info)
+
+
+def train_members(
+    ctx: StudyContext, proxy: ProxyConfig, train: Pairs, *, seeds: list[int], folder: Path
+) -> dict[str, Any]:
+    """Train one member of ``proxy`` per seed (initialisation and data order) on its share of
+    ``train``, labelled with its own mode, noise and label seed, into ``folder/member-<k>``;
+    return the stage's info (the mitigation study draws its per-seed ensembles here too)."""
     n = proxy.n_pairs or len(train)
     share = train.subset(np.arange(n))
     label: dict[str, Any] = {
@@ -239,9 +250,9 @@ def stage_proxy(ctx: StudyContext, proxy: ProxyConfig, train: Pairs) -> None:
         )
     chosen = ctx.task.join(share.prompt, share.chosen)
     rejected = ctx.task.join(share.prompt, share.rejected)
+    folder.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"members": []}
-    for k in range(proxy.ensemble):
-        seed = 1000 * proxy.seed + k
+    for k, seed in enumerate(seeds):
         model = new_reward_model(
             ctx.tokenizer,
             n_embd=proxy.n_embd,
@@ -258,11 +269,11 @@ def stage_proxy(ctx: StudyContext, proxy: ProxyConfig, train: Pairs) -> None:
             cfg=RewardTrainConfig(
                 epochs=proxy.epochs, lr=proxy.lr, batch_size=proxy.batch_size, seed=seed
             ),
-            progress=f"train proxy {proxy.name} [{k + 1}/{proxy.ensemble}]",
+            progress=f"train proxy {proxy.name} [{k + 1}/{len(seeds)}]",
         )
-        save_model(model, ctx.tokenizer, ctx.run.path("proxies", proxy.name, f"member-{k}"))
+        save_model(model, ctx.tokenizer, folder / f"member-{k}")
         info["members"].append(
             {"seed": seed, "seconds": hist.seconds, "final_loss": float(np.mean(hist.loss[-20:]))}
         )
     info["n_params"] = n_parameters(model)
-    ctx.run.mark_done(stage, info)
+    return info
