@@ -96,14 +96,23 @@ def task_build(
     name: Annotated[str, typer.Argument(help="task name")] = "reviews",
     n_sentences: Annotated[int, typer.Option(help="pretraining corpus size")] = 200_000,
     seed: Annotated[int, typer.Option(help="seed of corpus, init and data order")] = 0,
+    size: Annotated[str, typer.Option(help="policy size: small | base | large")] = "base",
 ) -> None:
-    """Recreate a built-in task's tokenizer and pretrained base policy from its seed."""
+    """Recreate a built-in task's tokenizer and pretrained base policy (of one size) from its
+    seed, with the thread count the shipped weights were built with."""
     if name != "reviews":
         console.print(f"[red]error:[/red] unknown task {name!r}; built-in tasks: ['reviews']")
         raise typer.Exit(2)
-    from proxygap.tasks.reviews.build import BaseModelSpec, build
+    from dataclasses import replace
 
-    path = build(out, BaseModelSpec(n_sentences=n_sentences, seed=seed))
+    from proxygap.tasks.reviews.build import POLICY_SIZES, build
+
+    if size not in POLICY_SIZES:
+        console.print(f"[red]error:[/red] --size {size!r}: allowed {list(POLICY_SIZES)}")
+        raise typer.Exit(2)
+    recipe = POLICY_SIZES[size]
+    spec = replace(recipe.spec, n_sentences=n_sentences, seed=seed)
+    path = build(out, spec, threads=recipe.threads)
     console.print(f"[green]built[/green] {path}")
 
 

@@ -55,6 +55,13 @@ class TaskConfig(Strict):
             "built-in base policy"
         ),
     )
+    policy_size: str | None = Field(
+        default=None,
+        description=(
+            "a built-in task's base policy of another size (reviews: small, base, large); "
+            "None: its default policy"
+        ),
+    )
     tokenizer: str | None = Field(
         default=None,
         description="tokenizer folder; None: the policy's folder, else the task's tokenizer",
@@ -93,9 +100,21 @@ class TaskConfig(Strict):
 
     @model_validator(mode="after")
     def _kind(self) -> TaskConfig:
-        from proxygap.tasks import TASKS
+        from proxygap.tasks import TASKS, get_task
 
         safe_name(self.name, "task name")
+        if self.policy_size is not None:
+            if self.prompts is not None or self.policy is not None:
+                raise ValueError(
+                    "policy_size picks one of a built-in task's base policies; it cannot be "
+                    "combined with policy or prompts"
+                )
+            sizes = sorted(get_task(self.name).policy_sizes) if self.name in TASKS else []
+            if self.policy_size not in sizes:
+                raise ValueError(
+                    f"policy_size {self.policy_size!r} is not a base-policy size of task "
+                    f"{self.name!r} (sizes: {sizes})"
+                )
         if self.prompts is None:
             if self.name not in TASKS:
                 raise ValueError(

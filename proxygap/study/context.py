@@ -222,7 +222,8 @@ def setup(
         torch.set_num_threads(cfg.runtime.threads)
     t, trust = cfg.task, cfg.task.trust_remote_code
     task = resolve_task(
-        name=t.name, device=device, prompts=t.prompts, policy=t.policy, tokenizer=t.tokenizer,
+        name=t.name, device=device, prompts=t.prompts, policy=t.policy,
+        policy_size=t.policy_size, tokenizer=t.tokenizer,
         gold=t.gold, chat_template=t.chat_template, separator=t.separator,
         max_new_tokens=t.max_new_tokens, heldout_prompts=t.heldout_prompts,
         seed=study_seed(cfg.seed, "prompt_split"), score_batch_size=cfg.runtime.score_batch_size,

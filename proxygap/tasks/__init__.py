@@ -37,6 +37,7 @@ def resolve_task(
     device: torch.device,
     prompts: str | None = None,
     policy: str | None = None,
+    policy_size: str | None = None,
     tokenizer: str | None = None,
     gold: str | None = None,
     chat_template: bool = False,
@@ -51,9 +52,10 @@ def resolve_task(
     """The task a config describes: the built-in task ``name`` (with ``policy``, ``tokenizer``
     and ``gold`` replacing its own where given) or, with ``prompts``, a task from files.
 
-    ``gold`` is a sequence-classification folder or ``module:function`` (imported here, with
-    ``search`` folders on the import path). The returned task's ``gold`` is the one that rules
-    everywhere: pairs, best-of-n, policy evaluators.
+    ``policy_size`` picks one of the built-in task's base-policy sizes (its folder holds the
+    tokenizer too). ``gold`` is a sequence-classification folder or ``module:function``
+    (imported here, with ``search`` folders on the import path). The returned task's ``gold``
+    is the one that rules everywhere: pairs, best-of-n, policy evaluators.
     """
     from proxygap.tasks.gold import function_gold, is_function_spec, model_gold
 
@@ -84,6 +86,15 @@ def resolve_task(
         )
     task = get_task(name)
     changes: dict[str, object] = {}
+    if policy_size is not None:
+        if policy_size not in task.policy_sizes:
+            raise ValueError(
+                f"task {name!r} has no policy size {policy_size!r}; sizes: "
+                f"{sorted(task.policy_sizes)}"
+            )
+        folder = task.policy_sizes[policy_size]
+        changes["policy_path"] = changes["tokenizer_path"] = folder
+        changes["description"] = f"{task.description} Base policy: size {policy_size}."
     if policy is not None:
         changes["policy_path"] = Path(policy)
         changes["tokenizer_path"] = Path(tokenizer or policy)
@@ -92,7 +103,9 @@ def resolve_task(
     if gold is not None:
         # the task's gold components are parts of its own gold, not of this one
         changes |= {"gold": make_gold({}, task.separator), "components": {}}
-        changes["description"] = f"{task.description} Gold replaced by {gold}."
+        changes["description"] = (
+            f"{changes.get('description', task.description)} Gold replaced by {gold}."
+        )
     if max_new_tokens is not None:
         changes["max_new_tokens"] = max_new_tokens
     return dataclasses.replace(task, **changes) if changes else task  # type: ignore[arg-type]

@@ -47,7 +47,9 @@ class Task:
     training ones; ``wellformed`` (optional) tells which full texts the task's grammar accepts;
     ``components`` (optional) names parts of gold, each a reward of its own (component proxies
     for constrained RLHF are trained on them); ``policy_path`` and ``tokenizer_path`` are
-    Hugging Face folders loadable with ``from_pretrained``; ``format_prompt`` turns a prompt as
+    Hugging Face folders loadable with ``from_pretrained``; ``policy_sizes`` (optional) names
+    other base-policy folders of the task by size (``task.policy_size`` picks one, with its own
+    tokenizer files); ``format_prompt`` turns a prompt as
     written (e.g. in a preference file) into what the policy reads (a chat template), and
     ``record`` is what the run folder keeps about the task (``task.json``).
     """
@@ -62,6 +64,7 @@ class Task:
     separator: str = " "
     max_new_tokens: int = 40
     description: str = ""
+    policy_sizes: Mapping[str, Path] = field(default_factory=dict)
     format_prompt: Callable[[str], str] = _same
     record: Mapping[str, Any] = field(default_factory=dict)
 

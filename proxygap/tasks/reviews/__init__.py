@@ -1,7 +1,7 @@
 """``reviews``: short movie reviews from a seeded grammar, judged by a parsing gold reward."""
 
 from proxygap.tasks.base import Task
-from proxygap.tasks.reviews.build import ASSETS
+from proxygap.tasks.reviews.build import ASSETS, POLICY_SIZES
 from proxygap.tasks.reviews.gold import COMPONENTS, gold_score, wellformed
 from proxygap.tasks.reviews.grammar import sample_prompts
 
@@ -23,6 +23,7 @@ TASK = Task(
     components=COMPONENTS,
     separator=" ",
     max_new_tokens=40,
+    policy_sizes={name: size.folder for name, size in POLICY_SIZES.items()},
     description=(
         "Movie reviews from a probabilistic grammar; gold parses each review and scores "
         "sentiment with negation and 'but', minus penalties for repetition, rambling and "
