@@ -29,7 +29,9 @@ __all__ = [
     "Overoptimization",
     "divergence_point",
     "fit_bon_law",
+    "fit_law_batch",
     "fit_rl_law",
+    "law_peaks",
     "overoptimization",
 ]
 
@@ -185,6 +187,57 @@ def fit_rl_law(d: ArrayLike, r: ArrayLike, se: ArrayLike | None = None) -> LawFi
         se: optional (M,) standard errors of ``r``, > 0.
     """
     return _fit("rl", d, r, se)
+
+
+def law_peaks(kind: LawKind, alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_peak` elementwise: the peak ``d*`` and value ``R*`` of each ``(alpha, beta)``
+    (float64 arrays of one shape; ``inf`` where ``beta <= 0``, 0 for a best-of-n law with
+    ``alpha <= 0 < beta``)."""
+    a, b = np.asarray(alpha, dtype=np.float64), np.asarray(beta, dtype=np.float64)
+    up = b > 0
+    safe_b = np.where(up, b, 1.0)
+    if kind == "bon":
+        pos = up & (a > 0)
+        d = np.where(pos, a / (2 * safe_b), 0.0)
+        r = np.where(pos, a * a / (4 * safe_b), 0.0)
+    else:
+        with np.errstate(over="ignore"):
+            d = np.exp(np.where(up, a / safe_b - 1, 0.0))
+        r = b * d
+    return np.where(up, d, np.inf), np.where(up, r, np.inf)
+
+
+def fit_law_batch(
+    kind: LawKind, d: ArrayLike, r: np.ndarray, se: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refit one law to many curves on the same ``d`` grid with fixed weights.
+
+    The same weighted least squares as :func:`fit_bon_law` / :func:`fit_rl_law` (weights
+    ``1 / se^2``, the RL law without ``d = 0``), applied to every row of ``r`` at once: the
+    coefficients are the fixed linear map ``(X^T W X)^-1 X^T W`` of each row. This is what a
+    bootstrap over prompts refits (``proxygap.analysis.bootstrap``).
+
+    Args:
+        kind: ``"bon"`` or ``"rl"``.
+        d: (M,) ``sqrt(KL)`` values, >= 0.
+        r: (B, M) curves.
+        se: optional (M,) standard errors, > 0, shared by all rows.
+
+    Returns:
+        ``alpha`` (B,) and ``beta`` (B,).
+    """
+    d_a = _vector(d, "d")
+    r_a = np.asarray(r, dtype=np.float64)
+    if r_a.ndim != 2 or r_a.shape[1] != d_a.size:
+        raise ValueError(f"r must have shape (B, {d_a.size}), got {r_a.shape}")
+    w = np.ones_like(d_a) if se is None else 1.0 / _vector(se, "se") ** 2
+    keep = d_a > 0 if kind == "rl" else np.ones_like(d_a, dtype=bool)
+    X = _basis(kind, d_a[keep]) * np.sqrt(w[keep])[:, None]  # (M', 2), whitened
+    if X.shape[0] < 2 or np.linalg.matrix_rank(X) < 2:
+        raise ValueError("design is singular: need at least 2 distinct d > 0")
+    A = np.linalg.pinv(X) * np.sqrt(w[keep])[None, :]  # (2, M'): coef = A @ r
+    coef = r_a[:, keep] @ A.T  # (B, 2)
+    return coef[:, 0], coef[:, 1]
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ reported relative to n = 1 (the pool mean), so that the law ``R(d) = d (alpha - 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from proxygap.analysis.bootstrap import LawBootstrap, bootstrap_law, curve_fit_se
 from proxygap.analysis.laws import LawFit, Overoptimization, fit_bon_law, overoptimization
 from proxygap.estimators.bon import best_of_n, kl_bon
 
@@ -39,6 +40,8 @@ class BonCurve:
     proxy_se: np.ndarray
     fit: LawFit
     turn: Overoptimization
+    boot: LawBootstrap | None = None  # intervals from a bootstrap over prompts, when asked for
+    per_prompt: np.ndarray | None = field(default=None, repr=False)  # (P, J) gold, for pooling
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per n: ``name, n, kl, d, gold, gold_se, proxy, proxy_se``."""
@@ -50,11 +53,25 @@ class BonCurve:
         ]
 
 
-def bon_curve(name: str, select: np.ndarray, gold: np.ndarray, *, ns: np.ndarray) -> BonCurve:
+def bon_curve(
+    name: str,
+    select: np.ndarray,
+    gold: np.ndarray,
+    *,
+    ns: np.ndarray,
+    n_boot: int = 0,
+    seed: int = 0,
+    level: float = 0.95,
+    keep_per_prompt: bool = False,
+) -> BonCurve:
     """Best-of-n curve for selection scores ``select`` (P, N) and gold scores ``gold`` (P, N).
 
     The proxy curve reports ``select`` itself (the score being optimised). Standard errors are
-    over prompts, on the per-prompt difference from n = 1.
+    over prompts, on the per-prompt difference from n = 1. With ``n_boot > 0`` (and P > 1) the
+    law's coefficients and peak and the observed gold peak also get ``level`` intervals from
+    ``n_boot`` bootstrap resamples of the prompts (:mod:`proxygap.analysis.bootstrap`, seeded by
+    ``seed``): the per-prompt curves are reweighted and the law refitted with the same weights.
+    ``keep_per_prompt`` keeps the per-prompt gold curves (P, J) on the result.
     """
     if select.shape != gold.shape or select.ndim != 2:
         raise ValueError(
@@ -72,10 +89,14 @@ def bon_curve(name: str, select: np.ndarray, gold: np.ndarray, *, ns: np.ndarray
     se = rel.std(axis=0, ddof=1) / np.sqrt(P) if P > 1 else np.zeros_like(mean)
     kl = kl_bon(torch.from_numpy(ns)).numpy()
     d = np.sqrt(kl)
-    # the n = 1 point has zero error by construction; weight it like its neighbour
-    fit_se = np.maximum(se[:, 0], se[1:, 0].min() if len(ns) > 1 else 1.0)
-    fit = fit_bon_law(d, mean[:, 0], fit_se if P > 1 else None)
+    fit_se = curve_fit_se(se[:, 0]) if P > 1 else None  # n = 1 has zero error by construction
+    fit = fit_bon_law(d, mean[:, 0], fit_se)
     turn = overoptimization(d, mean[:, 0], se[:, 0])
+    boot = None
+    if n_boot > 0 and P > 1:
+        boot = bootstrap_law(
+            "bon", d, rel[:, :, 0], se=fit_se, n_boot=n_boot, level=level, seed=seed
+        )
     return BonCurve(
         name=name,
         ns=ns,
@@ -87,6 +108,8 @@ def bon_curve(name: str, select: np.ndarray, gold: np.ndarray, *, ns: np.ndarray
         proxy_se=se[:, 1],
         fit=fit,
         turn=turn,
+        boot=boot,
+        per_prompt=rel[:, :, 0] if keep_per_prompt else None,
     )
 
 
