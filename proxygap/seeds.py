@@ -30,7 +30,12 @@ STUDY_STREAMS: dict[str, int] = {
     "mitigation_members": 16,  # training seeds of the mitigation study's per-seed ensembles
     "fdiv_train_prompts": 17,  # training prompts of the f-divergence study's RL arms
     "fdiv_eval": 18,  # held-out prompts and samples of the f-divergence study's evaluators
+    "bon_bootstrap": 19,  # prompt resamples of the best-of-n intervals
     "mitigation_bon_pool": 100,  # + the study seed index: one pool per seed
+    "scaling_prompts": 200,  # + the scaling seed: best-of-n prompts of the scaling study
+    "scaling_pool": 300,  # + the scaling seed: its pool samples
+    "scaling_data": 400,  # + the scaling seed: which training pairs its proxies learn from
+    "scaling_bootstrap": 500,  # + the scaling seed: prompt resamples of its intervals
 }
 """Purpose -> offset of ``study_seed`` (``1000 * seed + offset``)."""
 
