@@ -5,8 +5,9 @@ A study's run folder (:mod:`proxygap.study`) holds ``summary.json`` and ``bon_cu
 (best-of-n), ``rl/<run>/history.json`` (one row per evaluation), ``daa/<loss>-<beta>/result.json``
 and ``mitigations/<arm>/seed-<s>/history.json``, beside ``config.yaml`` and ``versions.json``.
 A TRL ``output_dir`` trained with :class:`proxygap.integrations.trl.ProxygapCallback` holds
-``proxygap/history.jsonl`` (the callback's rows of ``trainer.state.log_history``), and any
-``checkpoint-*/trainer_state.json`` holds the whole log. :func:`load_run` reads whichever exist,
+``proxygap/history.jsonl`` (the callback's rows of ``trainer.state.log_history``), and its
+``trainer_state.json`` (written by ``trainer.save_state()``) and any
+``checkpoint-*/trainer_state.json`` hold the whole log. :func:`load_run` reads whichever exist,
 and :func:`history_from_log` turns a TRL log into the package's history rows (``step``, ``d``,
 ``reward/gold``, ``reward/proxy``, ``kl/k1`` ...), the rows the report reads from RL runs.
 
@@ -133,6 +134,8 @@ class RunData:
         mitigations: arm -> one list of evaluation rows per seed.
         mitigation_summary: ``mitigations/summary.json``.
         trl: history rows of a TRL run (:func:`history_from_log`).
+        trl_log: the file they were read from (``proxygap/history.jsonl``, else
+            ``trainer_state.json``, else the latest ``checkpoint-*/trainer_state.json``).
         proxies: proxy name -> its member folders (``proxies/<name>/member-<k>``).
     """
 
@@ -147,6 +150,7 @@ class RunData:
     mitigations: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
     mitigation_summary: dict[str, Any] | None = None
     trl: list[dict[str, float]] = field(default_factory=list)
+    trl_log: Path | None = None
     proxies: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
@@ -158,22 +162,26 @@ class RunData:
         )  # fmt: skip
 
 
-def _trl_log(folder: Path) -> list[dict[str, Any]]:
-    """The callback's rows if written, else the log of the latest checkpoint."""
+def _trl_log(folder: Path) -> tuple[list[dict[str, Any]], Path | None]:
+    """The log and the file it came from: the callback's rows if written, else the
+    ``trainer_state.json`` of the folder (``trainer.save_state()``), else that of the latest
+    checkpoint."""
     own = folder / "proxygap" / "history.jsonl"
     if own.is_file():
-        return _jsonl(own)
+        return _jsonl(own), own
     states = sorted(
         folder.glob("checkpoint-*/trainer_state.json"),
         key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name[11:].isdigit() else -1,
     )
+    if (folder / "trainer_state.json").is_file():
+        states.append(folder / "trainer_state.json")
     if states:
         state = _json(states[-1])
         log = state.get("log_history") if isinstance(state, dict) else None
         if not isinstance(log, list):
             raise RunLoadError(f"{str(states[-1])!r} holds no log_history list")
-        return [e for e in log if isinstance(e, dict)]
-    return []
+        return [e for e in log if isinstance(e, dict)], states[-1]
+    return [], None
 
 
 def load_run(path: str | Path) -> RunData:
@@ -220,11 +228,17 @@ def load_run(path: str | Path) -> RunData:
         )
         if members:
             out.proxies[proxy.name] = members
-    out.trl = history_from_log(_trl_log(folder))
+    log, out.trl_log = _trl_log(folder)
+    out.trl = history_from_log(log)
+    if out.empty and out.trl_log is not None:
+        raise RunLoadError(
+            f"{str(out.trl_log)!r} holds no proxygap/* metrics: train with ProxygapCallback or "
+            "ProxygapEvalCallback (proxygap.integrations.trl)"
+        )
     if out.empty:
         raise RunLoadError(
             f"{str(folder)!r} holds no run: expected a study's summary.json, rl/, daa/, "
-            "mitigations/ or proxies/, or a TRL output_dir with proxygap/history.jsonl or "
-            "checkpoint-*/trainer_state.json"
+            "mitigations/ or proxies/, or a TRL output_dir with proxygap/history.jsonl, "
+            "trainer_state.json or checkpoint-*/trainer_state.json"
         )
     return out

@@ -35,7 +35,8 @@ def resolve_run(name: str, runs_dir: Path) -> Path:
             return candidate
     fail(
         f"no run folder {name!r} (looked for a config.yaml or sweep.json in {name!r} and in "
-        f"{str(runs_dir / name)!r}); `proxygap runs` lists the runs"
+        f"{str(runs_dir / name)!r}, and no TRL log: proxygap/history.jsonl or "
+        "trainer_state.json); `proxygap runs` lists the runs"
     )
 
 
@@ -74,9 +75,14 @@ def report(
     ],
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
-    """Render a run's (or a sweep's) report again from its saved results, rerunning nothing."""
+    """Render a run's (or a sweep's) report again from its saved results, rerunning nothing; or
+    the report of a TRL output folder from the log of proxygap's callbacks."""
     from proxygap.report.render import write_report
 
+    trl = _trl_folder(run, runs_dir)
+    if trl is not None:
+        _trl_report(trl)
+        return
     folder = resolve_run(run, runs_dir)
     if (folder / "sweep.json").is_file():
         from proxygap.report.sweep import rerender_sweep
@@ -88,6 +94,43 @@ def report(
     else:
         write_report(_load(folder), rerendered=True)
     typer.echo(str(folder / "report.html"))
+
+
+def _trl_folder(name: str, runs_dir: Path) -> Path | None:
+    """``name`` as a TRL output folder (a log of proxygap's callbacks or a trainer state, and
+    no study config), or None."""
+    for candidate in (Path(name), runs_dir / name):
+        if not candidate.is_dir() or (candidate / "config.yaml").is_file():
+            continue
+        if (
+            (candidate / "proxygap" / "history.jsonl").is_file()
+            or (candidate / "trainer_state.json").is_file()
+            or any(candidate.glob("checkpoint-*/trainer_state.json"))
+        ):
+            return candidate
+    return None
+
+
+def _trl_report(folder: Path) -> None:
+    """Write ``report.md``/``report.html`` of a TRL run into its folder; print the HTML path."""
+    from proxygap.report.trl_report import write_trl_report
+    from proxygap.runs import RunLoadError, load_run
+
+    try:
+        data = load_run(folder)
+    except RunLoadError as err:
+        fail(str(err))
+    source = data.trl_log.relative_to(folder) if data.trl_log is not None else folder
+    if not data.trl:
+        fail(
+            f"{str(folder / source)!r} holds no proxygap/* metrics: train with "
+            "ProxygapCallback or ProxygapEvalCallback (proxygap.integrations.trl)"
+        )
+    try:
+        path = write_trl_report(data.trl, folder, source=str(source), label=folder.name)
+    except OSError as err:
+        fail(f"cannot write the report into {str(folder)!r}: {err}")
+    typer.echo(str(path))
 
 
 # ---------------------------------------------------------------- runs
