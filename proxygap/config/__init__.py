@@ -192,6 +192,11 @@ def _check_mitigations(m: MitigationStudyConfig, proxies: list[ProxyConfig]) -> 
     if proxy is None:
         raise ValueError(f"mitigations.proxy {m.proxy!r} is not one of the proxies {names}")
     k = proxy.ensemble
+    if m.ensembles == "per_seed" and proxy.path is not None:
+        raise ValueError(
+            f"mitigations.ensembles 'per_seed' retrains the members of {m.proxy!r} for every "
+            "seed, but it is a trained model (path): set mitigations.ensembles: fixed"
+        )
     if m.member >= k:
         raise ValueError(f"mitigations.member {m.member} must be < the ensemble size {k}")
     needs = [r.name for r in m.rl if r.aggregation != "single"]

@@ -178,7 +178,18 @@ class MitigationStudyConfig(Strict):
         description="an ensemble proxy of the study (Coste et al.: 5 members, 25% label noise)"
     )
     member: Annotated[int, Field(ge=0)] = Field(
-        default=0, description="the member that is the baseline's single reward model"
+        default=0,
+        description=(
+            "the member (of each seed's ensemble) that is the single reward model of the RL arms "
+            "without aggregation; best-of-n compares every member and their average"
+        ),
+    )
+    ensembles: Literal["per_seed", "fixed"] = Field(
+        default="per_seed",
+        description=(
+            "per_seed: every seed trains its own ensemble (member seeds drawn from the seed, "
+            "stream mitigation_members); fixed: the proxy's one ensemble for every seed"
+        ),
     )
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2],

@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from proxygap.analysis.diversity import distinct_n
+from proxygap.analysis.hump import collapse_share
 from proxygap.estimators.kl import sequence_kl
 from proxygap.models.logprobs import response_logprobs
 from proxygap.monitor.signals import ensemble_disagreement, mc_entropy, outlier_rate
@@ -204,6 +205,10 @@ class PolicyEvaluator:
             "reward/gold_raw": float(gold.mean() * self.gold_scale),
             "winrate/gold_vs_init": win_rate(gold, gold0),
             "length/mean": float(scores["length"].mean()),
+            "length/unfinished": collapse_share(
+                s.response_ids, s.mask, eos_id=self.tokenizer.eos_token_id,
+                max_new_tokens=self.max_new_tokens,
+            ),
             "diversity/distinct1": distinct_n(list(scores["texts"]), 1),
             "diversity/distinct2": distinct_n(list(scores["texts"]), 2),
             **kl_metrics,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from proxygap.config import StudyConfig
+from proxygap.report.bon_section import law_peak_blocks
 from proxygap.report.daa_section import daa_section
 from proxygap.report.detect_section import detect_section
 from proxygap.report.document import Bullets, Details, Document, Heading, Image, Paragraph, Table
@@ -188,7 +189,7 @@ def write_report(study: StudyResult, *, rerendered: bool = False) -> None:
         plot_bon(curves, run_dir / "plots" / "bon_gold_proxy.png")
         plot_proxy_vs_gold(curves, run_dir / "plots" / "bon_proxy_vs_gold.png")
         doc.add(Heading("Best-of-n"))
-        doc.add(_proxy_table(results, cfg), _curve_table(results))
+        doc.add(_proxy_table(results, cfg), _curve_table(results), *law_peak_blocks(results))
         doc.add(*_reading(results))
         doc.add(
             Image("plots/bon_gold_proxy.png", "Gold and proxy against d = sqrt(KL) for best-of-n."),
