@@ -206,7 +206,9 @@ class PolicyEvaluator:
             "winrate/gold_vs_init": win_rate(gold, gold0),
             "length/mean": float(scores["length"].mean()),
             "length/unfinished": collapse_share(
-                s.response_ids, s.mask, eos_id=self.tokenizer.eos_token_id,
+                s.response_ids,
+                s.mask,
+                eos_id=self.tokenizer.eos_token_id,
                 max_new_tokens=self.max_new_tokens,
             ),
             "diversity/distinct1": distinct_n(list(scores["texts"]), 1),
