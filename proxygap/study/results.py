@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proxygap.analysis.hump import Decline, Peak
 from proxygap.analysis.rl_analysis import RLAnalysis
 from proxygap.config import FDivStudyConfig, MitigationStudyConfig, ProxyConfig, StudyConfig
 from proxygap.optimize.bon import BonCurve
@@ -95,6 +96,46 @@ class FDivResult:
 
 
 @dataclass
+class ScaleCurve:
+    """One DAA loss at one policy size: gold against ``d`` over the beta grid (final checkpoints,
+    seed means, sorted by ``d``, after the initial policy's ``d = 0`` point), the share of
+    responses that never end and the mean length at each point, the peak with its interval, the
+    fall past it split into gradual decline and collapse, and the peak's ``d`` per seed.
+    ``betas`` are in the order of the points after the first."""
+
+    betas: list[float]
+    d: list[float]
+    d_se: list[float]
+    gold: list[float]
+    gold_se: list[float]
+    collapse: list[float]
+    length: list[float]
+    peak: Peak
+    decline: Decline
+    seed_peaks: list[float]
+
+    def summary(self) -> dict[str, Any]:
+        """The curve as plain JSON values (``daa_scale/summary.json``)."""
+        return {
+            "betas": self.betas, "d": self.d, "gold": self.gold, "gold_se": self.gold_se,
+            "collapse": self.collapse, "length": self.length,
+            "peak": {**self.peak.__dict__, "hump": self.peak.hump},
+            "decline": self.decline.__dict__, "seed_peaks": self.seed_peaks,
+        }  # fmt: skip
+
+
+@dataclass
+class DAAScaleResult:
+    """The DAA scale study: parameters and initial-policy evaluation per size, every run's
+    evaluation rows keyed ``(size, loss, beta, seed)``, and the curves ``curves[size][loss]``."""
+
+    params: dict[str, int]
+    init: dict[str, dict[str, float]]
+    histories: dict[tuple[str, str, float, int], list[dict[str, float]]]
+    curves: dict[str, dict[str, ScaleCurve]]
+
+
+@dataclass
 class StudyResult:
     """A whole run: where it lives and what every stage found."""
 
@@ -110,3 +151,4 @@ class StudyResult:
     mitigations: MitigationResult | None = None
     detect: DetectResult | None = None
     fdiv: FDivResult | None = None
+    daa_scale: DAAScaleResult | None = None
