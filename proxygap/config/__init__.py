@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from proxygap.config.daa_scale import DAAScaleConfig
 from proxygap.config.detect import DetectConfig
 from proxygap.config.fdiv import FDivStudyConfig
 from proxygap.config.inputs import RuntimeConfig, TaskConfig, check_inputs
@@ -104,6 +105,9 @@ class StudyConfig(Strict):
         default=None, description="SFT variants, for 'sft' and 'soup' references"
     )
     detect: DetectConfig | None = None  # the overoptimization-detection corpus
+    daa_scale: DAAScaleConfig | None = Field(
+        default=None, description="direct alignment over betas at several policy sizes; null: none"
+    )
     fdiv: FDivStudyConfig | None = Field(
         default=None, description="f-DPG arms and f-DPO rows over seeds (methods §7); null: none"
     )
@@ -162,6 +166,7 @@ class StudyConfig(Strict):
                     "monitor's disagreement signal needs an ensemble (ensemble >= 2)"
                 )
         _check_targets(self)
+        _check_scale(self)
         check_inputs(self.preferences.file, self.proxies)
         needs = [
             f"mitigations.rl arm {a.name!r}"
@@ -212,6 +217,28 @@ def _check_mitigations(m: MitigationStudyConfig, proxies: list[ProxyConfig]) -> 
             raise ValueError(
                 f"mitigations.rl arm {arm.name!r}: components {unknown} are not proxies {names}"
             )
+
+
+def _check_scale(cfg: StudyConfig) -> None:
+    from proxygap.tasks import get_task
+
+    spec = cfg.daa_scale
+    if spec is None:
+        return
+    if cfg.task.prompts is not None:
+        raise ValueError("daa_scale needs a built-in task with base policies of several sizes")
+    sizes = get_task(cfg.task.name).policy_sizes
+    unknown = [s for s in spec.sizes if s not in sizes]
+    if unknown:
+        raise ValueError(
+            f"daa_scale.sizes {unknown} are not base-policy sizes of task {cfg.task.name!r} "
+            f"(sizes: {sorted(sizes)})"
+        )
+    if (spec.n_pairs or 0) > cfg.preferences.n_pairs:
+        raise ValueError(
+            f"daa_scale.n_pairs ({spec.n_pairs}) exceeds preferences.n_pairs "
+            f"({cfg.preferences.n_pairs})"
+        )
 
 
 def _check_targets(cfg: StudyConfig) -> None:

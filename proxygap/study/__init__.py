@@ -41,6 +41,7 @@ from proxygap.study.bon import (
 from proxygap.study.context import StudyContext, reference_texts, setup
 from proxygap.study.daa import stage_daa
 from proxygap.study.data import describe_data, stage_preferences, stage_proxy
+from proxygap.study.daa_scale import stage_daa_scale
 from proxygap.study.detect import stage_detect
 from proxygap.study.fdiv import stage_fdiv
 from proxygap.study.mitigations import stage_mitigations
@@ -89,5 +90,6 @@ def _stages(ctx: StudyContext, t_start: float) -> StudyResult:
     out.daa = stage_daa(ctx, train)
     out.detect = stage_detect(ctx)
     out.fdiv = stage_fdiv(ctx, train)
+    out.daa_scale = stage_daa_scale(ctx, train)
     ctx.timings["wall_seconds"] = time.perf_counter() - t_start
     return out

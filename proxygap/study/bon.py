@@ -22,6 +22,9 @@ from proxygap.study.context import StudyContext, sample_responses
 from proxygap.study.results import ProxyResult
 from proxygap.study.scoring import proxy_scorer
 
+BOOTSTRAP_RESAMPLES = 1000
+"""Prompt resamples behind the best-of-n intervals (docs/methods.md §1, "Intervals")."""
+
 
 # ---------------------------------------------------------------- stage 3-4: pool and scores
 def stage_pool(ctx: StudyContext) -> tuple[list[str], list[str]]:
@@ -120,7 +123,11 @@ def analyse(
     M = len(held)
     for proxy in ctx.cfg.proxies:
         select, ref = normalised(scores, proxy)
-        curve = bon_curve(proxy.name, select, gold, ns=ns)
+        # one bootstrap seed: every proxy sees the same prompt resamples
+        boot_seed = study_seed(ctx.cfg.seed, "bon_bootstrap")
+        curve = bon_curve(
+            proxy.name, select, gold, ns=ns, n_boot=BOOTSTRAP_RESAMPLES, seed=boot_seed
+        )
         pairs = ref  # the held-out pairs' texts, when they are the reference samples
         if f"held:{proxy.name}" in scores:
             centred = scores[f"held:{proxy.name}"] - scores[f"ref:{proxy.name}"].mean(axis=0)
@@ -187,6 +194,7 @@ def write_results(ctx: StudyContext, results: list[ProxyResult]) -> None:
                 "ensemble_std_growth": r.ensemble_std_growth,
                 "wellformed_top": r.wellformed_top,
             }
+            | _intervals(r)
             for r in results
         ],
     }
@@ -197,6 +205,18 @@ def write_results(ctx: StudyContext, results: list[ProxyResult]) -> None:
                 json.dumps({f"bon/{k}" if k not in ("name", "n") else k: v for k, v in row.items()})
                 + "\n"
             )
+
+
+def _intervals(r: ProxyResult) -> dict[str, Any]:
+    """The bootstrap intervals of the law and of the observed peak, and whether the law
+    misplaces the peak (the observed peak's d outside the law peak's interval)."""
+    boot = r.curve.boot
+    if boot is None:
+        return {}
+    return {
+        "fit_bootstrap": boot.as_dict(),
+        "law_misplaces_peak": boot.law_misplaces_peak(r.curve.turn.d_peak),
+    }
 
 
 def examples(
