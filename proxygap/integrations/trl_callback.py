@@ -22,6 +22,11 @@ trainer computes for its loss (GRPO with ``beta > 0``: no extra forward pass), e
 trainer's ``ref_model`` (RLOO with ``beta > 0``) or a ``ref_model`` given to the callback. With
 neither (GRPO's default ``beta = 0``) no ``kl/*`` is logged and
 :attr:`ProxygapCallback.kl_status` says why (also logged once as a warning).
+
+Several processes (accelerate, DDP): each process scores its own share of the batch; the rows
+are gathered and merged after every step (:func:`merge_rows`), so every process feeds the
+monitor the same row and takes the same alarm decision; only the main process writes the
+history file.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from proxygap.integrations.trl_kl import KLProbe
 from proxygap.integrations.trl_rewards import Scored, take
 from proxygap.runs import TRL_KEYS
 
-__all__ = ["ProxygapCallback", "calling_trainer"]
+__all__ = ["ProxygapCallback", "calling_trainer", "gather_objects", "merge_rows"]
 
 logger = logging.getLogger(__name__)
 PREFIX = "proxygap/"
@@ -51,6 +56,27 @@ PREFIX = "proxygap/"
 def _is_train_log(logs: dict[str, Any]) -> bool:
     """A training log row (not evaluation, not the end-of-training summary)."""
     return not any(k.startswith("eval_") or k == "train_runtime" for k in logs)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every process, in rank order, on every process (``torch.distributed``'s
+    ``all_gather_object``; ``[obj]`` with one process or none initialised)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def merge_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-process rows as one: the mean over the rows that have a key (the global mean when
+    the processes scored equal shares, as TRL's per-device batches are), ``kl/clamped`` summed."""
+    out: dict[str, float] = {}
+    for key in sorted(set().union(*rows)):
+        vals = [r[key] for r in rows if key in r]
+        out[key] = float(sum(vals)) if key == "kl/clamped" else float(np.mean(vals))
+    return out
 
 
 def calling_trainer(callback: TrainerCallback) -> Any:
@@ -179,9 +205,10 @@ class ProxygapCallback(TrainerCallback):
         if kl:
             row.update(kl)
             row["d"] = math.sqrt(max(row["kl/k1"], 0.0))
+        row = self._synchronised(row)
         if row:
             row["step"] = float(step)
-        return self._synchronised(row)
+        return row
 
     def _weights(self) -> dict[str, float]:
         """TRL's ``reward_weights`` by reward-function name (1 for every name without one)."""
@@ -193,15 +220,14 @@ class ProxygapCallback(TrainerCallback):
         return {n: float(w) for n, w in zip(names, weights.tolist(), strict=False)}
 
     def _synchronised(self, row: dict[str, float]) -> dict[str, float]:
-        """The row averaged over processes, so every process sees the same monitor decision
-        (untested on more than one process)."""
-        accelerator = getattr(self.trainer, "accelerator", None)
-        if not row or accelerator is None or accelerator.num_processes == 1:
+        """With several processes, every process's row gathered (each process scored its own
+        share of the batch) and merged: per key the mean over the processes that have it
+        (``kl/clamped``: the sum), so every process feeds the monitor the same row and takes
+        the same alarm decision. Every process takes part, also with an empty row."""
+        rows = gather_objects(row)
+        if len(rows) == 1:
             return row
-        keys = sorted(row)
-        values = torch.tensor([row[k] for k in keys], device=accelerator.device)
-        mean = accelerator.reduce(values, reduction="mean").tolist()
-        return dict(zip(keys, mean, strict=True))
+        return merge_rows(rows)
 
     def _flush(self) -> dict[str, float]:
         """The window's rows as ``proxygap/*`` log entries: means, except the monitor's keys

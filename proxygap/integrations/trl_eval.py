@@ -46,7 +46,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from proxygap.integrations.scoring import batch_signals, default_monitor
-from proxygap.integrations.trl_callback import calling_trainer
+from proxygap.integrations.trl_callback import calling_trainer, gather_objects
 from proxygap.integrations.trl_kl import kl_metrics
 from proxygap.integrations.trl_rewards import TRLReward
 from proxygap.models.logprobs import response_logprobs
@@ -76,14 +76,8 @@ class EvalSamples:
 
 
 def gather_parts(part: EvalSamples) -> list[EvalSamples]:
-    """Every process's part, in rank order, on every process (``torch.distributed``'s
-    ``all_gather_object``; just ``[part]`` with one process)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [part]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, part)
-    return out
+    """Every process's part, in rank order, on every process (``[part]`` with one process)."""
+    return gather_objects(part)
 
 
 def merge_parts(parts: Sequence[EvalSamples]) -> tuple[EvalSamples, dict[str, float]]:
