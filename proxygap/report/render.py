@@ -10,6 +10,7 @@ from proxygap.report.bon_section import law_peak_blocks
 from proxygap.report.daa_section import daa_section
 from proxygap.report.detect_section import detect_section
 from proxygap.report.document import Bullets, Details, Document, Heading, Image, Paragraph, Table
+from proxygap.report.fdiv_section import fdiv_section
 from proxygap.report.format import fmt
 from proxygap.report.mitigation_section import mitigation_section
 from proxygap.report.plots import plot_bon, plot_proxy_vs_gold
@@ -242,6 +243,8 @@ def write_report(study: StudyResult, *, rerendered: bool = False) -> None:
         mitigation_section(doc, run_dir, cfg, mitigations)
     if study.detect is not None and cfg.detect is not None:
         detect_section(doc, run_dir, study.detect, cfg.detect)
+    if study.fdiv is not None:
+        fdiv_section(doc, run_dir, study.fdiv)
     doc.add(Heading("Files"))
     doc.add(
         Paragraph(
@@ -255,7 +258,9 @@ def write_report(study: StudyResult, *, rerendered: bool = False) -> None:
             "`rl/summary.json`; for direct alignment "
             "`daa/<loss>-<beta>/result.json` and `daa/summary.json`; for the monitor's corpus "
             "`detect/<family>/seed-<s>/history.json`, `detect/summary.json` and the fitted "
-            "`detect/detector.json`."
+            "`detect/detector.json`; for the f-divergence comparison "
+            "`fdiv/<rl|daa>/<arm>/seed-<s>/history.json` and `steps.jsonl`, and "
+            "`fdiv/summary.json`."
         )
     )
     atomic_write_text(run_dir / "report.md", doc.markdown())

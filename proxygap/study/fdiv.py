@@ -10,19 +10,21 @@
   that loss at the same ``beta``; the seed sets the data order. Reference log-probs are computed
   once. Stage ``fdiv:daa:<loss>:<seed>``, rows in ``fdiv/daa/<loss>/seed-<s>/history.json``.
 
-Every run is evaluated by the same kind of evaluator on the same held-out prompts (drawn with
-the study seed's ``fdiv_eval`` stream): gold (SD units, relative to the base policy), the proxy,
-``d`` and distinct-n. With ``runtime.workers > 1`` the runs go to forked worker processes
-(:func:`proxygap.study.workers.run_jobs`); each run seeds itself, so results do not depend on
-the number of workers. The numbers are :func:`proxygap.study.fdiv_stats.summarise_arms`,
-written to ``fdiv/summary.json``.
+The reward is the proxy standardised on base-policy samples (SD units, as in the mitigation
+study), so ``beta`` is a tilt per SD: if the reward were Gaussian under ``pi0`` the target
+would lie ``1 / (2 beta^2)`` nats from it. Every run is evaluated by the same kind of evaluator
+on the same held-out prompts (drawn with the study seed's ``fdiv_eval`` stream): gold (SD
+units, relative to the base policy), the proxy, ``d`` and distinct-n. With ``runtime.workers >
+1`` the runs go to forked worker processes (:func:`proxygap.study.workers.run_jobs`); each run
+seeds itself, so results do not depend on the number of workers. The numbers are
+:func:`proxygap.study.fdiv_stats.summarise_arms`, written to ``fdiv/summary.json``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from proxygap.data.preferences import Pairs, relabel
 from proxygap.optimize.daa import daa_evaluator, prepare_pairs, train_daa
 from proxygap.optimize.evaluate import PolicyEvaluator
 from proxygap.optimize.loop import LoopResult
+from proxygap.rewards.proxy import ProxyScorer, aggregate_members
 from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
 from proxygap.study.context import StudyContext, check_measurements
@@ -58,6 +61,14 @@ def _save(folder: Path, result: LoopResult, stage: str) -> None:
     atomic_write_text(folder / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in result.steps))
 
 
+def _standardised_reward(proxy: ProxyScorer) -> Callable[[Sequence[str]], np.ndarray]:
+    """The proxy's members standardised on base-policy samples, then aggregated: a reward in
+    SD units, so ``beta`` means the same for any proxy (a tilt ``exp(r / beta)`` per SD)."""
+    return lambda texts: aggregate_members(
+        proxy.standardised(texts), proxy.aggregation, lam=proxy.uwo_lambda
+    )
+
+
 def _rl_jobs(ctx: StudyContext, spec: FDivStudyConfig) -> list[Job]:
     rl = spec.rl
     todo = [
@@ -69,6 +80,7 @@ def _rl_jobs(ctx: StudyContext, spec: FDivStudyConfig) -> list[Job]:
     if rl is None or not todo:
         return []
     proxy = proxy_scorer(ctx, spec.proxy)
+    reward = _standardised_reward(proxy)
     s = rl.settings
     prompts = ctx.task.prompts(
         s.steps * s.prompts_per_step, seed=study_seed(ctx.cfg.seed, "fdiv_train_prompts")
@@ -79,7 +91,7 @@ def _rl_jobs(ctx: StudyContext, spec: FDivStudyConfig) -> list[Job]:
 
         def go() -> None:
             result = train_from_base(
-                ctx, rl.arm(div, seed), reward_fn=proxy.reward, eval_proxy=proxy.reward,
+                ctx, rl.arm(div, seed), reward_fn=reward, eval_proxy=reward,
                 prompts=prompts, eval_seed=study_seed(ctx.cfg.seed, "fdiv_eval"), proxy=proxy,
                 run=name,
             )  # fmt: skip
@@ -107,8 +119,9 @@ def _daa_jobs(ctx: StudyContext, spec: FDivStudyConfig, train: Pairs) -> list[Jo
         prepare_pairs(ref, ctx.tokenizer, pairs),
         prepare_pairs(ref, ctx.tokenizer, ctx.heldout),
     )
+    proxy = _standardised_reward(proxy_scorer(ctx, spec.proxy))
     evaluator: PolicyEvaluator = daa_evaluator(
-        ctx.policy, ctx.tokenizer, task=ctx.task, proxy=proxy_scorer(ctx, spec.proxy).reward,
+        ctx.policy, ctx.tokenizer, task=ctx.task, proxy=proxy,
         cfg=daa.settings, gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "fdiv_eval"),
     )  # fmt: skip
 
