@@ -172,7 +172,7 @@ class ProxygapEvalCallback(TrainerCallback):
             raise ValueError(f"n_per_prompt must be >= 1, got {n_per_prompt}")
         self.prompts, self.proxy, self.gold = list(prompts), proxy, gold
         self.every, self.at_start = every, at_start
-        self.sampling = dict(
+        self.sampling: dict[str, Any] = dict(
             n_per_prompt=n_per_prompt, max_new_tokens=max_new_tokens, temperature=temperature,
             seed=seed, batch_size=batch_size,
         )  # fmt: skip
