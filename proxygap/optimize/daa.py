@@ -32,7 +32,10 @@ optimizer steps since the previous entry) and these metrics:
   ``train/lr``: means over the optimizer steps since the previous evaluation (absent at step 0).
 
 A NaN or inf loss or gradient norm stops the run with :class:`~proxygap.errors.NonFiniteError`
-naming the step.
+naming the step. Given a checkpoint folder, the run saves its policy, optimiser, scheduler and
+record (:mod:`proxygap.optimize.checkpoint`) and a rerun with ``resume`` continues from the newest
+one, with the numbers of an uninterrupted run (the data order is a function of the seed and the
+steps done).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Annotated, Any
 
 import torch
@@ -53,6 +57,7 @@ from proxygap.analysis.likelihood import DEFAULT_K, likelihood_indicators
 from proxygap.data.preferences import Pairs
 from proxygap.losses.daa import DAA_LOSSES, PairBatchLogps, compute_daa_loss
 from proxygap.models.logprobs import build_inputs
+from proxygap.optimize.checkpoint import checkpoint_writer, resume_training
 from proxygap.optimize.daa_pairs import PairTokens, pair_logps, prepare_pairs
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.loop import LoopResult, Schedule, Watchers, optimiser_step, run_loop
@@ -292,6 +297,10 @@ def train_daa(
     evaluator: PolicyEvaluator,
     log: Callable[[str], None] = print,
     watch: Watchers | None = None,
+    checkpoint_dir: Path | str | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    keep_checkpoints: int | None = None,
 ) -> LoopResult:
     """Train ``policy`` in place with the DAA loss ``cfg.loss`` against the reference ``ref``
     (Rafailov et al. 2023; Azar et al. 2023; Zhao et al. 2023; Meng et al. 2024; Pang et al. 2024)
@@ -300,6 +309,10 @@ def train_daa(
     ``pairs_*`` may be :class:`PairTokens` to reuse cached reference log-probs across runs;
     ``watch`` adds evaluation and step hooks (a monitor, a tracker) and a progress bar.
     The same ``cfg.seed``, data and models give the same history (timings aside).
+
+    With ``checkpoint_dir``, a checkpoint is written every ``checkpoint_every`` optimiser steps
+    (0: before each evaluation), keeping the newest ``keep_checkpoints`` (None: all); with
+    ``resume`` the run continues from the newest complete one there, if any.
 
     Raises:
         NonFiniteError: a loss or gradient norm was NaN or inf; names the step and holds the
@@ -316,6 +329,13 @@ def train_daa(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup + 1)))
     stream = _index_stream(len(train), cfg.seed)
     hyper = cfg.loss_hyper()
+    result = LoopResult(config=cfg.model_dump(mode="json"))
+    saved = resume_training(
+        checkpoint_dir if resume else None, policy=policy, critic=None, optimizer=opt,
+        scheduler=sched, config=result.config, log=log,
+    )  # fmt: skip
+    for _ in range(int(saved["step"]) * plan.pairs_per_step if saved else 0):
+        next(stream)  # the pairs already drawn
 
     def daa_step(step: int) -> dict[str, float]:
         sums = dict.fromkeys(("loss", "margin", "accuracy"), 0.0)
@@ -357,8 +377,20 @@ def train_daa(
         ),
         train_step=daa_step,
         evaluate=evaluate,
-        result=LoopResult(config=cfg.model_dump(mode="json")),
+        result=result,
         log=lambda line: log(f"[{cfg.loss} beta={cfg.beta:g}] " + line),
         describe=_summary,
+        checkpoint=checkpoint_writer(
+            checkpoint_dir,
+            policy=policy,
+            critic=None,
+            tokenizer=tokenizer,
+            optimizer=opt,
+            scheduler=sched,
+            config=result.config,
+            keep=keep_checkpoints,
+        ),
+        checkpoint_every=checkpoint_every,
         watch=watch,
+        resume=saved["loop"] if saved else None,
     )

@@ -14,7 +14,11 @@ is evaluated; :func:`run_loop` does the rest the same way for all of them:
 - call the ``on_evaluate`` hooks with each new row (a monitor reads the run here) and the
   ``on_step`` hooks with each step's row (a tracker logs here);
 - show a progress bar (steps, latest proxy and KL) when given a description;
-- checkpoint every ``checkpoint_every`` steps through the optimiser's own ``checkpoint``;
+- checkpoint every ``checkpoint_every`` steps (or before each evaluation) through the
+  optimiser's own ``checkpoint``, handing it the loop's own state (:func:`loop_state`: the record
+  so far, the watchers' state, torch's random state, the wall time) to save beside its own; given
+  that state back as ``resume``, the loop continues where the checkpoint was taken, and the run
+  ends with the numbers of one that was never interrupted (timings aside);
 - turn a NaN or inf anywhere in a step into :class:`~proxygap.errors.NonFiniteError` naming the
   step and holding the run so far.
 
@@ -29,7 +33,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,10 +45,12 @@ from proxygap.errors import NonFiniteError
 __all__ = [
     "EvalHook",
     "StepHook",
+    "Stateful",
     "Watchers",
     "LoopResult",
     "Schedule",
     "checked_rewards",
+    "loop_state",
     "optimiser_step",
     "run_loop",
     "window_means",
@@ -103,6 +109,17 @@ class StepHook(Protocol):
     def __call__(self, row: dict[str, float]) -> None: ...
 
 
+@runtime_checkable
+class Stateful(Protocol):
+    """A watcher whose memory a checkpoint keeps (a monitor's baseline, a policy keeper's best
+    weights): what ``state_dict`` returns (tensors, numbers, strings, lists and dicts of them)
+    is saved and handed back to ``load_state_dict`` on resume."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class Watchers:
     """What watches a run without changing it: ``on_evaluate`` hooks (a monitor, a tracker),
@@ -129,9 +146,10 @@ def run_loop(
     result: LoopResult,
     log: Callable[[str], Any] = print,
     describe: Callable[[dict[str, float]], str] | None = None,
-    checkpoint: Callable[[int], Any] | None = None,
+    checkpoint: Callable[[int, dict[str, Any]], Any] | None = None,
     checkpoint_every: int = 0,
     watch: Watchers | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> LoopResult:
     """Run ``schedule.total`` training steps with evaluations, filling ``result`` in place.
 
@@ -141,22 +159,30 @@ def run_loop(
         evaluate: measures the policy; returns its metrics and example samples.
         result: the record to fill (its ``config`` set by the caller).
         log: called with one line per evaluation (:func:`describe_row`, or ``describe``).
-        checkpoint: ``steps_done -> None``, called every ``checkpoint_every`` steps after the
-            step's row is recorded.
+        checkpoint: ``(steps_done, loop_state) -> None``, called every ``checkpoint_every``
+            steps (0: after every step followed by an evaluation, before that evaluation) once
+            the step's row is recorded; it saves ``loop_state`` with the optimiser's state.
         watch: hooks called with each evaluation row and each step's row after they are
             recorded, and the progress bar's description.
+        resume: a ``loop_state`` a checkpoint saved: the record, the watchers' memory and the
+            random state are restored and the loop continues from its step (the optimiser has
+            restored its own state).
 
     Raises:
         NonFiniteError: from a step, with ``step`` and ``result`` filled in.
     """
     watch = watch or Watchers()
     window: list[dict[str, float]] = []
-    t_start = time.perf_counter()
+    start, t_start = 0, time.perf_counter()
+    if resume is not None:
+        start, window = _restore(resume, result, watch)
+        t_start -= float(resume["wall"])
     bar = tqdm(
-        total=schedule.total, desc=watch.progress, unit="step", disable=watch.progress is None
-    )
+        total=schedule.total, initial=start, desc=watch.progress, unit="step",
+        disable=watch.progress is None,
+    )  # fmt: skip
     try:  # the watchers close (trackers flush, keepers write) even when a step fails
-        for step in range(schedule.total + 1):
+        for step in range(start, schedule.total + 1):
             if schedule.is_eval(step):
                 t0 = time.perf_counter()
                 metrics, examples = evaluate(step)
@@ -194,13 +220,63 @@ def run_loop(
             for step_hook in watch.on_step:
                 step_hook(step_row)
             bar.update()
-            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-                checkpoint(step + 1)
+            due = (
+                (step + 1) % checkpoint_every == 0
+                if checkpoint_every
+                else schedule.is_eval(step + 1)
+            )
+            if checkpoint is not None and due:
+                checkpoint(step + 1, loop_state(step + 1, result, window, watch, t_start))
     finally:
         bar.close()
         for close in watch.on_close:
             close()
     return result
+
+
+def loop_state(
+    step: int,
+    result: LoopResult,
+    window: list[dict[str, float]],
+    watch: Watchers,
+    t_start: float,
+) -> dict[str, Any]:
+    """What the loop needs to continue after ``step`` steps: the record so far (history, step
+    rows, examples), the step metrics not yet averaged into a row, the memory of every
+    :class:`Stateful` watcher (by class name, in order), torch's random state and the seconds
+    since the start. Loadable with ``torch.load(..., weights_only=True)``."""
+    stateful = [h for h in watch.on_evaluate if isinstance(h, Stateful)]
+    return {
+        "step": step,
+        "history": result.history,
+        "steps": result.steps,
+        "examples": result.examples,
+        "window": window,
+        "watchers": [[type(h).__name__, h.state_dict()] for h in stateful],
+        "torch_rng": torch.get_rng_state(),
+        "wall": time.perf_counter() - t_start,
+    }
+
+
+def _restore(
+    state: dict[str, Any], result: LoopResult, watch: Watchers
+) -> tuple[int, list[dict[str, float]]]:
+    """Put a :func:`loop_state` back: fill ``result``, the watchers and torch's random state;
+    return the step to continue from and the unaveraged step metrics."""
+    stateful = [h for h in watch.on_evaluate if isinstance(h, Stateful)]
+    names = [type(h).__name__ for h in stateful]
+    saved = [name for name, _ in state["watchers"]]
+    if names != saved:
+        raise ValueError(
+            f"the checkpoint was taken with the watchers {saved}, this run has {names}"
+        )
+    for hook, (_, memory) in zip(stateful, state["watchers"], strict=True):
+        hook.load_state_dict(memory)
+    result.history[:] = state["history"]
+    result.steps[:] = state["steps"]
+    result.examples[:] = state["examples"]
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), list(state["window"])
 
 
 def _postfix(row: dict[str, float]) -> dict[str, str]:

@@ -20,7 +20,8 @@ step:
    gradient clipping, learning-rate schedule;
 6. **KL controller** update with the rollout's measured KL (fixed or adaptive, Ziegler et al.);
 7. the ``post_step`` hook (e.g. Elastic Reset), the step's metrics, and a checkpoint every
-   ``checkpoint_every`` steps;
+   ``checkpoint_every`` steps (0: before each evaluation), which a rerun with ``resume`` continues
+   from, ending with the numbers of an uninterrupted run;
 8. every ``eval_every`` steps (step 0 and the last step included) a :class:`PolicyEvaluator`
    samples fresh responses on held-out prompts and the point is logged.
 
@@ -70,7 +71,7 @@ from transformers import PreTrainedModel
 
 from proxygap.estimators.kl import sequence_kl
 from proxygap.models.schedule import lr_factor
-from proxygap.optimize.checkpoint import save_checkpoint
+from proxygap.optimize.checkpoint import checkpoint_writer, resume_training
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.kl_control import KLController, make_kl_controller
 from proxygap.optimize.loop import (
@@ -152,6 +153,8 @@ def train_rl(
     log: Callable[[str], Any] = print,
     checkpoint_dir: Path | str | None = None,
     watch: Watchers | None = None,
+    resume: bool = False,
+    keep_checkpoints: int | None = None,
 ) -> LoopResult:
     """Optimise ``policy`` in place against ``reward_fn`` for ``cfg.steps`` steps.
 
@@ -166,9 +169,17 @@ def train_rl(
         hooks: reward transform and post-step hook (no-ops by default).
         log: called with one line per evaluation point.
         checkpoint_dir: where :func:`~proxygap.optimize.checkpoint.save_checkpoint` writes every
-            ``cfg.checkpoint_every`` steps (nothing is written if None or 0).
+            ``cfg.checkpoint_every`` steps, or before each evaluation when that is 0 (None:
+            nothing is written).
         watch: evaluation and step hooks (a monitor, a tracker) and a progress bar.
+        resume: continue from the newest complete checkpoint in ``checkpoint_dir`` (its policy,
+            critic, optimiser, scheduler, KL controller, prompt position, record and the
+            watchers' memory), if there is one. ``hooks`` are not checkpointed: resume only runs
+            whose hooks hold no state.
+        keep_checkpoints: how many of the newest checkpoints to keep (None: all).
 
+    Raises:
+        CheckpointError: ``resume`` found a checkpoint of other settings.
     Raises:
         NonFiniteError: a reward, loss or gradient norm was NaN or inf; names the step and holds
             the history so far.
@@ -214,6 +225,13 @@ def train_rl(
     )
     stream = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=cfg.seed)
     result = LoopResult(config=cfg.model_dump(mode="json"))
+    saved = resume_training(
+        checkpoint_dir if resume else None, policy=policy, critic=critic, optimizer=optimizer,
+        scheduler=scheduler, config=result.config, log=log,
+    )  # fmt: skip
+    if saved is not None:
+        controller.load_state_dict(saved["kl_controller"])
+        stream.position = int(saved["prompt_position"])
 
     def rl_step(step: int) -> dict[str, float]:
         t_step = time.perf_counter()
@@ -301,20 +319,8 @@ def train_rl(
             "time/update": t_update - t_ref,
         }
 
-    def checkpoint(done: int) -> None:
-        assert checkpoint_dir is not None
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "kl_controller": controller.state_dict(),
-            "prompt_position": stream.position,
-            "history": result.history,
-            "steps": result.steps,
-        }
-        save_checkpoint(
-            checkpoint_dir, step=done, policy=policy, critic=critic, tokenizer=tokenizer,
-            config=result.config, state=state,
-        )  # fmt: skip
+    def own_state() -> dict[str, Any]:  # what a checkpoint keeps beside models and optimiser
+        return {"kl_controller": controller.state_dict(), "prompt_position": stream.position}
 
     return run_loop(
         schedule=Schedule.every(cfg.eval_every, total=cfg.steps, samples_per_step=cfg.batch_size),
@@ -323,7 +329,18 @@ def train_rl(
         result=result,
         log=log,
         describe=lambda row: describe_row(row) + f"  beta {controller.beta:.4f}",
-        checkpoint=checkpoint if checkpoint_dir is not None else None,
+        checkpoint=checkpoint_writer(
+            checkpoint_dir,
+            policy=policy,
+            critic=critic,
+            tokenizer=tokenizer,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config=result.config,
+            keep=keep_checkpoints,
+            extra=own_state,
+        ),
         checkpoint_every=cfg.checkpoint_every,
         watch=watch,
+        resume=saved["loop"] if saved else None,
     )

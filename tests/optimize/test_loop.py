@@ -94,11 +94,11 @@ def test_checkpoint_and_watchers_fire_on_schedule():
     _fake(
         5,
         Schedule.every(5, total=5, samples_per_step=1),
-        checkpoint=saved.append,
+        checkpoint=lambda done, state: saved.append((done, state["step"])),
         checkpoint_every=2,
         watch=watch,
     )
-    assert saved == [2, 4]
+    assert saved == [(2, 2), (4, 4)]
     assert seen == [(0, 1), (5, 2)]
     assert steps == [0.0, 1.0, 2.0, 3.0, 4.0]
 
