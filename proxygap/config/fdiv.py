@@ -21,6 +21,7 @@ from proxygap.schema import PosFloat, PosInt, Strict
 __all__ = ["FDivDAAConfig", "FDivRLConfig", "FDivStudyConfig"]
 
 Divergence = Literal["reverse_kl", "forward_kl", "js", "tv"]
+_DIVERGENCES: list[Divergence] = ["reverse_kl", "forward_kl", "js"]
 
 
 def _distinct(values: list, what: str) -> list:
@@ -34,7 +35,7 @@ class FDivRLConfig(Strict):
     """The RL arms: one f-DPG run per divergence and seed, all with ``beta`` and ``settings``."""
 
     divergences: list[Divergence] = Field(
-        default_factory=lambda: ["reverse_kl", "forward_kl", "js"],
+        default_factory=lambda: list(_DIVERGENCES),
         min_length=1,
         description="the divergences D_f(pi || p) of the arms (reverse_kl: RLHF with a KL "
         "penalty; forward_kl: distributional policy gradient; js; tv)",

@@ -89,7 +89,8 @@ def _diff_text(runs: Runs, a: str, b: str) -> str:
 def more_diverse(runs: Runs, arm: str, baseline: str, *, source: str, claim: str) -> Verdict:
     """``arm`` has a higher final distinct-2 than ``baseline`` (paired over seeds)."""
     s = significance(paired(runs, arm, baseline, DIVERSITY))
-    status: Status = {1: "held", -1: "did not hold", 0: "inconclusive"}[s]
+    by_sign: dict[int, Status] = {1: "held", -1: "did not hold", 0: "inconclusive"}
+    status = by_sign[s]
     cost = significance(paired(runs, arm, baseline, GOLD))
     tail = {
         -1: "; its gold is lower (a reward cost)",
