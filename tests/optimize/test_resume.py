@@ -84,7 +84,8 @@ RL = RLConfig(
     algo="ppo", steps=5, prompts_per_step=2, group_size=2, eval_every=2, lr=3e-3,
     kl_coef=0.05, kl_controller="adaptive", kl_target=0.5, kl_horizon=100.0,
     lr_schedule="cosine", warmup_steps=2, eval_prompts=2, eval_samples_per_prompt=2,
-)  # fmt: skip  critic, adaptive KL and a schedule: every piece of trainer state matters
+)  # fmt: skip
+# a critic, an adaptive KL controller and a schedule: every piece of trainer state matters
 
 
 def rl_run(folder: Path, *, stop_at: int | None = None, cfg: RLConfig = RL):
@@ -104,8 +105,8 @@ def _same_run(a: LoopResult, b: LoopResult, folder_a: Path, folder_b: Path) -> N
     assert without_time(a.steps) == without_time(b.steps)
     assert a.examples == b.examples
     for name in ("policy-final", "policy-best"):
-        file_a, file_b = folder_a / name / "model.safetensors", folder_b / name / "model.safetensors"
-        assert file_a.read_bytes() == file_b.read_bytes(), name
+        weights = "model.safetensors"
+        assert (folder_a / name / weights).read_bytes() == (folder_b / name / weights).read_bytes()
 
 
 @pytest.fixture(scope="module")
