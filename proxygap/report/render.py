@@ -7,6 +7,7 @@ import json
 
 from proxygap.config import StudyConfig
 from proxygap.report.bon_section import law_peak_blocks
+from proxygap.report.daa_scale_section import daa_scale_section
 from proxygap.report.daa_section import daa_section
 from proxygap.report.detect_section import detect_section
 from proxygap.report.document import Bullets, Details, Document, Heading, Image, Paragraph, Table
@@ -245,6 +246,8 @@ def write_report(study: StudyResult, *, rerendered: bool = False) -> None:
         detect_section(doc, run_dir, study.detect, cfg.detect)
     if study.fdiv is not None:
         fdiv_section(doc, run_dir, study.fdiv)
+    if study.daa_scale is not None and cfg.daa_scale is not None:
+        daa_scale_section(doc, run_dir, cfg.daa_scale, study.daa_scale)
     doc.add(Heading("Files"))
     doc.add(
         Paragraph(
