@@ -81,6 +81,45 @@ def max_length_of(model: PreTrainedModel) -> int:
     return int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
 
 
+def _forward_pass(
+    model: PreTrainedModel,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    progress: str | None,
+    hidden: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rewards ``(B,)`` and, with ``hidden``, final hidden states at the last token ``(B, H)``
+    from one forward pass per batch; identical texts are run once, batches sorted by length."""
+    unique = list(dict.fromkeys(texts))
+    index = {t: i for i, t in enumerate(unique)}
+    where = [index[t] for t in texts]
+    order = sorted(range(len(unique)), key=lambda i: len(unique[i]))  # batches pad little
+    scores = np.empty(len(unique), dtype=np.float64)
+    states: np.ndarray | None = None
+    max_len = max_length_of(model)
+    device = next(model.parameters()).device
+    starts = range(0, len(order), batch_size)
+    for s in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
+        idx = order[s : s + batch_size]
+        ids, attn = encode_texts(tokenizer, [unique[i] for i in idx], max_length=max_len)
+        out = model(
+            input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=hidden
+        )
+        scores[idx] = out.logits[:, 0].float().cpu().double().numpy()
+        if hidden:
+            h = out.hidden_states[-1]  # (b, T, H)
+            last = attn.sum(dim=1) - 1  # right-padded: the last attended position
+            rows = h[torch.arange(len(last)), last.to(device)].double().cpu().numpy()
+            if states is None:
+                states = np.empty((len(unique), rows.shape[1]), dtype=np.float64)
+            states[idx] = rows
+    if hidden and states is None:
+        return scores[where], np.zeros((0, 0))
+    return scores[where], None if states is None else states[where]
+
+
 @torch.inference_mode()
 def score_texts(
     model: PreTrainedModel,
@@ -91,40 +130,32 @@ def score_texts(
     progress: str | None = None,
 ) -> np.ndarray:
     """Reward of every text, (len(texts),) float64. Identical texts are scored once."""
-    unique = list(dict.fromkeys(texts))
-    where = {t: i for i, t in enumerate(unique)}
-    # sort by length so batches pad little
-    order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
-    out = np.empty(len(unique), dtype=np.float64)
-    max_len = max_length_of(model)
-    starts = range(0, len(order), batch_size)
-    for s in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
-        idx = order[s : s + batch_size]
-        ids, attn = encode_texts(tokenizer, [unique[i] for i in idx], max_length=max_len)
-        out[idx] = _rewards(model, ids, attn).cpu().double().numpy()
-    return out[[where[t] for t in texts]]
+    scores, _ = _forward_pass(
+        model, tokenizer, texts, batch_size=batch_size, progress=progress, hidden=False
+    )
+    return scores
 
 
 @torch.inference_mode()
+def score_and_embed_texts(
+    model: PreTrainedModel, tokenizer: Tokenizer, texts: Sequence[str], *, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`score_texts` and :func:`embed_texts` from the same forward pass: rewards
+    ``(B,)`` and final hidden states ``(B, H)``, both float64."""
+    scores, states = _forward_pass(
+        model, tokenizer, texts, batch_size=batch_size, progress=None, hidden=True
+    )
+    assert states is not None
+    return scores, states
+
+
 def embed_texts(
     model: PreTrainedModel, tokenizer: Tokenizer, texts: Sequence[str], *, batch_size: int = 1024
 ) -> np.ndarray:
     """The reward model's final hidden state at each text's last token (the representation its
     score head reads), ``(len(texts), H)`` float64: the latent space InfoRM (Miao et al. 2024)
     looks for outliers in."""
-    out = []
-    max_len = max_length_of(model)
-    device = next(model.parameters()).device
-    for s in range(0, len(texts), batch_size):
-        ids, attn = encode_texts(tokenizer, list(texts[s : s + batch_size]), max_length=max_len)
-        hidden = model(
-            input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=True
-        ).hidden_states[-1]  # (B, T, H)
-        last = attn.sum(dim=1) - 1  # right-padded: the last attended position
-        out.append(hidden[torch.arange(len(last)), last.to(device)].double().cpu().numpy())
-    if not out:
-        return np.zeros((0, 0))
-    return np.concatenate(out)
+    return score_and_embed_texts(model, tokenizer, texts, batch_size=batch_size)[1]
 
 
 @dataclass
