@@ -25,6 +25,7 @@ from proxygap.config.mitigations import (
     MitigationRunConfig,
     MitigationStudyConfig,
 )
+from proxygap.config.scaling import ScalingConfig, check_scaling
 from proxygap.config.sections import (
     BonConfig,
     DAARunConfig,
@@ -111,6 +112,9 @@ class StudyConfig(Strict):
     fdiv: FDivStudyConfig | None = Field(
         default=None, description="f-DPG arms and f-DPO rows over seeds (methods §7); null: none"
     )
+    scaling: ScalingConfig | None = Field(
+        default=None, description="reward-model scaling (the proxies are its sizes); null: none"
+    )
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
@@ -167,6 +171,7 @@ class StudyConfig(Strict):
                 )
         _check_targets(self)
         _check_scale(self)
+        check_scaling(self)
         check_inputs(self.preferences.file, self.proxies)
         needs = [
             f"mitigations.rl arm {a.name!r}"

@@ -17,6 +17,7 @@ from proxygap.report.mitigation_section import mitigation_section
 from proxygap.report.plots import plot_bon, plot_proxy_vs_gold
 from proxygap.report.rl_section import rl_section
 from proxygap.report.saved import RESULTS_FILE, save_result
+from proxygap.report.scaling_section import scaling_section
 from proxygap.report.summary import summary_lines
 from proxygap.store.atomic import atomic_write_text
 from proxygap.study.results import ProxyResult, StudyResult
@@ -246,6 +247,8 @@ def write_report(study: StudyResult, *, rerendered: bool = False) -> None:
         detect_section(doc, run_dir, study.detect, cfg.detect)
     if study.fdiv is not None:
         fdiv_section(doc, run_dir, study.fdiv)
+    if study.scaling is not None:
+        scaling_section(doc, run_dir, study.scaling.summary)
     if study.daa_scale is not None and cfg.daa_scale is not None:
         daa_scale_section(doc, run_dir, cfg.daa_scale, study.daa_scale)
     doc.add(Heading("Files"))

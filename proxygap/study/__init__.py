@@ -47,6 +47,7 @@ from proxygap.study.fdiv import stage_fdiv
 from proxygap.study.mitigations import stage_mitigations
 from proxygap.study.results import ProxyResult, StudyResult
 from proxygap.study.rl import stage_rl
+from proxygap.study.scaling import stage_scaling
 
 __all__ = ["ProxyResult", "StudyContext", "StudyResult", "normalised", "run_study"]
 
@@ -69,8 +70,9 @@ def _stages(ctx: StudyContext, t_start: float) -> StudyResult:
     if ctx.run.resumed:
         log(f"resuming {ctx.run.dir}")
     train, _ = stage_preferences(ctx)
-    for proxy in cfg.proxies:
-        stage_proxy(ctx, proxy, train)
+    if cfg.scaling is None:  # a scaling study trains its proxies per cell (stage_scaling)
+        for proxy in cfg.proxies:
+            stage_proxy(ctx, proxy, train)
     out = StudyResult(cfg, ctx.run.dir, ctx.gold_scale, timings=ctx.timings)
     out.data = describe_data(ctx)
     if cfg.bon is not None:
@@ -91,5 +93,6 @@ def _stages(ctx: StudyContext, t_start: float) -> StudyResult:
     out.detect = stage_detect(ctx)
     out.fdiv = stage_fdiv(ctx, train)
     out.daa_scale = stage_daa_scale(ctx, train)
+    out.scaling = stage_scaling(ctx, train)
     ctx.timings["wall_seconds"] = time.perf_counter() - t_start
     return out

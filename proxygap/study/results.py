@@ -22,6 +22,7 @@ __all__ = [
     "MitigationResult",
     "ProxyResult",
     "RLRunResult",
+    "ScalingResult",
     "StudyResult",
 ]
 
@@ -136,6 +137,14 @@ class DAAScaleResult:
 
 
 @dataclass
+class ScalingResult:
+    """The scaling study: ``scaling/summary.json`` (sizes, the per-size table, trends against
+    log parameters, Gao et al.'s directions judged, every cell, mean curves)."""
+
+    summary: dict[str, Any]
+
+
+@dataclass
 class StudyResult:
     """A whole run: where it lives and what every stage found."""
 
@@ -152,3 +161,4 @@ class StudyResult:
     detect: DetectResult | None = None
     fdiv: FDivResult | None = None
     daa_scale: DAAScaleResult | None = None
+    scaling: ScalingResult | None = None
