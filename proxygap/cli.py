@@ -96,7 +96,7 @@ def task_build(
     name: Annotated[str, typer.Argument(help="task name")] = "reviews",
     n_sentences: Annotated[int, typer.Option(help="pretraining corpus size")] = 200_000,
     seed: Annotated[int, typer.Option(help="seed of corpus, init and data order")] = 0,
-    size: Annotated[str, typer.Option(help="policy size: small | base | large")] = "base",
+    size: Annotated[str, typer.Option(help="policy size: tiny | small | base")] = "base",
 ) -> None:
     """Recreate a built-in task's tokenizer and pretrained base policy (of one size) from its
     seed, with the thread count the shipped weights were built with."""

@@ -25,7 +25,7 @@ class DAAScaleConfig(Strict):
     """
 
     sizes: list[str] = Field(
-        min_length=1, description="base-policy sizes of the task (reviews: small, base, large)"
+        min_length=1, description="base-policy sizes of the task (reviews: tiny, small, base)"
     )
     betas: dict[str, list[Annotated[float, Field(gt=0.0)]]] = Field(
         min_length=1,

@@ -58,7 +58,7 @@ class TaskConfig(Strict):
     policy_size: str | None = Field(
         default=None,
         description=(
-            "a built-in task's base policy of another size (reviews: small, base, large); "
+            "a built-in task's base policy of another size (reviews: tiny, small, base); "
             "None: its default policy"
         ),
     )

@@ -77,11 +77,13 @@ class PolicySize:
 
 
 POLICY_SIZES: dict[str, PolicySize] = {
+    "tiny": PolicySize(ASSETS / "tiny", BaseModelSpec(n_embd=32, n_layer=2), threads=1),
     "small": PolicySize(ASSETS / "small", BaseModelSpec(n_embd=64, n_layer=2), threads=1),
     "base": PolicySize(ASSETS, BaseModelSpec(), threads=None),
-    "large": PolicySize(ASSETS / "large", BaseModelSpec(n_embd=192, n_layer=4), threads=1),
 }
-"""The base policy's sizes (0.11 M, 0.61 M and 1.81 M parameters; ``base`` is the default)."""
+"""The base policy's sizes (0.03 M, 0.11 M and 0.61 M parameters; ``base`` is the default).
+A size above ``base`` would cost several times its pretraining (hours on a busy 2-core CPU), so
+the sizes span 20x downwards."""
 
 FINGERPRINT_STEPS = 8
 """Pretraining steps after which :func:`build` records a digest of the weights."""
@@ -238,13 +240,19 @@ class _Encoded(Sequence[list[int]]):
 
 
 def rebuild_digests(
-    spec: BaseModelSpec, *, steps: int = FINGERPRINT_STEPS, threads: int | None = None
+    spec: BaseModelSpec,
+    *,
+    steps: int = FINGERPRINT_STEPS,
+    threads: int | None = None,
+    corpus: list[str] | None = None,
 ) -> dict[str, str]:
-    """The digests :func:`build` records, recomputed from the first ``steps`` steps only."""
+    """The digests :func:`build` records, recomputed from the first ``steps`` steps only
+    (``corpus``: ``sample_corpus(spec.n_sentences, seed=spec.seed)`` when already at hand)."""
     with _Threads(threads):
         model, tokenizer, pad_id = _start(spec)
         out = {"init": weights_digest(model)}
-        corpus = sample_corpus(spec.n_sentences, seed=spec.seed)
+        if corpus is None:
+            corpus = sample_corpus(spec.n_sentences, seed=spec.seed)
         lazy = _Encoded(corpus, tokenizer)  # only the first steps' sentences get encoded
         pretrain(model, lazy, spec=spec, pad_id=pad_id, stop_after=steps)
         out[f"step_{steps}"] = weights_digest(model)
