@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{peak.get('step')} (d = {peak.get('d', float('nan')):.2f}); at the end "
         f"{result['gold_end']:+.3f}; monitor alarm: "
         f"{'step ' + str(callback.alarm_step) if callback.alarm_step else 'none'}\n"
-        f"log: {args.out / 'proxygap' / 'history.jsonl'}"
+        f"log: {args.out / 'proxygap' / 'history.jsonl'} (report: proxygap report {args.out})"
     )
     (args.out / "proxygap" / "summary.json").write_text(
         json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2) + "\n"
