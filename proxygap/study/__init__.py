@@ -40,8 +40,8 @@ from proxygap.study.bon import (
 )
 from proxygap.study.context import StudyContext, reference_texts, setup
 from proxygap.study.daa import stage_daa
-from proxygap.study.data import describe_data, stage_preferences, stage_proxy
 from proxygap.study.daa_scale import stage_daa_scale
+from proxygap.study.data import describe_data, stage_preferences, stage_proxy
 from proxygap.study.detect import stage_detect
 from proxygap.study.fdiv import stage_fdiv
 from proxygap.study.mitigations import stage_mitigations
