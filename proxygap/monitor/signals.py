@@ -36,10 +36,12 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+from scipy.linalg import solve_triangular
 from torch import Tensor
 
 __all__ = [
     "FEATURES",
+    "OutlierReference",
     "ensemble_disagreement",
     "features",
     "mahalanobis",
@@ -100,6 +102,46 @@ def mahalanobis(x: np.ndarray, ref: np.ndarray, *, shrinkage: float = 0.1) -> np
     return np.sqrt(np.einsum("nh,nh->n", diff, np.linalg.solve(cov, diff.T).T))
 
 
+class OutlierReference:
+    """The initial distribution :func:`outlier_rate` compares with, fitted once per run.
+
+    ``ref`` ``(m, H)``: hidden states of initial-policy samples; its even rows give the mean and
+    the shrunk covariance (as :func:`mahalanobis`; kept as a Cholesky factor), its odd rows the
+    ``quantile`` of their distances, the cutoff. :meth:`rate` then costs one triangular solve
+    per evaluation instead of a covariance, a factorisation and the calibration distances.
+    """
+
+    def __init__(self, ref: np.ndarray, *, quantile: float = 0.95, shrinkage: float = 0.1) -> None:
+        if not 0 < quantile < 1:
+            raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+        if not 0 < shrinkage <= 1:
+            raise ValueError(f"shrinkage must lie in (0, 1], got {shrinkage}")
+        ref = np.asarray(ref, dtype=np.float64)
+        if ref.ndim != 2 or len(ref) < 4:
+            raise ValueError(
+                f"need at least 4 reference rows (2 to fit, 2 to calibrate), got {ref.shape}"
+            )
+        fit, calibrate = ref[0::2], ref[1::2]
+        self.mean = fit.mean(axis=0)  # (H,)
+        cov = np.cov(fit, rowvar=False).reshape(ref.shape[1], ref.shape[1])
+        scale = np.trace(cov) / cov.shape[0] or 1.0
+        cov = (1 - shrinkage) * cov + shrinkage * scale * np.eye(cov.shape[0])
+        self.chol = np.linalg.cholesky(cov)  # (H, H) lower, cov = L L^T
+        self.cutoff = float(np.quantile(self.distance(calibrate), quantile))
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance ``(n,)`` of the rows of ``x`` ``(n, H)``: ``|L^-1 (x - mu)|``."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.mean):
+            raise ValueError(f"need x (n, {len(self.mean)}), got {x.shape}")
+        z = solve_triangular(self.chol, (x - self.mean).T, lower=True)  # (H, n)
+        return np.sqrt(np.einsum("hn,hn->n", z, z))
+
+    def rate(self, x: np.ndarray) -> float:
+        """Share of the rows of ``x`` beyond the cutoff."""
+        return float((self.distance(x) > self.cutoff).mean())
+
+
 def outlier_rate(
     x: np.ndarray, ref: np.ndarray, *, quantile: float = 0.95, shrinkage: float = 0.1
 ) -> float:
@@ -108,17 +150,9 @@ def outlier_rate(
     mean and covariance, its odd rows (unseen by them) the cutoff, so that ``x`` drawn like
     ``ref`` exceeds it with probability ``1 - quantile`` (an in-sample cutoff would be biased
     low in high dimension and flag fresh in-distribution samples); more when the policy's
-    samples leave the initial distribution."""
-    if not 0 < quantile < 1:
-        raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
-    ref = np.asarray(ref, dtype=np.float64)
-    if len(ref) < 4:
-        raise ValueError(
-            f"need at least 4 reference rows (2 to fit, 2 to calibrate), got {len(ref)}"
-        )
-    fit, calibrate = ref[0::2], ref[1::2]
-    cut = np.quantile(mahalanobis(calibrate, fit, shrinkage=shrinkage), quantile)
-    return float((mahalanobis(x, fit, shrinkage=shrinkage) > cut).mean())
+    samples leave the initial distribution. Equal to ``OutlierReference(ref).rate(x)``, which a
+    loop fits once per run."""
+    return OutlierReference(ref, quantile=quantile, shrinkage=shrinkage).rate(x)
 
 
 def _log_ratio(row: Mapping[str, float], first: Mapping[str, float], key: str) -> float:

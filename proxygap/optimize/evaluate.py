@@ -20,7 +20,7 @@ from proxygap.analysis.diversity import distinct_n
 from proxygap.analysis.hump import collapse_share
 from proxygap.estimators.kl import sequence_kl
 from proxygap.models.logprobs import response_logprobs
-from proxygap.monitor.signals import ensemble_disagreement, mc_entropy, outlier_rate
+from proxygap.monitor.signals import OutlierReference, ensemble_disagreement, mc_entropy
 from proxygap.sampling.generate import (
     Samples,
     condition_prompts,
@@ -114,8 +114,9 @@ class PolicyEvaluator:
     def __post_init__(self) -> None:
         self._init: dict[str, np.ndarray] | None = None
         self._init = self._score(self._sample(self.ref))
+        self._outliers: OutlierReference | None = None  # fitted once: the initial samples
         if self.embed is not None:
-            self._init["embedding"] = self.embed(list(self._init["full_texts"]))
+            self._outliers = OutlierReference(self.embed(list(self._init["full_texts"])))
 
     def _sample(
         self,
@@ -160,8 +161,8 @@ class PolicyEvaluator:
             out["signal/proxy_std"] = float(np.std(scores["proxy"]))
         if self.members is not None:
             out["signal/ensemble_std"] = ensemble_disagreement(self.members(texts))
-        if self.embed is not None:
-            out["signal/outlier_rate"] = outlier_rate(self.embed(texts), self._init["embedding"])
+        if self.embed is not None and self._outliers is not None:
+            out["signal/outlier_rate"] = self._outliers.rate(self.embed(texts))
         return out
 
     @torch.no_grad()

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from proxygap.rewards.ensemble import aggregate
-from proxygap.rewards.reward_model import embed_texts, score_texts
+from proxygap.rewards.reward_model import score_and_embed_texts, score_texts
 
 __all__ = ["ProxyScorer", "aggregate_members"]
 
@@ -46,7 +46,14 @@ def aggregate_members(
 class ProxyScorer:
     """The ``K`` members of one proxy scoring texts ``(B, K)``, with their statistics on the
     reference texts: ``reference`` (raw scores, ``(M, K)``), ``centre`` and ``scale`` (``(K,)``;
-    a member constant on the references has scale 1)."""
+    a member constant on the references has scale 1).
+
+    State: the scorer remembers its last pass over all members (the texts, their raw scores
+    and, once :meth:`embed` has been asked for, the first member's hidden states from the same
+    forward pass), so that an evaluation point that asks for the reward, the standardised
+    members and the embedding of the same texts runs each member once. The members are frozen:
+    changing their weights after construction would make the remembered pass stale.
+    """
 
     def __init__(
         self,
@@ -63,6 +70,8 @@ class ProxyScorer:
             raise ValueError(f"proxy {name!r} has no members")
         self.name, self.models, self.tokenizer = name, list(models), tokenizer
         self.aggregation, self.uwo_lambda, self.batch_size = aggregation, uwo_lambda, batch_size
+        self._last: tuple[tuple[str, ...], np.ndarray, np.ndarray | None] | None = None
+        self._keep_hidden = False  # set by the first embed(): later passes keep hidden states
         self.reference = self.raw(reference)
         self.centre = self.reference.mean(axis=0)
         scale = self.reference.std(axis=0)
@@ -84,6 +93,8 @@ class ProxyScorer:
     ) -> np.ndarray:
         """Raw scores ``(B, K)`` (or of ``members`` only), float64; ``progress`` labels a
         progress bar per member."""
+        if members is None and progress is None:
+            return self._pass(texts, hidden=self._keep_hidden)[0].copy()
         idx = range(len(self.models)) if members is None else members
         cols = [
             score_texts(
@@ -96,6 +107,32 @@ class ProxyScorer:
             for k in idx
         ]
         return np.stack(cols, axis=1).astype(np.float64)
+
+    def _pass(self, texts: Sequence[str], *, hidden: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every member's raw scores ``(B, K)`` and, with ``hidden``, the first member's hidden
+        states ``(B, H)`` taken in its scoring pass; the last pass is remembered."""
+        key = tuple(texts)
+        if self._last is not None and self._last[0] == key:
+            _, scores, states = self._last
+            if hidden and states is None:  # scored already: run the first member alone again
+                states = score_and_embed_texts(
+                    self.models[0], self.tokenizer, key, batch_size=self.batch_size
+                )[1]
+                self._last = (key, scores, states)
+            return scores, states
+        states = None
+        cols = []
+        for k, model in enumerate(self.models):
+            if k == 0 and hidden:
+                col, states = score_and_embed_texts(
+                    model, self.tokenizer, key, batch_size=self.batch_size
+                )
+            else:
+                col = score_texts(model, self.tokenizer, key, batch_size=self.batch_size)
+            cols.append(col)
+        scores = np.stack(cols, axis=1).astype(np.float64)
+        self._last = (key, scores, states)
+        return scores, states
 
     def centred(self, texts: Sequence[str]) -> np.ndarray:
         """Every member minus its centre, ``(B, K)``."""
@@ -110,8 +147,13 @@ class ProxyScorer:
         return (self.raw(texts, [k])[:, 0] - self.centre[k]) / self.scale[k]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """The first member's final hidden state at each text's last token, ``(B, H)``."""
-        return embed_texts(self.models[0], self.tokenizer, texts, batch_size=self.batch_size)
+        """The first member's final hidden state at each text's last token, ``(B, H)``, taken
+        in the pass that scores ``texts`` (every member's scores of ``texts`` are then
+        remembered; from this call on, every pass keeps the hidden states)."""
+        self._keep_hidden = True
+        states = self._pass(texts, hidden=True)[1]
+        assert states is not None
+        return states.copy()
 
     def reward(self, texts: Sequence[str]) -> np.ndarray:
         """The proxy's reward ``(B,)``: the members centred, then aggregated as configured."""

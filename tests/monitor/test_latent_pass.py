@@ -1,0 +1,158 @@
+"""The monitor's reward-model signals from one pass: the reward model's scores and hidden states
+from the same forward pass (proxygap/rewards/reward_model.py, proxygap/rewards/proxy.py), the
+outlier reference fitted once (proxygap/monitor/signals.py), and the evaluator's signals equal to
+those computed separately (proxygap/optimize/evaluate.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from proxygap.monitor.signals import (
+    OutlierReference,
+    mahalanobis,
+    outlier_rate,
+)
+from proxygap.optimize.evaluate import PolicyEvaluator
+from proxygap.rewards.proxy import ProxyScorer
+from proxygap.rewards.reward_model import (
+    encode_texts,
+    new_reward_model,
+    score_and_embed_texts,
+    score_texts,
+)
+from proxygap.sampling.generate import encode_prompts
+from proxygap.tasks.reviews.build import build_tokenizer, tiny_gpt2_config
+from proxygap.tasks.reviews.grammar import sample_corpus
+
+TOK = build_tokenizer()
+TEXTS = sample_corpus(30, seed=3)
+TEXTS = TEXTS + TEXTS[:5]  # repeated texts are run once and returned at every position
+
+
+def _member(seed: int) -> torch.nn.Module:
+    return new_reward_model(TOK, n_embd=32, n_layer=2, n_head=2, n_positions=64, seed=seed)
+
+
+def _naive_embedding(model: torch.nn.Module, texts: list[str]) -> np.ndarray:
+    """One text at a time, no padding: the hidden state at the last token (the reference)."""
+    rows = []
+    with torch.no_grad():
+        for t in texts:
+            ids, attn = encode_texts(TOK, [t], max_length=64)
+            h = model(input_ids=ids, attention_mask=attn, output_hidden_states=True)
+            rows.append(h.hidden_states[-1][0, -1].double().numpy())
+    return np.stack(rows)
+
+
+class CountingModel(torch.nn.Module):
+    """Counts forward passes of the wrapped reward model."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls, self.config = model, 0, model.config
+
+    def forward(self, **kw):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return self.model(**kw)
+
+
+def test_one_pass_scores_like_score_texts_and_embeds_like_a_text_at_a_time():
+    model = _member(0)
+    scores, states = score_and_embed_texts(model, TOK, TEXTS, batch_size=8)
+    np.testing.assert_array_equal(scores, score_texts(model, TOK, TEXTS, batch_size=8))
+    assert states.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(states, _naive_embedding(model, TEXTS), rtol=1e-5, atol=1e-5)
+    # the score head reads exactly this hidden state: score = w . h (GPT-2's head has no bias)
+    head = model.score.weight.detach().double().numpy()[0]
+    np.testing.assert_allclose(states @ head, scores, rtol=1e-5, atol=1e-5)
+
+
+def test_proxy_scorer_runs_each_member_once_for_reward_members_and_embedding():
+    plain = [_member(k) for k in range(3)]
+    counted = [CountingModel(m) for m in plain]
+    reference = sample_corpus(20, seed=4)
+    scorer = ProxyScorer("ens", counted, TOK, reference, batch_size=64)
+    texts = list(TEXTS)
+    scorer.embed(reference)  # the evaluator's initial samples: from now on passes keep states
+    before = [m.calls for m in counted]
+    reward, members, states = scorer.reward(texts), scorer.standardised(texts), scorer.embed(texts)
+    assert [m.calls - b for m, b in zip(counted, before, strict=True)] == [1, 1, 1]
+    # the same numbers as each piece computed on its own
+    raw = np.stack([score_texts(m, TOK, texts) for m in plain], axis=1)
+    np.testing.assert_array_equal(members, (raw - scorer.centre) / scorer.scale)
+    np.testing.assert_array_equal(reward, (raw - scorer.centre).mean(axis=1))
+    np.testing.assert_allclose(states, _naive_embedding(plain[0], texts), rtol=1e-5, atol=1e-5)
+    # other texts: a fresh pass, not the remembered one
+    other = sample_corpus(6, seed=9)
+    np.testing.assert_array_equal(
+        scorer.raw(other), np.stack([score_texts(m, TOK, other) for m in plain], axis=1)
+    )
+    # a caller mutating a returned array does not change what the scorer remembers
+    got = scorer.raw(other)
+    got[:] = 0.0
+    assert np.abs(scorer.raw(other)).sum() > 0
+
+
+def test_outlier_reference_equals_the_per_call_outlier_rate():
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(64, 16)) @ rng.normal(size=(16, 16))
+    ref_fit = ref[0::2]
+    x = np.vstack([rng.normal(size=(40, 16)) @ rng.normal(size=(16, 16)), ref[:8] + 5.0])
+    fitted = OutlierReference(ref)
+    np.testing.assert_allclose(fitted.distance(x), mahalanobis(x, ref_fit), rtol=1e-9)
+    # the per-call definition written out: fit on even rows, cutoff from the odd rows' distances
+    cut = np.quantile(mahalanobis(ref[1::2], ref_fit), 0.95)
+    expected = float((mahalanobis(x, ref_fit) > cut).mean())
+    assert fitted.cutoff == pytest.approx(cut, rel=1e-9)
+    assert fitted.rate(x) == expected == outlier_rate(x, ref)
+    assert 8 / 48 <= expected < 1  # the shifted rows are outliers
+    with pytest.raises(ValueError, match="need x"):
+        fitted.rate(np.ones((3, 5)))
+    with pytest.raises(ValueError, match="4 reference rows"):
+        OutlierReference(ref[:3])
+
+
+def _policy() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    cfg = tiny_gpt2_config(TOK, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def _evaluator(ref, *, proxy, members, embed) -> PolicyEvaluator:
+    prompts = ["the ending", "i loved", "the music", "the villain"]
+    return PolicyEvaluator(
+        ref=ref, tokenizer=TOK, join=lambda p, r: [f"{a} {b}" for a, b in zip(p, r, strict=True)],
+        prompts=prompts, prompt_ids=encode_prompts(TOK, prompts), gold=lambda t: np.zeros(len(t)),
+        proxy=proxy, n_per_prompt=4, max_new_tokens=8, seed=11, members=members, embed=embed,
+    )  # fmt: skip
+
+
+def test_evaluator_signals_from_the_shared_pass_equal_the_separate_ones():
+    ref = _policy()
+    policy = _policy()
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    plain = [_member(k) for k in range(3)]
+    reference = sample_corpus(20, seed=4)
+    shared = ProxyScorer("ens", plain, TOK, reference)
+    separate = ProxyScorer("ens", plain, TOK, reference)
+
+    def members_alone(texts: list[str]) -> np.ndarray:
+        raw = np.stack([score_texts(m, TOK, texts) for m in plain], axis=1)
+        return (raw - separate.centre) / separate.scale
+
+    def embed_alone(texts: list[str]) -> np.ndarray:
+        return _naive_embedding(plain[0], texts)
+
+    combined = _evaluator(ref, proxy=shared.reward, members=shared.standardised, embed=shared.embed)
+    alone = _evaluator(ref, proxy=separate.reward, members=members_alone, embed=embed_alone)
+    m1, _ = combined(policy)
+    m2, _ = alone(policy)
+    keys = ("signal/ensemble_std", "signal/outlier_rate", "signal/entropy", "signal/proxy_std")
+    for key in keys:
+        assert m1[key] == pytest.approx(m2[key], rel=1e-9, abs=1e-12), key
+    assert m1["signal/ensemble_std"] > 0 and 0 < m1["signal/outlier_rate"] <= 1
