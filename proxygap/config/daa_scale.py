@@ -3,7 +3,7 @@ several base-policy sizes, run by :mod:`proxygap.study.daa_scale`."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 
@@ -47,7 +47,7 @@ class DAAScaleConfig(Strict):
 
     @field_validator("sizes", "seeds")
     @classmethod
-    def _distinct(cls, v: list) -> list:  # type: ignore[type-arg]
+    def _distinct(cls, v: list[Any]) -> list[Any]:
         dup = sorted({str(x) for x in v if v.count(x) > 1})
         if dup:
             raise ValueError(f"repeated entries {dup}")

@@ -25,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel
 
 from proxygap.analysis.hump import combine_seeds, locate_peak, split_decline
 from proxygap.config.daa_scale import DAAScaleConfig
 from proxygap.data.preferences import Pairs
 from proxygap.models.loading import check_vocab_match, load_policy
 from proxygap.optimize.daa import DAAConfig, daa_evaluator, prepare_pairs, train_daa
+from proxygap.optimize.daa_pairs import PairTokens
 from proxygap.optimize.evaluate import PolicyEvaluator
 from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json
@@ -107,8 +109,8 @@ def _run(
     ctx: StudyContext,
     spec: DAAScaleConfig,
     run: Run,
-    start: torch.nn.Module,
-    prepared: tuple,  # type: ignore[type-arg]
+    start: PreTrainedModel,
+    prepared: tuple[PairTokens, PairTokens],
     evaluator: PolicyEvaluator,
 ) -> None:
     """Train and evaluate one run; write its result."""
@@ -120,8 +122,8 @@ def _run(
     policy = copy.deepcopy(start).requires_grad_(True)
     name = f"daa_scale/{size}/{loss}-{beta:g}/seed-{seed}"
     result = train_daa(
-        policy,  # type: ignore[arg-type]
-        start,  # type: ignore[arg-type]
+        policy,
+        start,
         ctx.tokenizer,
         *prepared,
         cfg=cfg,
@@ -139,8 +141,8 @@ def _job(
     ctx: StudyContext,
     spec: DAAScaleConfig,
     run: Run,
-    start: torch.nn.Module,
-    prepared: tuple,  # type: ignore[type-arg]
+    start: PreTrainedModel,
+    prepared: tuple[PairTokens, PairTokens],
     evaluator: PolicyEvaluator,
 ) -> Callable[[], None]:
     return lambda: _run(ctx, spec, run, start, prepared, evaluator)
@@ -167,7 +169,9 @@ def stage_daa_scale(ctx: StudyContext, train: Pairs) -> DAAScaleResult | None:
     job_runs: list[Run] = []
     for size in spec.sizes:
         folder = ctx.task.policy_sizes[size]
-        start = load_policy(folder).to(ctx.device).eval().requires_grad_(False)
+        start = load_policy(folder)
+        start = start.to(ctx.device)  # type: ignore[arg-type]  # wrapped .to: see models.loading
+        start.eval().requires_grad_(False)
         check_vocab_match(start, ctx.tokenizer, f"policy size {size!r} ({folder})")
         params[size] = sum(p.numel() for p in start.parameters())
         init_file = ctx.run.path("daa_scale", size, "init.json")

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import overload
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -235,7 +236,15 @@ class _Encoded(Sequence[list[int]]):
     def __len__(self) -> int:
         return len(self.texts)
 
-    def __getitem__(self, i):  # type: ignore[no-untyped-def,override]
+    @overload
+    def __getitem__(self, i: int) -> list[int]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[list[int]]: ...
+
+    def __getitem__(self, i: int | slice) -> list[int] | list[list[int]]:
+        if isinstance(i, slice):
+            return encode_corpus(self.texts[i], self.tokenizer)
         return encode_corpus([self.texts[i]], self.tokenizer)[0]
 
 
