@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from proxygap.config.daa_scale import DAAScaleConfig
     from proxygap.study.results import DAAScaleResult
 
-__all__ = ["daa_scale_section", "plot_daa_scale", "scale_verdict"]
+__all__ = ["daa_scale_lines", "daa_scale_section", "plot_daa_scale", "scale_verdict"]
 
 
 def _params(n: int) -> str:
@@ -196,3 +196,18 @@ def daa_scale_section(
     )
     table = _points(result)
     doc.add(Details(f"Every point ({len(table.rows)} rows)", [table]))
+
+
+def daa_scale_lines(result: DAAScaleResult) -> list[str]:
+    """The report summary's lines: per loss, whether smaller policies overoptimize earlier."""
+    lines = []
+    for loss in next(iter(result.curves.values())):
+        peaks = [(size, result.params[size], c[loss].peak) for size, c in result.curves.items()]
+        label, _ = scale_verdict(loss, peaks)
+        ordered = sorted(peaks, key=lambda x: x[1])
+        where = ", ".join(f"{size} {fmt(p.d_peak, 2)}" for size, _, p in ordered)
+        lines.append(
+            f"Direct alignment across policy sizes ({loss}): smaller policies overoptimize "
+            f"earlier? **{label}** (peak d by size: {where})."
+        )
+    return lines
