@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+from proxygap.report.daa_scale_section import daa_scale_lines
 from proxygap.report.format import fmt
 from proxygap.report.rl_section import frontier_verdict
 from proxygap.study.results import MitigationResult, ProxyResult, RLRunResult, StudyResult
@@ -129,6 +130,8 @@ def summary_lines(study: StudyResult) -> list[str]:
         lines += _mitigation_lines(study.mitigations)
     if study.detect is not None:
         lines.append(_detect_line(study.detect.summary))
+    if study.daa_scale is not None:
+        lines += daa_scale_lines(study.daa_scale)
     return lines or ["No stage produced a result to summarise."]
 
 
