@@ -62,13 +62,15 @@ class LoopResult:
     """What a training loop records: ``history`` (one row per evaluation point), ``steps`` (the
     training metrics of every step), ``examples`` (evaluation samples tagged with their step) and
     ``config`` (the run's settings, JSON-ready); ``stopped_at``: the step at which a watcher
-    stopped the run early (None when it ran to the end)."""
+    stopped the run early (None when it ran to the end); ``resumed_at``: the step a resumed run
+    continued from (None: it started at 0)."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     steps: list[dict[str, float]] = field(default_factory=list)
     examples: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     stopped_at: int | None = None
+    resumed_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ def run_loop(
     start, t_start = 0, time.perf_counter()
     if resume is not None:
         start, window = _restore(resume, result, watch)
+        result.resumed_at = start
         t_start -= float(resume["wall"])
     bar = tqdm(
         total=schedule.total, initial=start, desc=watch.progress, unit="step",

@@ -112,8 +112,8 @@ class RLConfig(Strict):
     checkpoint_every: NonNegInt = Field(
         default=0,
         description=(
-            "steps between full resumable checkpoints (policy, optimiser, trainer state); 0: none. "
-            "The study keeps the final and the best-by-gold policy of every RL run regardless"
+            "steps between full resumable checkpoints (policy, optimiser, trainer state) when the "
+            "run has a checkpoint folder (a study's RL runs do); 0: before each evaluation"
         ),
     )
     sample_batch_size: PosInt = Field(default=512, description="rows per sampling batch")

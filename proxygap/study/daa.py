@@ -7,12 +7,17 @@ Reference log-probs are computed once and shared by every run. The start policy 
 loss's reference model: the base policy, or (``daa.reference``) the first SFT variant or the
 soup of the two (SALSA, Chegini et al. 2024; :mod:`proxygap.study.sft`). Gold, proxy and KL are
 always measured against the base policy, so runs with another start show it at step 0.
+
+Like RL runs, a DAA run keeps its newest checkpoint (taken before each evaluation) in
+``daa/<name>/checkpoints/``; a rerun after a kill continues from it with the same numbers, and
+the checkpoints are deleted once the run's results are written.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import numpy as np
 
@@ -70,6 +75,7 @@ def stage_daa(ctx: StudyContext, train: Pairs) -> DAASweep | None:
             name = f"{loss}-{beta:g}"
             folder = ctx.run.dir / "daa" / name
             if ctx.run.done(f"daa:{name}"):
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
                 saved = json.loads((folder / "result.json").read_text())
                 done = LoopResult(history=saved["history"], examples=saved["examples"])
                 runs.append((loss, beta, done))
@@ -89,12 +95,18 @@ def stage_daa(ctx: StudyContext, train: Pairs) -> DAASweep | None:
                 evaluator=evaluator,
                 log=lambda *_: None,
                 watch=watchers(ctx, run=f"daa/{name}", config=cfg.model_dump(mode="json")),
+                checkpoint_dir=folder / "checkpoints",
+                resume=True,
+                keep_checkpoints=1,
             )
+            if result.resumed_at is not None:
+                ctx.log(f"DAA {name} resumed at step {result.resumed_at} from its checkpoint")
             check_measurements(result.history, f"daa:{name}")
             atomic_write_json(
                 folder / "result.json", {"history": result.history, "examples": result.examples}
             )
             ctx.run.mark_done(f"daa:{name}", {"loss": loss, "beta": beta})
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
             runs.append((loss, beta, result))
     sweep = summarise_sweep(runs)
     atomic_write_json(

@@ -5,12 +5,19 @@ with :func:`proxygap.optimize.rl.train_rl` against the proxy (members centred on
 samples, then aggregated as the proxy's config says), evaluated on held-out prompts against gold.
 Gao et al. (2023, §3.2) report that a KL penalty does not move the gold-vs-KL frontier but acts
 like early stopping; the report puts the runs on one plot to let the reader check.
+
+A run saves a checkpoint in ``rl/<name>/checkpoints/`` before each evaluation (every
+``checkpoint_every`` steps when that is set), keeping only the newest; a rerun of a study killed
+mid-run continues from it with the numbers of an uninterrupted run. The checkpoints are deleted
+once the run's results are written (its final and best policies stay).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
@@ -44,11 +51,13 @@ def train_from_base(
     proxy: ProxyScorer | None = None,
     run: str | None = None,
     keep: PolicyKeeper | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> LoopResult:
     """One RL run from a fresh copy of the base policy (or ``policy``, such a copy made by the
     caller), with the base policy as KL reference, evaluated on held-out prompts; the monitor
     reads ``proxy``'s members and hidden states when given, and watches the run (named ``run``
-    for the trackers and the progress bar; ``keep`` keeps its final and best policy)."""
+    for the trackers and the progress bar; ``keep`` keeps its final and best policy). With
+    ``checkpoint_dir`` the run keeps its newest checkpoint there and continues from it."""
     torch.manual_seed(cfg.seed)
     policy = policy if policy is not None else copy.deepcopy(ctx.policy).train()
     evaluator = rl_evaluator(
@@ -69,6 +78,9 @@ def train_from_base(
         hooks=hooks,
         log=lambda *_: None,
         watch=watchers(ctx, run=run, config=cfg.model_dump(mode="json"), keep=keep),
+        checkpoint_dir=checkpoint_dir,
+        resume=True,
+        keep_checkpoints=1,
     )
 
 
@@ -89,6 +101,7 @@ def stage_rl(ctx: StudyContext) -> list[RLRunResult]:
         folder = ctx.run.dir / "rl" / name
         stage = f"rl:{name}"
         if ctx.run.done(stage):
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # a kill after the record
             history = json.loads((folder / "history.json").read_text())
             examples = json.loads((folder / "examples.json").read_text())
         else:
@@ -100,13 +113,17 @@ def stage_rl(ctx: StudyContext) -> list[RLRunResult]:
                 ctx, cfg, reward_fn=reward_fn, eval_proxy=reward_fn, prompts=prompts,
                 eval_seed=study_seed(ctx.cfg.seed, "rl_eval"), proxy=proxy, policy=policy,
                 run=f"rl/{name}", keep=PolicyKeeper(policy, ctx.tokenizer, folder),
+                checkpoint_dir=folder / "checkpoints",
             )  # fmt: skip
+            if result.resumed_at is not None:
+                ctx.log(f"RL {name} resumed at step {result.resumed_at} from its checkpoint")
             history, examples = result.history, result.examples
             atomic_write_json(folder / "history.json", history)
             atomic_write_json(folder / "examples.json", examples)
             lines = "".join(json.dumps(row) + "\n" for row in result.steps)
             atomic_write_text(folder / "steps.jsonl", lines)
             ctx.run.mark_done(stage, {"kl_coef": kl_coef})
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         out.append(RLRunResult(name, kl_coef, history, examples, analyse_rl(history)))
     atomic_write_json(
         ctx.run.path("rl", "summary.json"),

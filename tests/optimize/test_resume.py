@@ -127,6 +127,7 @@ def test_rl_resumes_from_its_checkpoint_with_the_numbers_of_an_uninterrupted_run
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002"]
     result, policy, taken = rl_run(tmp_path)
     assert taken == [3.0, 4.0, 5.0]  # steps 1 and 2 were not taken again
+    assert result.resumed_at == 2 and reference.resumed_at is None
     assert [r["step"] for r in result.history] == [0.0, 2.0, 4.0, 5.0]
     assert "monitor/score" in result.history[-1] and result.steps[0]["kl/beta"] == 0.05
     _same_run(result, reference, tmp_path / "kept", ref_folder / "kept")
