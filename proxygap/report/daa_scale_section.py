@@ -46,6 +46,11 @@ def scale_verdict(loss: str, peaks: list[tuple[str, int, Peak]]) -> tuple[str, s
         f"gold {fmt(p.gold_peak, 2)}"
         for size, n, p in ordered
     )
+    flat = [size for size, _, p in ordered if not p.rises]
+    if flat:  # the peak is at (or indistinguishable from) the initial policy
+        parts += (
+            f" (gold never rises more than 2 SE above the initial policy for {', '.join(flat)})"
+        )
     open_ended = [size for size, _, p in ordered if not p.falls]
     if open_ended:
         return "undetermined", (

@@ -87,6 +87,9 @@ def test_verdict_on_hand_made_peaks() -> None:
     assert "peak's gold grows with size too" in text
     overlap = [("tiny", 30_000, _peak(0.5, 0.2, 1.8)), ("base", 600_000, _peak(1, 0.9, 2.5))]
     assert scale_verdict("dpo", overlap)[0] == "direction only"
+    flat = [("tiny", 30_000, _peak(0.0, 0.0, 0.3, 0.0)), ("base", 600_000, _peak(2, 1.5, 2.5))]
+    label, text = scale_verdict("dpo", flat)
+    assert label == "yes" and "never rises more than 2 SE above the initial policy for tiny" in text
     # three sizes, d not growing at the middle step: no
     mixed = [("tiny", 3, _peak(1, 0.9, 1.1)), ("small", 10, _peak(0.5, 0.4, 0.6)),
              ("base", 60, _peak(2, 1.9, 2.1))]  # fmt: skip
