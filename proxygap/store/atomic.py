@@ -4,7 +4,8 @@ A crash or a full disk mid-write leaves the previous file (or no file) in place,
 truncated one. The temporary file is created with mode ``0o666`` filtered by the process's
 umask (``tempfile.mkstemp`` would make it ``0o600``), so outputs get the permissions any other
 file the user creates gets. A process killed mid-write leaves its ``.<name>.<random>.tmp``
-file behind: :func:`remove_stale_tmp` clears them when a run folder is resumed.
+file behind (and a model or checkpoint folder being saved, its ``.<name>.<random>.tmp``
+folder): :func:`remove_stale_tmp` clears them when a run folder is resumed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,13 +56,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
 
 def remove_stale_tmp(folder: str | Path) -> list[Path]:
     """Delete the ``.<name>.<random>.tmp`` files an interrupted :func:`atomic_write` left under
-    ``folder`` (recursively); return what was removed. Call it only while no other process
-    writes there (a run folder's lock is held)."""
+    ``folder`` (recursively), and the ``.<name>.<random>.tmp`` folders of an interrupted model
+    or checkpoint save; return what was removed. Call it only while no other process writes
+    there (a run folder's lock is held)."""
     removed = []
     for p in sorted(Path(folder).rglob(f".*{TMP_SUFFIX}")):
-        if p.is_file() and not p.is_symlink():
+        if p.is_symlink() or not p.exists():  # gone with a removed folder
+            continue
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
             p.unlink(missing_ok=True)
-            removed.append(p)
+        removed.append(p)
     return removed
 
 
