@@ -54,20 +54,23 @@ def run(
     """Run (or resume) a study and write its run folder and report.
 
     Exits 2 with a message naming the file, field or value for a mistake in the config or the
-    inputs (found before the run folder is made or touched) and for a run that stops on NaN."""
+    inputs (found before the run folder is made or touched), for a run that stops on NaN, and
+    for a full disk or an unwritable folder mid-run (naming the stage and the path)."""
     from proxygap.commands.configs import with_overrides
     from proxygap.config import ConfigError, builtin_config_path, load_config
     from proxygap.data.jsonl import DataFileError
     from proxygap.models.device import DeviceError
     from proxygap.models.loading import ModelLoadError
+    from proxygap.store.faults import WriteFault, write_fault
     from proxygap.store.run import RunFolderError
     from proxygap.study.context import SetupError
     from proxygap.tasks.gold import GoldError
 
     user_errors = (
         ConfigError, DataFileError, ModelLoadError, RunFolderError, DeviceError, GoldError,
-        SetupError,
+        SetupError, WriteFault,
     )  # fmt: skip
+    cfg = None
     try:
         name = config or "demo"
         # a name with a folder or a YAML suffix is a file; a bare name may be a shipped config
@@ -80,6 +83,12 @@ def run(
         raise typer.Exit(2) from None
     except FloatingPointError as err:  # NaN or inf in scores, rewards or losses
         console.print(f"[red]error:[/red] {escape(str(err))} (finished stages are kept)")
+        raise typer.Exit(2) from None
+    except Exception as err:  # a full disk or an unwritable folder mid-run
+        fault = write_fault(err, run_dir=runs_dir / cfg.name if cfg is not None else None)
+        if fault is None:
+            raise
+        console.print(f"[red]error:[/red] {escape(str(fault))}")
         raise typer.Exit(2) from None
     console.print(f"[green]done:[/green] {out}/report.html")
 

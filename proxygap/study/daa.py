@@ -27,6 +27,7 @@ from proxygap.optimize.daa_sweep import DAASweep, summarise_sweep
 from proxygap.optimize.loop import LoopResult
 from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json
+from proxygap.store.faults import stage_faults
 from proxygap.study.context import StudyContext, check_measurements
 from proxygap.study.scoring import proxy_scorer
 from proxygap.study.sft import stage_sft
@@ -85,28 +86,29 @@ def stage_daa(ctx: StudyContext, train: Pairs) -> DAASweep | None:
                 {**spec.settings.model_dump(), "loss": loss, "beta": beta}
             )
             ctx.log(f"DAA {loss} beta {beta:g}")
-            policy = copy.deepcopy(start).requires_grad_(True)
-            result = train_daa(
-                policy,
-                ref,
-                ctx.tokenizer,
-                *prepared,
-                cfg=cfg,
-                evaluator=evaluator,
-                log=lambda *_: None,
-                watch=watchers(ctx, run=f"daa/{name}", config=cfg.model_dump(mode="json")),
-                checkpoint_dir=folder / "checkpoints",
-                resume=True,
-                keep_checkpoints=1,
-            )
-            if result.resumed_at is not None:
-                ctx.log(f"DAA {name} resumed at step {result.resumed_at} from its checkpoint")
-            check_measurements(result.history, f"daa:{name}")
-            atomic_write_json(
-                folder / "result.json", {"history": result.history, "examples": result.examples}
-            )
-            ctx.run.mark_done(f"daa:{name}", {"loss": loss, "beta": beta})
-            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+            with stage_faults(f"daa:{name}", ctx.run.dir):
+                policy = copy.deepcopy(start).requires_grad_(True)
+                result = train_daa(
+                    policy,
+                    ref,
+                    ctx.tokenizer,
+                    *prepared,
+                    cfg=cfg,
+                    evaluator=evaluator,
+                    log=lambda *_: None,
+                    watch=watchers(ctx, run=f"daa/{name}", config=cfg.model_dump(mode="json")),
+                    checkpoint_dir=folder / "checkpoints",
+                    resume=True,
+                    keep_checkpoints=1,
+                )
+                if result.resumed_at is not None:
+                    ctx.log(f"DAA {name} resumed at step {result.resumed_at} from its checkpoint")
+                check_measurements(result.history, f"daa:{name}")
+                atomic_write_json(
+                    folder / "result.json", {"history": result.history, "examples": result.examples}
+                )
+                ctx.run.mark_done(f"daa:{name}", {"loss": loss, "beta": beta})
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
             runs.append((loss, beta, result))
     sweep = summarise_sweep(runs)
     atomic_write_json(

@@ -32,6 +32,7 @@ from proxygap.optimize.rl_hooks import RLHooks
 from proxygap.rewards.proxy import ProxyScorer
 from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
+from proxygap.store.faults import stage_faults
 from proxygap.study.context import StudyContext
 from proxygap.study.results import RLRunResult
 from proxygap.study.scoring import proxy_scorer
@@ -105,25 +106,26 @@ def stage_rl(ctx: StudyContext) -> list[RLRunResult]:
             history = json.loads((folder / "history.json").read_text())
             examples = json.loads((folder / "examples.json").read_text())
         else:
-            cfg = rl.settings.model_copy(update={"kl_coef": kl_coef})
-            prompts = ctx.task.prompts(4096, seed=study_seed(ctx.cfg.seed, "rl_train_prompts"))
-            ctx.log(f"RL ({cfg.algo}) against {proxy.name}, kl_coef {kl_coef:g}")
-            policy = copy.deepcopy(ctx.policy).train()
-            result = train_from_base(
-                ctx, cfg, reward_fn=reward_fn, eval_proxy=reward_fn, prompts=prompts,
-                eval_seed=study_seed(ctx.cfg.seed, "rl_eval"), proxy=proxy, policy=policy,
-                run=f"rl/{name}", keep=PolicyKeeper(policy, ctx.tokenizer, folder),
-                checkpoint_dir=folder / "checkpoints",
-            )  # fmt: skip
-            if result.resumed_at is not None:
-                ctx.log(f"RL {name} resumed at step {result.resumed_at} from its checkpoint")
-            history, examples = result.history, result.examples
-            atomic_write_json(folder / "history.json", history)
-            atomic_write_json(folder / "examples.json", examples)
-            lines = "".join(json.dumps(row) + "\n" for row in result.steps)
-            atomic_write_text(folder / "steps.jsonl", lines)
-            ctx.run.mark_done(stage, {"kl_coef": kl_coef})
-            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+            with stage_faults(stage, ctx.run.dir):
+                cfg = rl.settings.model_copy(update={"kl_coef": kl_coef})
+                prompts = ctx.task.prompts(4096, seed=study_seed(ctx.cfg.seed, "rl_train_prompts"))
+                ctx.log(f"RL ({cfg.algo}) against {proxy.name}, kl_coef {kl_coef:g}")
+                policy = copy.deepcopy(ctx.policy).train()
+                result = train_from_base(
+                    ctx, cfg, reward_fn=reward_fn, eval_proxy=reward_fn, prompts=prompts,
+                    eval_seed=study_seed(ctx.cfg.seed, "rl_eval"), proxy=proxy, policy=policy,
+                    run=f"rl/{name}", keep=PolicyKeeper(policy, ctx.tokenizer, folder),
+                    checkpoint_dir=folder / "checkpoints",
+                )  # fmt: skip
+                if result.resumed_at is not None:
+                    ctx.log(f"RL {name} resumed at step {result.resumed_at} from its checkpoint")
+                history, examples = result.history, result.examples
+                atomic_write_json(folder / "history.json", history)
+                atomic_write_json(folder / "examples.json", examples)
+                lines = "".join(json.dumps(row) + "\n" for row in result.steps)
+                atomic_write_text(folder / "steps.jsonl", lines)
+                ctx.run.mark_done(stage, {"kl_coef": kl_coef})
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         out.append(RLRunResult(name, kl_coef, history, examples, analyse_rl(history)))
     atomic_write_json(
         ctx.run.path("rl", "summary.json"),

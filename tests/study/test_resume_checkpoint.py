@@ -6,6 +6,7 @@ finished steps were not taken again."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -17,8 +18,13 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
+from typer.testing import CliRunner
 
+from proxygap.cli import app
 from proxygap.config import parse_config
+from proxygap.study import daa as study_daa
+from proxygap.study import rl as study_rl
 from proxygap.study import run_study
 
 CONFIG: dict[str, Any] = {
@@ -167,3 +173,66 @@ def test_resumed_study_has_the_files_of_an_uninterrupted_one(killed) -> None:
 
 def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if not k.startswith(TIME)} for r in rows]
+
+
+# ---------------------------------------------------------------- faults of the disk mid-run
+def _failing(real: Callable[..., None], name: str, code: int) -> Callable[..., None]:
+    """``real`` (an atomic writer), except that writing a file called ``name`` fails with
+    ``code``, as a full disk or a read-only file system makes it fail."""
+
+    def write(path: Path, obj: Any) -> None:
+        if Path(path).name == name:
+            raise OSError(code, os.strerror(code), str(path))
+        real(path, obj)
+
+    return write
+
+
+def test_a_full_disk_and_a_read_only_folder_mid_run_stop_with_exit_2_then_resume(
+    killed: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RL's history cannot be written (ENOSPC), then DAA's result (EROFS): each stops the
+    command with exit 2 and a message naming the stage and the file, no traceback. Stale
+    temporary files of interrupted writes are planted; the rerun removes them, resumes both runs
+    from their checkpoints and ends with the reference's numbers."""
+    cfg, runs = tmp_path / "ckpt.yaml", tmp_path / "runs"
+    cfg.write_text(yaml.safe_dump(CONFIG))
+    run = runs / "ckpt"
+    outputs = []
+    for module, name, code in ((study_rl, "history.json", errno.ENOSPC),
+                               (study_daa, "result.json", errno.EROFS)):  # fmt: skip
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "atomic_write_json",
+                          _failing(module.atomic_write_json, name, code))  # fmt: skip
+            result = CliRunner().invoke(app, ["run", str(cfg), "--runs-dir", str(runs)])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        outputs.append(next(x for x in result.output.splitlines() if x.startswith("error:")))
+    rl_file, daa_file = run / RL_RUN / "history.json", run / DAA_RUN / "result.json"
+    assert outputs == [
+        f"error: stage 'rl:kl-0' could not write {str(rl_file)!r}: the disk is full (ENOSPC). "
+        "Finished stages are kept; free some space and run the same command again to resume",
+        f"error: stage 'daa:dpo-0.1' could not write {str(daa_file)!r}: the file system is "
+        "read-only (EROFS). Finished stages are kept; make the run folder writable and run the "
+        "same command again to resume",
+    ]
+    assert "rl:kl-0" in _stages(run) and "daa:dpo-0.1" not in _stages(run)
+    stale = [
+        run / RL_RUN / ".examples.json.0badc0de.tmp",
+        run / RL_RUN / ".policy-best.x1y2.tmp" / "model.safetensors",
+        run / DAA_RUN / "checkpoints" / ".step-000002.a1.tmp" / "trainer_state.pt",
+    ]
+    for p in stale:  # what kills during atomic writes leave
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"partial")
+    log = tmp_path / "rerun.log"
+    _study(runs, log)
+    assert "DAA dpo-0.1 resumed at step 4 from its checkpoint" in log.read_text()
+    assert not [p for p in stale if p.exists()] and not list(run.rglob(".*.tmp"))
+    reference = killed["reference"]
+    assert _rows(rl_file) == _rows(reference / RL_RUN / "history.json")
+    for name in (RL_RUN / "policy-best" / "model.safetensors", Path("daa", "summary.json")):
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name
+    result, ref_result = (json.loads((r / DAA_RUN / "result.json").read_text())
+                          for r in (run, reference))  # fmt: skip
+    assert _strip(result["history"]) == _strip(ref_result["history"])
