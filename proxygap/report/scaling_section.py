@@ -17,7 +17,7 @@ from proxygap.report.document import Document, Heading, Image, Paragraph, Table 
 from proxygap.report.format import fmt  # noqa: E402
 from proxygap.store.atomic import atomic_write  # noqa: E402
 
-__all__ = ["gao_sentence", "scaling_section"]
+__all__ = ["context_sentence", "gao_sentence", "scaling_section"]
 
 _NAMES = {
     "alpha": "α_bon",
@@ -98,6 +98,25 @@ def gao_sentence(s: dict[str, Any]) -> str:
     )
 
 
+def context_sentence(s: dict[str, Any]) -> str:
+    """What the verdicts rest on, per data size: held-out accuracy by size and its slope, and how
+    many curves turn down (a curve still rising at n = N puts its observed peak at the last
+    point, so the peak's d and value are then lower bounds)."""
+    parts = []
+    for n, trends in s["trends"].items():
+        rows = [r for r in s["table"] if str(r["n_pairs"]) == n]
+        accs = ", ".join(f"`{r['size']}` {fmt(r['heldout_accuracy']['mean'])}" for r in rows)
+        acc = trends["heldout_accuracy"]
+        turned = sum(r["turned_down"] for r in rows)
+        total = sum(r["seeds"] for r in rows)
+        parts.append(
+            f"at {n} pairs held-out accuracy is {accs} (slope per decade {fmt(acc['slope'], 3)} "
+            f"[{fmt(acc['lo'], 3)}, {fmt(acc['hi'], 3)}]) and {turned} of {total} curves turn "
+            "down by more than 2 SE"
+        )
+    return "**What the verdicts rest on.** " + "; ".join(parts) + "."
+
+
 def _plot(s: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
     for n in [str(n) for n in s["n_pairs"]]:
@@ -148,6 +167,7 @@ def scaling_section(doc: Document, run_dir: Path, s: dict[str, Any]) -> None:
         _table(s),
         _trend_table(s),
         Paragraph(gao_sentence(s)),
+        Paragraph(context_sentence(s)),
     )
     _plot(s, run_dir / "plots" / "scaling.png")
     doc.add(Image("plots/scaling.png", "α, β and the gold peak against reward-model size."))
