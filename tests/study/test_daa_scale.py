@@ -118,7 +118,10 @@ def test_curves_are_the_runs_seed_means(scale_run: Path) -> None:
     assert summary["small"]["parameters"] == 109_568
     for size in ("tiny", "small"):
         init = json.loads((scale_run / "daa_scale" / size / "init.json").read_text())
-        assert init["d"] == pytest.approx(0.0, abs=1e-6) and init["reward/gold"] == 0.0
+        # the initial policy against itself on its own samples: gold relative to the very same
+        # samples is 0; k1 is round-off between sampled and recomputed log-probs (~1e-7) and d
+        # its square root
+        assert init["d"] < 1e-3 and init["reward/gold"] == 0.0
         for loss in ("dpo", "ipo"):
             c = summary[size][loss]
             assert len(c["d"]) == 3 and c["d"][0] == init["d"]
