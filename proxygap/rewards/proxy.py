@@ -22,6 +22,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
+from proxygap.errors import NonFiniteError
 from proxygap.rewards.ensemble import aggregate
 from proxygap.rewards.reward_model import score_and_embed_texts, score_texts
 
@@ -73,6 +74,7 @@ class ProxyScorer:
         self._last: tuple[tuple[str, ...], np.ndarray, np.ndarray | None] | None = None
         self._keep_hidden = False  # set by the first embed(): later passes keep hidden states
         self.reference = self.raw(reference)
+        _check_members(name, self.reference, reference)
         self.centre = self.reference.mean(axis=0)
         scale = self.reference.std(axis=0)
         scale[scale == 0] = 1.0
@@ -158,3 +160,17 @@ class ProxyScorer:
     def reward(self, texts: Sequence[str]) -> np.ndarray:
         """The proxy's reward ``(B,)``: the members centred, then aggregated as configured."""
         return aggregate_members(self.centred(texts), self.aggregation, lam=self.uwo_lambda)
+
+
+def _check_members(name: str, scores: np.ndarray, texts: Sequence[str]) -> None:
+    """A :class:`~proxygap.errors.NonFiniteError` naming the first member of proxy ``name`` that
+    scores a reference text NaN or inf (its aggregation would carry the NaN into every reward
+    and pick), with how many and the first such text."""
+    bad = ~np.isfinite(scores)  # (M, K)
+    for k in np.flatnonzero(bad.any(axis=0)):
+        first = texts[int(np.flatnonzero(bad[:, k])[0])]
+        raise NonFiniteError(
+            f"proxy {name!r}: member {k} scores {int(bad[:, k].sum())} of {len(bad)} base-policy "
+            f"reference texts NaN or inf (first: {first[:60]!r}); that member cannot be used: "
+            "replace or retrain it"
+        )
