@@ -35,10 +35,11 @@ def safe_name(value: str, what: str) -> str:
 
 
 def format_errors(err: ValidationError, what: str) -> str:
-    """One line per bad field of ``err`` (its dotted path and why), under ``invalid {what}:``."""
+    """One line per bad field of ``err`` (its dotted path and why), under ``invalid {what}:``; a
+    check across fields (no path of its own) gives its message alone, which names the fields."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        loc = ".".join(str(x) for x in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -46,7 +47,7 @@ def format_errors(err: ValidationError, what: str) -> str:
             msg = f"{msg} (got {e.get('input')!r})"
         elif "input" in e and not isinstance(e["input"], dict | list):
             msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {loc}: {msg}")
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
     return f"invalid {what}:\n" + "\n".join(lines)
 
 
