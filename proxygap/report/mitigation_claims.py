@@ -1,10 +1,11 @@
 """Whether each published claim about mitigations (docs/methods.md §4) reproduced in this study.
 
 Every verdict is computed from the mitigation summary (means and 95% intervals over seeds or
-prompts, see :mod:`proxygap.study.mitigation_stats`) and the saved histories; a claim whose arms
-are missing from the config says so. "Overoptimizes" means the turn-down test (gold falls from
-its peak by more than twice the standard error of the drop) fires for most seeds (RL) or on the
-prompt-mean curve (best-of-n).
+prompts, see :mod:`proxygap.study.mitigation_stats`) and the saved histories, and says on how
+many seeds its per-seed comparison holds; a claim whose arms are missing from the config says
+so. Coste et al.'s ensemble claims are in :mod:`proxygap.report.mitigation_coste`.
+"Overoptimizes" means the turn-down test (gold falls from its peak by more than twice the
+standard error of the drop) fires for most seeds (RL and best-of-n: a fresh pool per seed).
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from proxygap.study.mitigation_stats import t_interval
 Summary = Mapping[str, Mapping[str, float]]
 
 
-def _ci(q: Mapping[str, float], digits: int = 2) -> str:
+def ci_text(q: Mapping[str, float], digits: int = 2) -> str:
     return f"{fmt(q['mean'], digits)} [{fmt(q['lo'], digits)}, {fmt(q['hi'], digits)}]"
 
 
-def _verdict(ok: Sequence[bool]) -> str:
+def verdict_of(ok: Sequence[bool]) -> str:
     return "reproduced" if all(ok) else ("partly reproduced" if any(ok) else "not reproduced")
 
 
-def _downs(s: Summary) -> str:
+def downs(s: Summary) -> str:
     td = s["turned_down"]
     return f"{int(round(td['mean'] * td['n']))}/{td['n']}"
 
@@ -39,7 +40,12 @@ def overoptimizes(s: Summary) -> bool:
     return s["turned_down"]["mean"] > 0.5
 
 
-def _plain(arm: MitigationRunConfig) -> bool:
+def seed_share(flags: Sequence[bool]) -> str:
+    """``"k/S seeds"``: on how many of the ``S`` seeds a per-seed condition holds."""
+    return f"{sum(bool(f) for f in flags)}/{len(flags)} seeds"
+
+
+def plain(arm: MitigationRunConfig) -> bool:
     """No transform, hook, components, constraint, Quark or other start: reward and KL only."""
     return (
         not arm.transforms
@@ -53,10 +59,10 @@ def _plain(arm: MitigationRunConfig) -> bool:
 
 def is_baseline(arm: MitigationRunConfig) -> bool:
     """The unmitigated baseline: one member, nothing else, no KL penalty."""
-    return _plain(arm) and arm.aggregation == "single" and arm.kl_coef == 0
+    return plain(arm) and arm.aggregation == "single" and arm.kl_coef == 0
 
 
-def _find(arms: Sequence[MitigationRunConfig], pred: Any) -> list[MitigationRunConfig]:
+def find_arms(arms: Sequence[MitigationRunConfig], pred: Any) -> list[MitigationRunConfig]:
     return [a for a in arms if pred(a)]
 
 
@@ -74,100 +80,24 @@ def frontier_gain(
     at ``d`` no larger than the arm's at that best point (``base``'s frontier there); the
     t-interval over seeds. Positive: the arm reaches more gold for the same drift (Noukhovitch et
     al. 2023's reward-vs-drift Pareto comparison)."""
+    return t_interval(frontier_gains(arm, base))
+
+
+def frontier_gains(
+    arm: Sequence[Sequence[Mapping[str, float]]], base: Sequence[Sequence[Mapping[str, float]]]
+) -> list[float]:
+    """The per-seed gains behind :func:`frontier_gain`."""
     gains = []
     for h, b in zip(arm, base, strict=True):
         best = max(h, key=lambda r: r["reward/gold"])
         reach = [r["reward/gold"] for r in b if r["d"] <= best["d"]]
         gains.append(best["reward/gold"] - (max(reach) if reach else 0.0))
-    return t_interval(gains)
+    return gains
 
 
 def paired(arm: Sequence[float], base: Sequence[float]) -> dict:
     """t-interval of a per-seed difference (``arm[i] - base[i]``)."""
     return t_interval(np.asarray(arm, dtype=float) - np.asarray(base, dtype=float))
-
-
-def bon_claim(bon: Mapping[str, Summary]) -> str:
-    """Coste et al. 2023, best-of-n: WCO/UWO show no overoptimization, up to ~70% more gold."""
-    head = "**Coste et al., best-of-n (WCO/UWO do not overoptimize; up to ~70% more gold).** "
-    if "single" not in bon or not {"wco", "uwo"} & set(bon):
-        return head + "Not tested: the config has no WCO/UWO best-of-n variant."
-    single = bon["single"]
-    parts, ok = [], []
-    g0 = single["gold_end"]["mean"]
-    parts.append(
-        f"The single member {'overoptimizes' if overoptimizes(single) else 'does not overoptimize'}"
-        f" (gold at n = N {_ci(single['gold_end'])}, peak {_ci(single['gold_peak'])})."
-    )
-    for v in ("wco", "uwo"):
-        if v not in bon:
-            continue
-        s = bon[v]
-        gain = (s["gold_end"]["mean"] - g0) / abs(g0) if g0 else float("nan")
-        no_over = not overoptimizes(s)
-        ok.append(no_over and gain > 0)
-        parts.append(
-            f"{v.upper()}: {'no' if no_over else 'a'} significant turn-down, gold at n = N "
-            f"{_ci(s['gold_end'])} ({fmt(100 * gain, 0)}% relative to the single member)."
-        )
-    if not overoptimizes(single):
-        ok.append(False)  # nothing to prevent: the contrast with a single model is untested
-        parts.append("Without a turn-down of the single member the contrast is not shown.")
-    verdict = _verdict(ok)
-    return head + " ".join(parts) + f" Verdict: **{verdict}** here."
-
-
-def ppo_claim(arms: Sequence[MitigationRunConfig], summary: Mapping[str, Summary]) -> str:
-    """Coste et al. 2023, RL: with a small KL penalty WCO/UWO avoid overoptimization where a
-    single reward model (same penalty) does not."""
-    head = "**Coste et al., RL (WCO/UWO with a small KL penalty avoid overoptimization).** "
-    ens = _find(arms, lambda a: _plain(a) and a.aggregation in ("wco", "uwo"))
-    if not ens:
-        return head + "Not tested: the config has no plain WCO/UWO arm."
-    parts, ok = [], []
-    for a in ens:
-        same = _find(
-            arms, lambda b, a=a: _plain(b) and b.aggregation == "single" and b.kl_coef == a.kl_coef
-        )
-        s = summary[a.name]
-        verdict = not overoptimizes(s)
-        text = (
-            f"`{a.name}` (KL {a.kl_coef:g}) turns down in "
-            f"{int(round(s['turned_down']['mean'] * s['turned_down']['n']))}/"
-            f"{s['turned_down']['n']} seeds, end gold {_ci(s['gold_end'])}"
-        )
-        if same:
-            b = summary[same[0].name]
-            verdict = verdict and overoptimizes(b)
-            text += (
-                f"; the single member at the same KL (`{same[0].name}`) turns down in "
-                f"{int(round(b['turned_down']['mean'] * b['turned_down']['n']))}/"
-                f"{b['turned_down']['n']}, end gold {_ci(b['gold_end'])}"
-            )
-        else:  # nothing to contrast with: the claim is about the ensemble against one model
-            verdict = False
-            text += "; no single-member arm at the same KL, so the contrast is untested"
-        ok.append(verdict)
-        parts.append(text + ".")
-    return head + " ".join(parts) + f" Verdict: **{_verdict(ok)}** here."
-
-
-def variance_claim(arms: Sequence[MitigationRunConfig], summary: Mapping[str, Summary]) -> str:
-    """Coste et al. 2023: member variance grows several-fold under mean optimisation and stays
-    nearly flat under UWO (read here as: growth >= 2 under mean, <= 1.5 under UWO)."""
-    head = "**Coste et al., ensemble variance (grows under mean, flat under UWO).** "
-    mean = _find(arms, lambda a: _plain(a) and a.aggregation == "mean")
-    uwo = _find(arms, lambda a: _plain(a) and a.aggregation == "uwo")
-    if not mean or not uwo:
-        return head + "Not tested: the config needs a plain mean arm and a plain UWO arm."
-    gm, gu = summary[mean[0].name]["std_growth"], summary[uwo[0].name]["std_growth"]
-    grows, flat = gm["mean"] >= 2.0, gu["mean"] <= 1.5
-    # flat under UWO only means something if the variance grows under mean optimisation
-    verdict = _verdict([grows, flat]) if grows else "not reproduced"
-    return head + (
-        f"Member std at the end over step 0: mean {_ci(gm)}, UWO {_ci(gu)} (criteria: ≥ 2 under "
-        f"mean, ≤ 1.5 under UWO). Verdict: **{verdict}** here."
-    )
 
 
 def frontier_claim(
@@ -178,18 +108,22 @@ def frontier_claim(
     """Noukhovitch et al. 2023: Elastic Reset has a better reward-vs-drift Pareto front than the
     unpenalised run and than a KL penalty."""
     head = "**Noukhovitch et al., Elastic Reset (better gold-vs-drift front).** "
-    er = _find(arms, lambda a: _tests(a.post_step, "drift_front"))
-    bases = _find(arms, lambda a: _plain(a) and a.aggregation == "single")
+    er = find_arms(arms, lambda a: _tests(a.post_step, "drift_front"))
+    bases = find_arms(arms, lambda a: plain(a) and a.aggregation == "single")
     if not er or not bases:
         return head + "Not tested: the config needs an Elastic Reset arm and a single-member arm."
     parts, ok = [], []
     for b in bases:
-        g = frontier_gain(histories[er[0].name], histories[b.name])
+        gains = frontier_gains(histories[er[0].name], histories[b.name])
+        g = t_interval(gains)
         ok.append(g["lo"] > 0)
-        parts.append(f"best gold minus `{b.name}`'s frontier at the same d: {_ci(g)}")
-    verdict = _verdict(ok)
+        parts.append(
+            f"best gold minus `{b.name}`'s frontier at the same d: {ci_text(g)}, above it on "
+            f"{seed_share([x > 0 for x in gains])}"
+        )
+    verdict = verdict_of(ok)
     counts = ", ".join(
-        f"`{a.name}` {_downs(summary[a.name])}" for a in [er[0], *bases] if a.name in summary
+        f"`{a.name}` {downs(summary[a.name])}" for a in [er[0], *bases] if a.name in summary
     )
     return (
         head
@@ -208,7 +142,7 @@ def transform_claim(
     (read here as: end gold above the unmitigated baseline's, paired over seeds, and no
     turn-down in most seeds where the baseline turns down in most; one of the two: partly)."""
     head = "**Wang et al. (LSC) and Fu et al. (PAR) mitigate hacking.** "
-    tr = _find(arms, lambda a: a.transforms and all(_tests(t, "shaping") for t in a.transforms))
+    tr = find_arms(arms, lambda a: a.transforms and all(_tests(t, "shaping") for t in a.transforms))
     return head + _against_baseline(arms, tr, summary, histories, "an LSC or PAR arm")
 
 
@@ -222,12 +156,15 @@ def quark_claim(
     turn-down where the baseline turns down; and d at the end below the baseline's, paired over
     seeds)."""
     head = "**Lu et al., Quark (more reward, close to π0).** "
-    quark = _find(arms, lambda a: a.quark is not None)
+    quark = find_arms(arms, lambda a: a.quark is not None)
 
     def closer(name: str, base: str) -> tuple[bool, str]:
         d = paired(_end(histories[name], "d"), _end(histories[base], "d"))
         near = d["hi"] < 0
-        return near, f"d at the end minus the baseline's {_ci(d)} ({'' if near else 'not '}closer)"
+        return (
+            near,
+            f"d at the end minus the baseline's {ci_text(d)} ({'' if near else 'not '}closer)",
+        )
 
     return head + _against_baseline(arms, quark, summary, histories, "a Quark arm", closer)
 
@@ -242,7 +179,7 @@ def _against_baseline(
 ) -> str:
     """End gold minus the baseline's (paired over seeds) and turn-downs, with a verdict;
     ``extra(arm, baseline) -> (ok, text)`` is one more condition of a full reproduction."""
-    base = _find(arms, is_baseline)
+    base = find_arms(arms, is_baseline)
     if not base or not tested:
         return f"Not tested: the config needs {what_arm} and the plain baseline."
     b = base[0].name
@@ -251,7 +188,8 @@ def _against_baseline(
     base_down = overoptimizes(summary[b])
     n_b = int(round(summary[b]["turned_down"]["mean"] * len(end_b)))
     for a in tested:
-        diff = paired(_end(histories[a.name], "reward/gold"), end_b)
+        end_a = _end(histories[a.name], "reward/gold")
+        diff = paired(end_a, end_b)
         higher, kept = diff["lo"] > 0, base_down and not overoptimizes(summary[a.name])
         more, more_text = extra(a.name, b) if extra is not None else (True, "")
         ok.append(higher and kept and more)
@@ -266,11 +204,12 @@ def _against_baseline(
             else "does not clearly mitigate"
         )
         parts.append(
-            f"`{a.name}`: end gold minus baseline {_ci(diff)}, turns down in "
+            f"`{a.name}`: end gold minus baseline {ci_text(diff)} (higher on "
+            f"{seed_share([x > y for x, y in zip(end_a, end_b, strict=True)])}), turns down in "
             f"{int(round(summary[a.name]['turned_down']['mean'] * len(end_b)))}/{len(end_b)} "
             f"seeds ({what})" + (f"; {more_text}" if more_text else "")
         )
-    verdict = _verdict(ok) if all(ok) or not any(partial) else "partly reproduced"
+    verdict = verdict_of(ok) if all(ok) or not any(partial) else "partly reproduced"
     return (
         f"The baseline `{b}` turns down in {n_b}/{len(end_b)} seeds. "
         + "; ".join(parts)
@@ -292,7 +231,7 @@ def salsa_claim(
     SFT model, at the same KL coefficient (read here: training KL to the reference at the end
     and gold at the peak, paired over seeds, both higher)."""
     head = "**Chegini et al., SALSA (a soup reference allows larger deviation and more reward).** "
-    soup = _find(arms, lambda a: a.reference == "soup" and a.quark is None)
+    soup = find_arms(arms, lambda a: a.reference == "soup" and a.quark is None)
 
     def rest(a: MitigationRunConfig) -> dict[str, Any]:  # everything but name and reference
         return a.model_dump(exclude={"name", "reference"})
@@ -301,16 +240,19 @@ def salsa_claim(
     if not soup or not sft:
         return head + "Not tested: the config needs a soup arm and an otherwise equal SFT arm."
     a, b = soup[0], sft[0]
-    kl = paired(_end(histories[a.name], "train/kl_k1"), _end(histories[b.name], "train/kl_k1"))
-    peak = paired(
-        [max(r["reward/gold"] for r in h) for h in histories[a.name]],
-        [max(r["reward/gold"] for r in h) for h in histories[b.name]],
-    )
-    verdict = _verdict([kl["lo"] > 0, peak["lo"] > 0])
+    kls = [_end(histories[n], "train/kl_k1") for n in (a.name, b.name)]
+    peaks = [[max(r["reward/gold"] for r in h) for h in histories[n]] for n in (a.name, b.name)]
+    kl, peak = paired(*kls), paired(*peaks)
+    verdict = verdict_of([kl["lo"] > 0, peak["lo"] > 0])
+    flags = [
+        ka > kb and pa > pb
+        for ka, kb, pa, pb in zip(kls[0], kls[1], peaks[0], peaks[1], strict=True)
+    ]
     return head + (
         f"`{a.name}` minus `{b.name}` (KL {a.kl_coef:g}), paired over seeds: training KL to "
-        f"the own reference at the end {_ci(kl)} nats, gold at the peak {_ci(peak)}; "
-        f"turn-downs {_downs(summary[a.name])} vs {_downs(summary[b.name])}. "
+        f"the own reference at the end {ci_text(kl)} nats, gold at the peak {ci_text(peak)} "
+        f"(both higher on {seed_share(flags)}); "
+        f"turn-downs {downs(summary[a.name])} vs {downs(summary[b.name])}. "
         f"Verdict: **{verdict}** here."
     )
 
@@ -328,18 +270,18 @@ def constrained_claim(
     coefficient and no constraint, the constrained arm must also end above it, so the credit
     does not go to the KL penalty alone)."""
     head = "**Moskovitz et al., constrained RLHF (components held at proxy points).** "
-    con = _find(arms, lambda a: a.constraint is not None)
+    con = find_arms(arms, lambda a: a.constraint is not None)
     if not con:
         return head + "Not tested: the config has no constrained arm."
     parts, ok = [], []
     for a in con:
         assert a.constraint is not None
         src = a.constraint.points_from
-        end = _end(histories[a.name], "reward/gold")
-        diff = paired(end, _end(histories[src], "reward/gold"))
+        end, end_src = _end(histories[a.name], "reward/gold"), _end(histories[src], "reward/gold")
+        diff = paired(end, end_src)
         src_down = overoptimizes(summary[src])
         held = not overoptimizes(summary[a.name])
-        same_kl = _find(
+        same_kl = find_arms(
             arms,
             lambda b, a=a, src=src: (
                 b.components == a.components
@@ -354,8 +296,8 @@ def constrained_claim(
             beats_kl = d_kl["lo"] > 0
             kl_text = (
                 f"; end gold minus `{same_kl[0].name}` (same components and KL "
-                f"{a.kl_coef:g}, no constraint) {_ci(d_kl)}, turn-downs "
-                f"{_downs(summary[same_kl[0].name])}"
+                f"{a.kl_coef:g}, no constraint) {ci_text(d_kl)}, turn-downs "
+                f"{downs(summary[same_kl[0].name])}"
             )
         ok.append(src_down and held and diff["lo"] > 0 and beats_kl)
         pts = points.get(a.name, {})
@@ -365,8 +307,9 @@ def constrained_claim(
             for n, v in pts.items()
         )
         parts.append(
-            f"`{a.name}` vs `{src}`: end gold difference {_ci(diff)}, turn-downs "
-            f"{_downs(summary[a.name])} vs {_downs(summary[src])}{kl_text}; components at the "
+            f"`{a.name}` vs `{src}`: end gold difference {ci_text(diff)} (higher on "
+            f"{seed_share([x > y for x, y in zip(end, end_src, strict=True)])}), turn-downs "
+            f"{downs(summary[a.name])} vs {downs(summary[src])}{kl_text}; components at the "
             f"end (standardised): {ends}"
         )
-    return head + "; ".join(parts) + f". Verdict: **{_verdict(ok)}** here."
+    return head + "; ".join(parts) + f". Verdict: **{verdict_of(ok)}** here."

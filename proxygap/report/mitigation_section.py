@@ -14,17 +14,15 @@ from proxygap.config import MitigationRunConfig
 from proxygap.report.document import Document, Heading, Image, Paragraph, Table
 from proxygap.report.format import fmt
 from proxygap.report.mitigation_claims import (
-    bon_claim,
     constrained_claim,
     frontier_claim,
     is_baseline,
     overoptimizes,
-    ppo_claim,
     quark_claim,
     salsa_claim,
     transform_claim,
-    variance_claim,
 )
+from proxygap.report.mitigation_coste import bon_claim, ppo_claim, variance_claim
 from proxygap.report.mitigation_plots import plot_mitigation_rl, plot_mitigation_std
 from proxygap.report.plots import plot_bon
 
@@ -85,6 +83,33 @@ def _row(summary: Mapping[str, Mapping[str, float]]) -> list[str]:
     return cells + [f"**{over}**" if overoptimizes(summary) else over]
 
 
+def _members_table(diagnostics: list[dict]) -> Table:
+    """Per seed: each member's best-of-n ceiling, their error correlation, whom WCO follows."""
+    rows = []
+    for d in diagnostics:
+        ceilings = d["ceilings"]
+        follow = max(range(len(d["wco_argmin"])), key=lambda k: d["wco_argmin"][k])
+        rows.append(
+            [
+                str(d["seed"]),
+                ", ".join(fmt(c, 2) for c in ceilings),
+                f"member {min(range(len(ceilings)), key=lambda k: ceilings[k])}",
+                fmt(d["error_corr"], 2),
+                f"member {follow} ({fmt(100 * d['wco_argmin'][follow], 0)}%)",
+                f"{fmt(100 * max(d['wco_same_pick']), 0)}%",
+            ]
+        )
+    return Table(
+        ["seed", "members' gold peaks", "lowest ceiling", "error correlation",
+         "WCO's minimum at its pick", "WCO pick = a member's pick"],
+        rows,
+        caption="Best-of-n members per seed: each member's gold peak (its ceiling); the mean "
+        "correlation over member pairs of their errors (member − gold, over the pool); the "
+        "member that is the minimum at WCO's n = N pick on most prompts; the largest share of "
+        "prompts on which WCO picks what one member picks alone",
+    )  # fmt: skip
+
+
 def mitigation_section(
     doc: Document, run_dir: Path, cfg: StudyConfig, result: MitigationResult
 ) -> None:
@@ -92,10 +117,20 @@ def mitigation_section(
     m = result.config
     s = m.settings
     doc.add(Heading("Mitigations compared"))
+    draw = (
+        "every seed trains its own ensemble (new member seeds, the same pairs and labels), so "
+        "the intervals cover the draw of the reward models as well as the sampling"
+        if m.ensembles == "per_seed"
+        else "one ensemble serves every seed, so the intervals cover the sampling only"
+    )
     doc.add(
         Paragraph(
-            f"Every reward comes from the ensemble proxy `{m.proxy}`; the unmitigated baseline "
-            f"is its member {m.member} alone. Gold and proxy are in units of their standard "
+            f"Every reward comes from the ensemble proxy `{m.proxy}`: {draw}. The unmitigated "
+            "baseline is a single member: in best-of-n every member alone (`member-<k>`) and "
+            "their average (`single`: each quantity averaged over the members of a seed's "
+            "ensemble, its turn-down the share of members that turn down), as Coste et al. "
+            f"compare ensembles against single reward models; in RL member {m.member} of each "
+            "seed's ensemble. Gold and proxy are in units of their standard "
             "deviation over base-policy samples (proxy: the untransformed reward each arm "
             "optimises), relative to the initial policy (RL) or n = 1 (best-of-n). Intervals "
             "are 95% Student-t intervals of the mean over the seeds "
@@ -105,7 +140,7 @@ def mitigation_section(
         )
     )
     if result.bon and m.bon is not None:
-        curves = [v.curve for v in result.bon]
+        curves = [v.curve for v in result.bon if not v.name.startswith("member-")]
         plot_bon(curves, run_dir / "plots" / "mitigation_bon.png", title="best-of-n selection")
         rows = [[v.name, *_row(v.summary)] for v in result.bon]
         doc.add(
@@ -118,6 +153,8 @@ def mitigation_section(
             ),
             Image("plots/mitigation_bon.png", "Best-of-n gold and proxy by selection rule."),
         )
+        if result.diagnostics:
+            doc.add(_members_table(result.diagnostics))
     if result.histories:
         base = next((a.name for a in m.rl if is_baseline(a)), None)
         plot_mitigation_rl(result.histories, base, run_dir / "plots" / "mitigation_rl.png")
@@ -143,11 +180,12 @@ def mitigation_section(
         )
     doc.add(Heading("Published claims, checked here"))
     bon = {v.name: v.summary for v in result.bon}
-    claims = [bon_claim(bon)] if bon else []
+    runs = {v.name: v.runs for v in result.bon}
+    claims = [bon_claim(bon, runs, result.diagnostics)] if bon else []
     if result.histories:
         claims += [
-            ppo_claim(m.rl, result.summary),
-            variance_claim(m.rl, result.summary),
+            ppo_claim(m.rl, result.summary, result.histories),
+            variance_claim(m.rl, result.summary, result.histories),
             frontier_claim(m.rl, result.summary, result.histories),
             transform_claim(m.rl, result.summary, result.histories),
             quark_claim(m.rl, result.summary, result.histories),

@@ -46,13 +46,13 @@ ScoreFn = Callable[[Sequence[str]], np.ndarray]
 @dataclass
 class References:
     """``reference_samples`` initial-policy samples of every distinct training prompt:
-    ``prompts`` (P), ``responses`` (P * M, grouped by prompt), ``texts`` (joined) and the
-    members' standardised scores ``(P, M, K)``."""
+    ``prompts`` (P), ``responses`` (P * M, grouped by prompt), ``texts`` (joined) and, per
+    seed, the standardised scores ``(P, M, K)`` of that seed's ensemble members."""
 
     prompts: list[str]
     responses: list[str]
     texts: list[str]
-    members: np.ndarray
+    members: dict[int, np.ndarray]
 
 
 @dataclass
@@ -60,7 +60,7 @@ class ArmContext:
     """What every arm shares: the study, its scorers, prompts, references and start policies."""
 
     study: StudyContext
-    members: ProxyScorer  # the ensemble proxy; arms read its members standardised
+    ensembles: dict[int, ProxyScorer]  # seed -> its ensemble; arms read members standardised
     prompts: list[str]
     policies: dict[str, PreTrainedModel]  # "base", and "sft", "soup" when the study has them
     refs: References | None = None
@@ -81,21 +81,22 @@ class ArmContext:
         return self.components[key]
 
 
-def train_reward(ctx: ArmContext, arm: MitigationRunConfig) -> ScoreFn:
-    """``texts -> (B,)`` the untransformed reward the arm optimises (members standardised)."""
+def train_reward(ctx: ArmContext, arm: MitigationRunConfig, seed: int) -> ScoreFn:
+    """``texts -> (B,)`` the untransformed reward the arm optimises with seed ``seed``'s
+    ensemble (members standardised)."""
     comps = ctx.component_scorer(arm)
     if comps is not None:
         return lambda texts: comps(texts).sum(axis=1)
-    k = ctx.spec.member
+    k, members = ctx.spec.member, ctx.ensembles[seed]
     if arm.aggregation == "single":
-        return lambda texts: ctx.members.member(k, texts)
+        return lambda texts: members.member(k, texts)
     return lambda texts: aggregate_members(
-        ctx.members.standardised(texts), arm.aggregation, member=k, lam=arm.uwo_lambda
+        members.standardised(texts), arm.aggregation, member=k, lam=arm.uwo_lambda
     )
 
 
-def reference_rewards(ctx: ArmContext, arm: MitigationRunConfig) -> np.ndarray:
-    """The arm's reward on the reference samples, ``(P, M)``."""
+def reference_rewards(ctx: ArmContext, arm: MitigationRunConfig, seed: int) -> np.ndarray:
+    """The arm's reward (seed ``seed``'s ensemble) on the reference samples, ``(P, M)``."""
     refs = ctx.refs
     if refs is None:
         raise ValueError(f"arm {arm.name!r} needs the initial-policy reference samples")
@@ -103,7 +104,7 @@ def reference_rewards(ctx: ArmContext, arm: MitigationRunConfig) -> np.ndarray:
     if comps is not None:
         return comps(refs.texts).sum(axis=1).reshape(len(refs.prompts), -1)
     return aggregate_members(
-        refs.members, arm.aggregation, member=ctx.spec.member, lam=arm.uwo_lambda
+        refs.members[seed], arm.aggregation, member=ctx.spec.member, lam=arm.uwo_lambda
     )
 
 
@@ -117,9 +118,10 @@ def _hooks(
     policy: PreTrainedModel,
     points: np.ndarray | None,
     group_size: int,
+    seed: int,
 ) -> RLHooks:
     def ref_rewards() -> dict[str, np.ndarray]:
-        r = reference_rewards(ctx, arm)
+        r = reference_rewards(ctx, arm, seed)
         return {p: r[i] for i, p in enumerate(ctx.refs.prompts)}  # type: ignore[union-attr]
 
     # every input a registry row may declare (INPUTS); a hook gets those its row names
@@ -150,12 +152,13 @@ def run_arm(
     start = ctx.policies[arm.reference]
     torch.manual_seed(seed)
     policy = copy.deepcopy(start).train()
-    probe = EvalProbe(ctx.members, arm, member=m.member, components=ctx.component_scorer(arm))
+    members = ctx.ensembles[seed]
+    probe = EvalProbe(members, arm, member=m.member, components=ctx.component_scorer(arm))
     evaluator = rl_evaluator(
         study.policy, study.tokenizer, task=study.task, proxy=probe, cfg=cfg,
         gold_scale=study.gold_scale, seed=study_seed(study.cfg.seed, "policy_eval"),
     )  # fmt: skip
-    reward_fn = train_reward(ctx, arm)
+    reward_fn = train_reward(ctx, arm, seed)
     run = f"mitigations/{arm.name}/seed-{seed}"
     if arm.quark is not None:
         refs = ctx.refs
@@ -164,7 +167,7 @@ def run_arm(
         initial = (
             [refs.prompts[i // M] for i in range(len(refs.responses))],
             refs.responses,
-            reference_rewards(ctx, arm).reshape(-1),
+            reference_rewards(ctx, arm, seed).reshape(-1),
         )
         result: LoopResult = train_quark(
             policy, start, study.tokenizer, cfg=cfg, quark=arm.quark, train_prompts=ctx.prompts,
@@ -175,7 +178,7 @@ def run_arm(
         result = train_rl(
             policy, start, study.tokenizer, cfg=cfg, train_prompts=ctx.prompts,
             join=study.task.join, reward_fn=reward_fn, evaluator=evaluator,
-            hooks=_hooks(ctx, arm, policy, points, cfg.group_size), log=lambda *_: None,
+            hooks=_hooks(ctx, arm, policy, points, cfg.group_size, seed), log=lambda *_: None,
             watch=watchers(study, run=run, config=cfg.model_dump(mode="json")),
         )  # fmt: skip
     history = result.history

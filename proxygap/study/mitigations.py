@@ -1,7 +1,12 @@
 """Study stage 8: mitigations of overoptimization compared on equal footing (docs/methods.md §4).
 
 One ensemble proxy of the study (Coste et al. 2023: 5 members differing by seed, 25% label
-noise) supplies the rewards; the baseline is a single member (``member``), unmitigated.
+noise) supplies the rewards; with ``ensembles: per_seed`` every seed draws its own ensemble
+(:mod:`proxygap.study.mitigation_ensembles`), so intervals over seeds cover the draw of the
+reward models as well as the sampling. The baseline is a single member, unmitigated: in
+best-of-n every member of each seed's ensemble and their average (Coste et al. compare against
+single reward models of other seeds); in RL member ``member`` of each seed's ensemble, a fresh
+draw per seed.
 
 - **Best-of-n** (:mod:`proxygap.study.mitigation_bon`): for every seed a fresh pool; the single
   member and each ensemble aggregation select from it. Intervals are over seeds.
@@ -40,6 +45,7 @@ from proxygap.store.atomic import atomic_write_json
 from proxygap.study.context import StudyContext, sample_responses
 from proxygap.study.mitigation_arms import ArmContext, References, needs_references, run_arm
 from proxygap.study.mitigation_bon import stage_mitigation_bon
+from proxygap.study.mitigation_ensembles import stage_ensembles
 from proxygap.study.mitigation_stats import (
     QUANTITIES,
     proxy_points,
@@ -47,7 +53,6 @@ from proxygap.study.mitigation_stats import (
     summarise_runs,
 )
 from proxygap.study.results import MitigationResult
-from proxygap.study.scoring import proxy_scorer
 from proxygap.study.sft import stage_sft
 from proxygap.study.workers import run_jobs
 
@@ -56,9 +61,11 @@ __all__ = ["stage_mitigations"]
 ArmRun = tuple[MitigationRunConfig, int, np.ndarray | None]  # arm, seed, proxy points
 
 
-def _references(ctx: StudyContext, members: ProxyScorer, prompts: list[str]) -> References:
+def _references(
+    ctx: StudyContext, ensembles: dict[int, ProxyScorer], prompts: list[str]
+) -> References:
     """``reference_samples`` initial-policy samples of every distinct training prompt, scored
-    by every member (standardised)."""
+    by every member of every seed's ensemble (standardised)."""
     m = ctx.cfg.mitigations
     assert m is not None
     unique = list(dict.fromkeys(prompts))
@@ -73,7 +80,10 @@ def _references(ctx: StudyContext, members: ProxyScorer, prompts: list[str]) -> 
         desc=None,
     )
     texts = ctx.task.join([unique[i // M] for i in range(len(responses))], responses)
-    scores = members.standardised(texts).reshape(len(unique), M, -1)
+    scores = {
+        seed: members.standardised(texts).reshape(len(unique), M, -1)
+        for seed, members in ensembles.items()
+    }
     return References(unique, responses, texts, scores)
 
 
@@ -113,8 +123,8 @@ def stage_mitigations(ctx: StudyContext, train: Pairs) -> MitigationResult | Non
     if m is None:
         return None
     out = MitigationResult(m)
-    members = proxy_scorer(ctx, m.proxy)
-    out.bon = stage_mitigation_bon(ctx, members, m)
+    ensembles = stage_ensembles(ctx, train)
+    out.bon, out.diagnostics = stage_mitigation_bon(ctx, ensembles, m)
     if m.rl:
         policies = {"base": ctx.policy}
         if ctx.cfg.sft is not None:
@@ -122,10 +132,10 @@ def stage_mitigations(ctx: StudyContext, train: Pairs) -> MitigationResult | Non
         s = m.settings
         prompt_seed = study_seed(ctx.cfg.seed, "mitigation_train_prompts")
         prompts = ctx.task.prompts(s.steps * s.prompts_per_step, seed=prompt_seed)
-        arms = ArmContext(ctx, members, prompts, policies)
+        arms = ArmContext(ctx, ensembles, prompts, policies)
         todo = [(a, seed) for a in m.rl for seed in m.seeds if not ctx.run.done(_stage(a, seed))]
         if any(needs_references(a) for a, _ in todo):
-            arms.refs = _references(ctx, members, prompts)
+            arms.refs = _references(ctx, ensembles, prompts)
         # constrained arms need the proxy points of an arm of the first wave
         for wave in ([a for a in m.rl if a.constraint is None], [a for a in m.rl if a.constraint]):
             pending: list[ArmRun] = []
@@ -150,6 +160,8 @@ def stage_mitigations(ctx: StudyContext, train: Pairs) -> MitigationResult | Non
             "quantities": list(QUANTITIES),
             "bon": {v.name: v.summary for v in out.bon},
             "bon_runs": {v.name: v.runs for v in out.bon},
+            "bon_diagnostics": out.diagnostics,
+            "ensembles": m.ensembles,
             "rl": out.summary,
             "proxy_points": out.points,
             "seeds": m.seeds,

@@ -73,6 +73,7 @@ class MitigationResult:
     histories: dict[str, list[list[dict[str, float]]]] = field(default_factory=dict)
     summary: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     points: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> component -> point
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # best-of-n, one per seed
 
 
 @dataclass

@@ -11,17 +11,17 @@ import pytest
 
 from proxygap.config import MitigationRunConfig
 from proxygap.report.mitigation_claims import (
-    bon_claim,
     constrained_claim,
     frontier_gain,
-    ppo_claim,
     quark_claim,
     salsa_claim,
+    seed_share,
     transform_claim,
-    variance_claim,
 )
+from proxygap.report.mitigation_coste import bon_claim, ppo_claim, variance_claim
 from proxygap.rewards.proxy import aggregate_members
-from proxygap.study.mitigation_bon import bon_seed_quantities
+from proxygap.study.mitigation_bon import average_member, bon_seed_quantities, member_diagnostics
+from proxygap.study.mitigation_ensembles import member_seeds
 from proxygap.study.mitigation_stats import (
     QUANTITIES,
     proxy_points,
@@ -152,6 +152,61 @@ def test_bon_claim_follows_the_numbers() -> None:
         {"single": _bon(0.5, False), "wco": _bon(0.9, False)}
     )
     assert "**not reproduced**" in bon_claim({"single": _bon(0.5, True), "wco": _bon(0.4, True)})
+
+
+def test_bon_claim_states_the_share_of_seeds() -> None:
+    # per seed: WCO ends at 0.9, 0.2, 0.8 and never turns down; the average single member ends
+    # at 0.5 on every seed: WCO is higher on seeds 0 and 2 -> the claim holds on 2/3 seeds;
+    # paired differences 0.4, -0.3, 0.3: mean 0.4 / 3
+    single = [{"gold_end": 0.5, "turned_down": 0.8}] * 3
+    wco = [{"gold_end": g, "turned_down": 0.0} for g in (0.9, 0.2, 0.8)]
+    summ = {"single": _bon(0.5, True), "wco": _bon(0.9, False)}
+    text = bon_claim(summ, {"single": single, "wco": wco})
+    assert "holds on 2/3 seeds" in text and "paired difference 0.13 [" in text
+    assert "**reproduced**" in text
+    wco[2] = {"gold_end": 0.8, "turned_down": 1.0}  # now only seed 0 holds: 1/3
+    text = bon_claim(summ, {"single": single, "wco": wco})
+    assert "holds on 1/3 seeds" in text and "**not reproduced**" in text
+    diag = [{"error_corr": 0.9, "ceilings": [1.0, 1.4], "wco_argmin": [0.75, 0.25]}]
+    assert "correlate 0.90" in bon_claim(summ, {"single": single, "wco": wco}, diag)
+    assert seed_share([True, False, True, True]) == "3/4 seeds"
+
+
+def test_average_member_is_the_mean_of_the_members() -> None:
+    # two members on one seed: gold at the end 1.0 and 0.4 -> 0.7; one of two turns down -> 0.5
+    a = {"gold_end": 1.0, "gold_peak": 1.2, "turned_down": 1.0}
+    b = {"gold_end": 0.4, "gold_peak": 0.6, "turned_down": 0.0}
+    assert average_member([a, b]) == pytest.approx(
+        {"gold_end": 0.7, "gold_peak": 0.9, "turned_down": 0.5}
+    )
+    with pytest.raises(ValueError, match="no member runs"):
+        average_member([])
+
+
+def test_member_diagnostics_by_hand() -> None:
+    # one prompt, three samples, two members. Gold (0, 1, 2). Member 0 = gold + (0, 0, 3), member
+    # 1 = gold + (0, 0, 6): errors (0, 0, 3) and (0, 0, 6) correlate exactly 1.
+    gold = np.array([[0.0, 1.0, 2.0]])
+    members = np.stack([gold + [0, 0, 3], gold + [0, 0, 6]], axis=-1)  # (1, 3, 2)
+    wco = members.min(axis=-1)  # (0, 1, 5): pick sample 2, where member 0 (5 < 8) is the min
+    d = member_diagnostics(gold, members, wco)
+    assert d["error_corr"] == pytest.approx(1.0)
+    assert d["wco_argmin"] == [1.0, 0.0] and d["wco_same_pick"] == [1.0, 1.0]
+    # member 1's error flips sign: errors (0, 0, 3) and (0, 0, -3) correlate -1; WCO picks
+    # sample 1 (scores min(1, 1) = 1 vs min(5, -1) = -1), member 1 picks sample 1 as well
+    members[..., 1] = gold + [0, 0, -3]
+    d = member_diagnostics(gold, members, members.min(axis=-1))
+    assert d["error_corr"] == pytest.approx(-1.0)
+    assert d["wco_same_pick"] == [0.0, 1.0]
+
+
+def test_member_seeds_differ_across_seeds_and_repeat() -> None:
+    seeds = {s: member_seeds(7, s, 5) for s in range(4)}
+    assert all(len(v) == 5 for v in seeds.values())
+    assert len({x for v in seeds.values() for x in v}) == 20  # all distinct
+    assert member_seeds(7, 2, 5) == seeds[2]  # reproducible
+    assert member_seeds(8, 2, 5) != seeds[2]  # another study seed, another draw
+    assert member_seeds(7, 2, 3) == seeds[2][:3]  # a member's seed does not depend on K
 
 
 def _runs(ends: list[float], comps: tuple[float, float] = (0.0, 0.0)) -> list[list[dict]]:

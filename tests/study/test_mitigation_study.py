@@ -181,6 +181,30 @@ def test_outputs_exist(tiny_run: Path) -> None:
     assert "mitigation:constrained:2" in stages and "sft" in stages
 
 
+def test_every_seed_draws_its_own_ensemble(tiny_run: Path) -> None:
+    """Each seed's members were trained with the seeds of its stream (distinct across seeds
+    and members), so their weights differ; the pools were scored by that seed's members."""
+    from proxygap.models.loading import load_reward_model
+    from proxygap.study.mitigation_ensembles import member_seeds
+
+    stages = json.loads((tiny_run / "stages.json").read_text())
+    drawn = [stages[f"proxy:ens:seed-{s}"]["member_seeds"] for s in (0, 1, 2)]
+    assert drawn == [member_seeds(TINY["seed"], s, 3) for s in (0, 1, 2)]
+    assert len({x for seeds in drawn for x in seeds}) == 9
+    first = [
+        next(load_reward_model(tiny_run / "proxies" / "ens" / f"seed-{s}" / "member-0")
+             .parameters()).detach().numpy()
+        for s in (0, 1)
+    ]  # fmt: skip
+    assert not np.allclose(first[0], first[1])
+    summary = json.loads((tiny_run / "mitigations" / "summary.json").read_text())
+    diag = summary["bon_diagnostics"]
+    assert [d["seed"] for d in diag] == [0, 1, 2]
+    for d in diag:
+        assert -1.0 <= d["error_corr"] <= 1.0 and len(d["ceilings"]) == 3
+        assert sum(d["wco_argmin"]) == pytest.approx(1.0)
+
+
 def test_arm_starts_and_quark_conditioning(tiny_run: Path) -> None:
     """SFT and soup arms start away from the base policy (d > 0 at step 0: the evaluator's
     initial policy is the base); the others start on it. The soup's weights are the average
@@ -257,7 +281,13 @@ def test_bon_seed_summary_recomputed_from_pools(tiny_run: Path) -> None:
     """The best-of-n table is the t-interval over seeds of each pool's quantities; the mean
     variant's end gold recomputed with an exact per-n loop from the saved pool."""
     summary = json.loads((tiny_run / "mitigations" / "summary.json").read_text())
-    assert set(summary["bon"]) == {"single", "mean", "wco", "uwo"}
+    members = {f"member-{k}" for k in range(3)}
+    assert set(summary["bon"]) == {"single", "mean", "wco", "uwo"} | members
+    # the average single member: per seed, every quantity is the mean of the members' own
+    for seed in (0, 1, 2):
+        for q, value in summary["bon_runs"]["single"][seed].items():
+            each = [summary["bon_runs"][k][seed][q] for k in sorted(members)]
+            assert value == pytest.approx(sum(each) / 3, abs=1e-12), (seed, q)
     held = [json.loads(line) for line in (tiny_run / "preferences.jsonl").read_text().splitlines()]
     ref_gold = np.array([r[k] for r in held[400:500] for k in ("gold_chosen", "gold_rejected")])
     scale = ref_gold.std()
