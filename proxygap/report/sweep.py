@@ -4,7 +4,9 @@ Written into the sweep folder: ``sweep.json`` (the spec, every cell with its sta
 aggregates), ``aggregate.csv`` (one row per setting and proxy), ``plots/group-<k>.png`` (mean
 best-of-n gold against ``d`` over seeds, with a pointwise 95% t band),
 ``plots/group-<k>-runs.png`` (the same for the RL and DAA runs the cells ran,
-:mod:`proxygap.report.sweep_stages`), ``report.md`` and a self-contained ``report.html``.
+:mod:`proxygap.report.sweep_stages`), ``report.md`` and a self-contained ``report.html``. Under
+every setting the report gives the best-of-n numbers seed by seed and the share of seeds on
+which each finding holds (:mod:`proxygap.report.sweep_findings`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +35,18 @@ from proxygap.analysis.seeds import (  # noqa: E402
     t_band,
 )
 from proxygap.report.document import Document, Heading, Image, Paragraph, Table  # noqa: E402
+from proxygap.report.sweep_findings import (  # noqa: E402
+    Finding,
+    bon_findings,
+    seed_rows,
+    stage_findings,
+)
 from proxygap.report.sweep_stages import (  # noqa: E402
     StageAggregate,
     aggregate_stage,
     plot_stages,
     read_stage_histories,
+    run_quantities,
 )
 from proxygap.store.atomic import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -131,6 +140,9 @@ class Group:
     proxies: dict[str, ProxyAggregate]
     curves: dict[str, MeanCurve]
     stages: dict[str, StageAggregate]  # RL and DAA runs, "RL kl-0", "DAA dpo-0.1"
+    seeds: list[Any] = field(default_factory=list)  # the finished cells' seeds, in cell order
+    seed_table: list[list[Any]] = field(default_factory=list)  # per seed and proxy
+    findings: list[Finding] = field(default_factory=list)  # with their share of seeds
 
 
 def build_groups(records: list[dict[str, Any]]) -> list[Group]:
@@ -141,17 +153,29 @@ def build_groups(records: list[dict[str, Any]]) -> list[Group]:
         by_proxy: dict[str, list[dict[str, Any]]] = {}
         curves: dict[str, list[Any]] = {}
         stages: dict[str, list[Any]] = {}
+        seeds: list[Any] = []
+        summaries: list[dict[str, Any] | None] = []
+        turned: dict[str, list[bool | None]] = {}
         for r in recs:
             if not r["ok"]:
                 continue
             run = Path(r["run_dir"])
+            seeds.append(_seed(r["values"], r["index"]))
+            summaries.append(None)
             if (run / "summary.json").is_file():  # best-of-n ran
-                for p in json.loads((run / "summary.json").read_text())["proxies"]:
+                summary = json.loads((run / "summary.json").read_text())
+                summaries[-1] = summary
+                for p in summary["proxies"]:
                     by_proxy.setdefault(p["name"], []).append(p)
                 for name, curve in read_curves(run).items():
                     curves.setdefault(name, []).append(curve)
             for name, history in read_stage_histories(run).items():
                 stages.setdefault(name, []).append(history)
+                flags = turned.setdefault(name, [None] * (len(seeds) - 1))
+                flags.append(bool(run_quantities(history)["turned_down"]))
+            for flags in turned.values():  # a run this cell lacks is not judged on it
+                flags += [None] * (len(seeds) - len(flags))
+        judged = [(s, x) for s, x in zip(seeds, summaries, strict=True) if x is not None]
         groups.append(
             Group(
                 key=k,
@@ -160,9 +184,17 @@ def build_groups(records: list[dict[str, Any]]) -> list[Group]:
                 proxies={n: aggregate_proxy(s, level=LEVEL) for n, s in by_proxy.items()},
                 curves={n: mean_curve(c) for n, c in curves.items()},
                 stages={n: aggregate_stage(h) for n, h in stages.items()},
+                seeds=seeds,
+                seed_table=seed_rows([s for s, _ in judged], [x for _, x in judged]),
+                findings=bon_findings(summaries) + stage_findings(turned),
             )
         )
     return groups
+
+
+def _seed(values: dict[str, Any], index: int) -> Any:
+    """The cell's seed value (its first seed grid path), else its index."""
+    return next((v for k, v in values.items() if is_seed_path(k)), f"cell {index}")
 
 
 def check_outputs(records: list[dict[str, Any]]) -> None:
@@ -225,7 +257,8 @@ def _document(
             "`sqrt(KL_bon)` where it is reached; **gold at n=N** — gold at the largest n; "
             "**drop** — peak minus end; **held-out acc** — pairwise accuracy against gold; "
             "**α, β, R²** — the fit `R(d) = d(α − βd)`; **turned down** — the seeds whose drop "
-            "exceeds two standard errors."
+            "exceeds two standard errors. Under each setting, the best-of-n numbers seed by "
+            "seed and the share of seeds on which each finding holds."
         ),
     )
     failed = [r for r in records if not r["ok"]]
@@ -259,7 +292,31 @@ def _document(
                 Table(["run", "seeds", *STAGE_LABELS.values(), "turned down"], rows, caption),
                 Image(f"plots/group-{g.key}-runs.png", f"RL and DAA gold, setting {g.key}"),
             )
+        _seed_tables(doc, g)
     return doc
+
+
+def _seed_tables(doc: Document, g: Group) -> None:
+    """The setting's best-of-n numbers seed by seed, and the share of seeds per finding."""
+    if g.seed_table:
+        rows = [
+            [str(seed), name, f"{peak:.2f} (n = {n})", f"{ratio:.1f}", "yes" if down else "no"]
+            for seed, name, peak, n, ratio, down in g.seed_table
+        ]
+        doc.add(
+            Table(
+                ["seed", "proxy", "gold peak", "drop / SE", "turns down"],
+                rows,
+                caption="Best-of-n per seed: gold at the peak (SD units, relative to n = 1), the "
+                "drop from the peak to n = N in standard errors; it turns down above 2",
+            )
+        )
+    if g.findings:
+        rows = []
+        for f in g.findings:
+            k, n = f.share
+            rows.append([f.text, f"{k}/{n}", f"{k / n:.0%}" if n else "–"])
+        doc.add(Table(["finding", "seeds holding", "share"], rows, caption="Share of seeds"))
 
 
 def write_sweep_outputs(
@@ -291,6 +348,25 @@ def write_sweep_outputs(
                     "cells": [r["name"] for r in g.records],
                     "proxies": {n: a.as_dict() for n, a in g.proxies.items()},
                     "runs": {n: s.as_dict() for n, s in g.stages.items()},
+                    "seeds": g.seeds,
+                    "per_seed": [
+                        dict(
+                            zip(
+                                (
+                                    "seed",
+                                    "proxy",
+                                    "gold_peak",
+                                    "peak_n",
+                                    "drop_over_se",
+                                    "turns_down",
+                                ),
+                                row,
+                                strict=True,
+                            )
+                        )
+                        for row in g.seed_table
+                    ],  # fmt: skip
+                    "findings": [f.as_dict() for f in g.findings],
                 }
                 for g in groups
             ],
