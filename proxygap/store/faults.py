@@ -114,7 +114,7 @@ def stage_faults(stage: str, run_dir: Path) -> Iterator[None]:
             raise
         raise NonFiniteError(
             f"stage {stage!r}: {err}: the run diverged (lower the learning rate); its result was "
-            "not written, finished runs are kept"
+            "not written"
         ) from err
     except Exception as err:
         fault = write_fault(err, run_dir=run_dir, stage=stage)

@@ -79,7 +79,7 @@ def test_stage_faults_names_the_stage_of_a_fault_and_of_a_diverged_step(tmp_path
         raise NonFiniteError("loss is nan", step=1)
     assert str(info.value) == (
         "stage 'daa:dpo-0.1': step 1: loss is nan: the run diverged (lower the learning rate); "
-        "its result was not written, finished runs are kept"
+        "its result was not written"
     )
     named = pytest.raises(NonFiniteError, match="^stage 'scores': 1 non-finite")  # as it was
     with named, stage_faults("rl:kl-0", tmp_path):
