@@ -141,6 +141,7 @@ def _plot(s: dict[str, Any], path: Path) -> None:
     axes[3].set_title("mean gold curve per size", fontsize=9)
     axes[3].grid(alpha=0.3)
     axes[3].legend(fontsize=6)
+    fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"))
     plt.close(fig)
 
