@@ -26,6 +26,7 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_bon.py
+	$(PY) benchmarks/bench_coverage.py
 	$(PY) benchmarks/bench_sampling.py
 	$(PY) benchmarks/bench_rl.py
 	$(PY) benchmarks/bench_monitor.py
