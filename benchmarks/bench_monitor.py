@@ -13,7 +13,10 @@ policy with identical settings and seeds, one after the other in this process, r
 
 The reward models are untrained 0.1 M-parameter GPT-2 classifiers (``new_reward_model``): the
 cost does not depend on their weights. Reported: the median wall time of each run over the
-repeats, and the monitor's overhead as a share of an RL step, ``(with - without) / without``.
+repeats, and the monitor's overhead as a share of an RL step, ``(with - without) / without``,
+both in wall time and in the process's CPU time (``time.process_time``; with one thread, the
+compute this run did, far less disturbed than wall time by other processes on a shared
+machine).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from proxygap.rewards.reward_model import new_reward_model  # noqa: E402
 from proxygap.tasks import get_task  # noqa: E402
 
 
-def run(args: argparse.Namespace, *, monitored: bool) -> float:
-    """Seconds of one RL run (evaluations included), with or without the monitor."""
+def run(args: argparse.Namespace, *, monitored: bool) -> tuple[float, float]:
+    """Wall and CPU seconds of one RL run (evaluations included), with or without the
+    monitor."""
     task = get_task("reviews")
     tok = load_tokenizer(task.tokenizer_path)
     ref = load_policy(task.policy_path)
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace, *, monitored: bool) -> float:
         steps=args.steps, prompts_per_step=args.prompts, group_size=args.group,
         eval_every=args.eval_every, eval_prompts=args.eval_prompts, seed=0,
     )  # fmt: skip
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     evaluator = rl_evaluator(
         ref, tok, task=task, proxy=scorer.reward, cfg=cfg, seed=5,
         members=scorer.standardised if monitored else None,
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace, *, monitored: bool) -> float:
         join=task.join, reward_fn=scorer.reward, evaluator=evaluator, log=lambda *_: None,
         watch=Watchers(on_evaluate=[Monitor()] if monitored else []),
     )  # fmt: skip
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -80,18 +84,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     run(args, monitored=True)  # warm-up: imports, allocator, first-call costs
-    times: dict[str, list[float]] = {"without": [], "with": []}
+    times: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats):
-        times["without"].append(run(args, monitored=False))
-        times["with"].append(run(args, monitored=True))
-    without, with_ = (float(np.median(times[k])) for k in ("without", "with"))
+        for label, monitored in (("without", False), ("with", True)):
+            wall, cpu = run(args, monitored=monitored)
+            times.setdefault((label, "wall"), []).append(wall)
+            times.setdefault((label, "cpu"), []).append(cpu)
+    med = {k: float(np.median(v)) for k, v in times.items()}
     table = Table(title=f"monitor overhead: RLOO, {args.steps} steps, eval every {args.eval_every}")
-    for col in ("run", "median s", "per step s"):
+    for col in ("run", "median wall s", "median CPU s", "CPU per step s"):
         table.add_column(col)
-    for name, t in (("without monitor", without), ("with monitor", with_)):
-        table.add_row(name, f"{t:.2f}", f"{t / args.steps:.3f}")
+    for name, label in (("without monitor", "without"), ("with monitor", "with")):
+        wall, cpu = med[(label, "wall")], med[(label, "cpu")]
+        table.add_row(name, f"{wall:.2f}", f"{cpu:.2f}", f"{cpu / args.steps:.3f}")
     Console().print(table)
-    Console().print(f"overhead: {100 * (with_ - without) / without:+.1f}% of an RL step")
+    for clock in ("wall", "cpu"):
+        over = 100 * (med[("with", clock)] - med[("without", clock)]) / med[("without", clock)]
+        Console().print(f"overhead ({clock} time): {over:+.1f}% of an RL step")
 
 
 if __name__ == "__main__":

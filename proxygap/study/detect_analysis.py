@@ -14,6 +14,9 @@ evaluation points up to the proxygap detector's first alarm (or up to the point 
 when it did not alarm in time; at least three points), :func:`proxygap.monitor.forecast.
 forecast_peak` predicts the peak's ``d`` and :func:`~proxygap.monitor.forecast.gao_rl_peak`
 extrapolates Gao et al.'s RL law; both are compared with the run's observed gold-peak ``d``.
+When the detector does not alarm before the peak, those points include the peak itself, so
+``before_peak`` also scores the forecast made at the point just before the peak (at least three
+points): the peak then lies ahead, unseen.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ def _forecast(
     level: float,
 ) -> dict[str, Any]:
     errors, gao_errors, covered, rows = [], [], [], []
+    before: list[float] = []
+    before_gao: list[float] = []
+    before_cov: list[bool] = []
     for key in test:
         h = histories[key]
         lab = label_points(h)
@@ -113,6 +119,13 @@ def _forecast(
              "forecast_d": _finite(f.d), "lo": _finite(f.lo), "hi": _finite(f.hi),
              "gao_rl_d": _finite(gao)}
         )  # fmt: skip
+        if lab.peak >= 3:  # the forecast one point before the peak
+            ahead = h[: lab.peak]
+            d, g, se = ([r[k] for r in ahead] for k in ("d", "reward/gold", "reward/gold_se"))
+            early = forecast_peak(d, g, se, level=level)
+            before.append(abs(early.d - true) / true)
+            before_gao.append(abs(gao_rl_peak(d, g, se) - true) / true)
+            before_cov.append(early.lo <= true <= early.hi)
     return {  # relative errors: |forecast - observed| / observed; a law that does not turn is inf
         "n_runs": len(errors),
         "peak_d_rel_error": _finite(float(np.median(errors))) if errors else None,
@@ -122,8 +135,18 @@ def _forecast(
         "share_gao_no_turn": float(np.mean(np.isinf(gao_errors))) if gao_errors else None,
         "interval_coverage": float(np.mean(covered)) if covered else None,
         "level": level,
+        "before_peak": {
+            "n_runs": len(before),
+            "peak_d_rel_error": _median(before),
+            "gao_extrapolation_rel_error": _median(before_gao),
+            "interval_coverage": float(np.mean(before_cov)) if before_cov else None,
+        },
         "runs": rows,
     }
+
+
+def _median(x: list[float]) -> float | None:
+    return _finite(float(np.median(x))) if x else None
 
 
 def _finite(x: float) -> float | None:
