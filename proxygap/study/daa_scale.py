@@ -66,7 +66,8 @@ def summarise_curve(
 ) -> ScaleCurve:
     """One loss at one size: ``finals[s][j]`` is the final evaluation row of seed ``s`` at
     ``betas[j]``; ``init`` the initial policy's row (the ``d = 0`` point). The curve is the seed
-    mean at each beta, sorted by ``d``, after the initial point."""
+    mean at each beta, sorted by ``d``, after the initial point; each seed's peak is located on
+    its own curve."""
     S = len(finals)
     if S == 0 or any(len(f) != len(betas) for f in finals):
         raise ValueError("finals must hold one row per beta for every seed")
@@ -78,7 +79,9 @@ def summarise_curve(
     gold, gold_se = combine_seeds(grid("reward/gold"), grid("reward/gold_se"))
     collapse = grid("length/unfinished").mean(axis=0)
     order = np.argsort(d, kind="stable")
-    c_d = np.concatenate([[init["d"]], d[order]])
+    # the initial policy is the d = 0 point by definition (its measured d against itself is
+    # round-off, and a run's d is clipped at 0 when its k1 estimate is negative)
+    c_d = np.concatenate([[0.0], d[order]])
     c_gold = np.concatenate([[init["reward/gold"]], gold[order]])
     c_se = np.concatenate([[0.0], gold_se[order]])  # gold is relative to these very samples
     c_dse = np.concatenate([[0.0], d_se[order]])
@@ -87,7 +90,7 @@ def summarise_curve(
     per_seed = []
     for s in range(S):
         o = np.argsort(grid("d")[s], kind="stable")
-        ds = np.concatenate([[init["d"]], grid("d")[s][o]])
+        ds = np.concatenate([[0.0], grid("d")[s][o]])
         gs = np.concatenate([[init["reward/gold"]], grid("reward/gold")[s][o]])
         ses = np.concatenate([[0.0], grid("reward/gold_se")[s][o]])
         per_seed.append(locate_peak(ds, gs, ses, n_boot=1, seed=seed).d_peak)

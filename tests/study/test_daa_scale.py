@@ -71,6 +71,11 @@ def test_curve_from_hand_made_rows() -> None:
     assert c.seed_peaks[0] == pytest.approx(1.125, abs=1e-12)
     with pytest.raises(ValueError):
         summarise_curve([0.1, 1.0], [[_row(1.0, 0.1)]], INIT, threshold=0.5)
+    # the initial point is d = 0 even when its measured d (round-off) exceeds a run's d of 0
+    # (a negative k1 estimate is clipped)
+    rounded = summarise_curve([0.1, 1.0], [[_row(0.0, 0.1), _row(1.0, 0.3)]],
+                              {**INIT, "d": 3e-4}, threshold=0.5)  # fmt: skip
+    assert rounded.d == [0.0, 0.0, 1.0] and rounded.peak.index == 2
 
 
 def _peak(d: float, lo: float, hi: float, gold: float = 0.5, falls: bool = True) -> Peak:
@@ -124,7 +129,7 @@ def test_curves_are_the_runs_seed_means(scale_run: Path) -> None:
         assert init["d"] < 1e-3 and init["reward/gold"] == 0.0
         for loss in ("dpo", "ipo"):
             c = summary[size][loss]
-            assert len(c["d"]) == 3 and c["d"][0] == init["d"]
+            assert len(c["d"]) == 3 and c["d"][0] == 0.0
             for j, beta in enumerate(c["betas"], start=1):
                 rows = [_final(scale_run, size, loss, beta, s) for s in (0, 1)]
                 assert c["d"][j] == pytest.approx(np.mean([r["d"] for r in rows]), abs=1e-12)
