@@ -124,7 +124,7 @@ def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any)
             f"{_pct(fc['interval_coverage'])}), against "
             f"{fmt(fc['gao_extrapolation_rel_error'], 2)} for Gao et al.'s RL law extrapolated "
             f"from the same points (which does not turn at all in "
-            f"{_pct(fc.get('share_gao_no_turn'))} of them)."
+            f"{_pct(fc.get('share_gao_no_turn'))} of them)." + _before_peak(fc.get("before_peak"))
         )
     )
     saved = run_dir / "detect" / "detector.json"
@@ -134,3 +134,15 @@ def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any)
     detector = Detector.load(saved)
     _plot(result, detector, run_dir / "plots" / "detect_runs.png", list(corpus["test_seeds"]))
     doc.add(Image("plots/detect_runs.png", "Held-out runs with the monitor's score."))
+
+
+def _before_peak(bp: dict[str, Any] | None) -> str:
+    """The sentence on the forecast made one point before the peak (absent in older runs)."""
+    if not bp or not bp.get("n_runs"):
+        return ""
+    return (
+        f" Made one point before the peak ({bp['n_runs']} runs; the peak not yet seen): median "
+        f"relative error {fmt(bp['peak_d_rel_error'], 2)}, interval coverage "
+        f"{_pct(bp['interval_coverage'])}, against {fmt(bp['gao_extrapolation_rel_error'], 2)} "
+        f"for Gao et al.'s RL law."
+    )
