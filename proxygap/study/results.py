@@ -99,15 +99,15 @@ class FDivResult:
 
 @dataclass
 class ScaleCurve:
-    """One DAA loss at one policy size: gold against ``d`` over the beta grid (final checkpoints,
-    seed means, sorted by ``d``, after the initial policy's ``d = 0`` point), the share of
-    responses that never end and the mean length at each point, the peak with its interval, the
-    fall past it split into gradual decline and collapse, and the peak's ``d`` per seed.
-    ``betas`` are in the order of the points after the first."""
+    """One DAA loss at one policy size: gold against ``d`` over the beta grid (the final
+    checkpoint of every beta and seed, sorted by ``d``, after the initial policy's ``d = 0``
+    point), the share of responses that never end and the mean length at each point, the peak
+    with its interval, the fall past it split into gradual decline and collapse, and the peak's
+    ``d`` per seed. ``betas`` and ``seeds`` label the points after the first."""
 
     betas: list[float]
+    seeds: list[int]
     d: list[float]
-    d_se: list[float]
     gold: list[float]
     gold_se: list[float]
     collapse: list[float]
@@ -119,7 +119,8 @@ class ScaleCurve:
     def summary(self) -> dict[str, Any]:
         """The curve as plain JSON values (``daa_scale/summary.json``)."""
         return {
-            "betas": self.betas, "d": self.d, "gold": self.gold, "gold_se": self.gold_se,
+            "betas": self.betas, "seeds": self.seeds, "d": self.d, "gold": self.gold,
+            "gold_se": self.gold_se,
             "collapse": self.collapse, "length": self.length,
             "peak": {**self.peak.__dict__, "hump": self.peak.hump},
             "decline": self.decline.__dict__, "seed_peaks": self.seed_peaks,
