@@ -15,8 +15,14 @@ The reward models are untrained 0.1 M-parameter GPT-2 classifiers (``new_reward_
 cost does not depend on their weights. Reported: the median wall time of each run over the
 repeats, and the monitor's overhead as a share of an RL step, ``(with - without) / without``,
 both in wall time and in the process's CPU time (``time.process_time``; with one thread, the
-compute this run did, far less disturbed than wall time by other processes on a shared
-machine).
+compute this run did, less disturbed than wall time by other processes on a shared machine).
+
+On a busy machine the difference of two whole runs is noisier than the monitor's cost, so the
+cost is also measured where it arises: the CPU time of one evaluation point with and without
+the monitor's signals (two evaluators on the same policy, alternated ``--point-repeats`` times
+over two policies so that no pass is remembered from the previous call), plus the monitor's
+one-time set-up (the initial samples' hidden states and outlier reference), as a share of the
+CPU time of the run without the monitor: ``(evaluations x extra per point + set-up) / run``.
 """
 
 from __future__ import annotations
@@ -71,6 +77,49 @@ def run(args: argparse.Namespace, *, monitored: bool) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def point_costs(args: argparse.Namespace) -> tuple[float, float]:
+    """CPU seconds the monitor adds per evaluation point (median) and once per run (set-up)."""
+    task = get_task("reviews")
+    tok = load_tokenizer(task.tokenizer_path)
+    ref = load_policy(task.policy_path)
+    members = [new_reward_model(tok, n_embd=64, n_layer=2, n_head=4, seed=k) for k in range(3)]
+    prompts = task.prompts(64, seed=1)
+    reference = task.join(prompts, ["i loved the plot ."] * len(prompts))
+    cfg = RLConfig(eval_prompts=args.eval_prompts, seed=0)
+    policies = []
+    for k in range(2):  # two policies away from the initial one
+        policy = copy.deepcopy(ref)
+        gen = torch.Generator().manual_seed(k)
+        with torch.no_grad():
+            for w in policy.parameters():
+                w.add_(0.02 * torch.randn(w.shape, generator=gen))
+        policies.append(policy)
+    setup: dict[bool, list[float]] = {False: [], True: []}
+    evaluators = {}
+    for _ in range(2):
+        for monitored in (False, True):
+            scorer = ProxyScorer("ens", members, tok, reference)  # its own remembered pass
+            c0 = time.process_time()
+            evaluators[monitored] = rl_evaluator(
+                ref, tok, task=task, proxy=scorer.reward, cfg=cfg, seed=5,
+                members=scorer.standardised if monitored else None,
+                embed=scorer.embed if monitored else None,
+            )  # fmt: skip
+            setup[monitored].append(time.process_time() - c0)
+    monitor = Monitor()
+    point: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.point_repeats):
+        for policy in policies:
+            for monitored in (False, True):
+                c0 = time.process_time()
+                row, _ = evaluators[monitored](policy)
+                if monitored:
+                    row.update(monitor.update(row))
+                point[monitored].append(time.process_time() - c0)
+    per_point = float(np.median(point[True]) - np.median(point[False]))
+    return per_point, float(np.median(setup[True]) - np.median(setup[False]))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=30)
@@ -80,6 +129,7 @@ def main() -> None:
     p.add_argument("--eval-prompts", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--point-repeats", type=int, default=10)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -101,6 +151,14 @@ def main() -> None:
     for clock in ("wall", "cpu"):
         over = 100 * (med[("with", clock)] - med[("without", clock)]) / med[("without", clock)]
         Console().print(f"overhead ({clock} time): {over:+.1f}% of an RL step")
+    per_point, setup = point_costs(args)
+    n_points = args.steps // args.eval_every + 1  # step 0 included
+    share = 100 * (n_points * per_point + setup) / med[("without", "cpu")]
+    Console().print(
+        f"monitor CPU per evaluation point: {per_point * 1e3:+.1f} ms, "
+        f"set-up {setup * 1e3:+.1f} ms;"
+        f" {n_points} points: {share:+.1f}% of the run's CPU time without the monitor"
+    )
 
 
 if __name__ == "__main__":

@@ -115,8 +115,8 @@ class PolicyEvaluator:
         self._init: dict[str, np.ndarray] | None = None
         self._init = self._score(self._sample(self.ref))
         self._outliers: OutlierReference | None = None  # fitted once: the initial samples
-        if self.embed is not None:
-            self._outliers = OutlierReference(self.embed(list(self._init["full_texts"])))
+        if "embedding" in self._init:
+            self._outliers = OutlierReference(self._init["embedding"])
 
     def _sample(
         self,
@@ -145,6 +145,8 @@ class PolicyEvaluator:
         prompts = [self.prompts[i] for i in s.prompt_index.tolist()]
         texts = self.join(prompts, responses)
         out = {"gold": self.gold(texts) / self.gold_scale}
+        if self.embed is not None:  # first: a proxy scorer's pass then serves proxy and members
+            out["embedding"] = self.embed(texts)
         if self.proxy is not None:
             out["proxy"] = self.proxy(texts)
         out["length"] = s.lengths.numpy().astype(np.float64)
@@ -161,8 +163,8 @@ class PolicyEvaluator:
             out["signal/proxy_std"] = float(np.std(scores["proxy"]))
         if self.members is not None:
             out["signal/ensemble_std"] = ensemble_disagreement(self.members(texts))
-        if self.embed is not None and self._outliers is not None:
-            out["signal/outlier_rate"] = self._outliers.rate(self.embed(texts))
+        if self._outliers is not None:
+            out["signal/outlier_rate"] = self._outliers.rate(scores["embedding"])
         return out
 
     @torch.no_grad()

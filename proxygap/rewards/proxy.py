@@ -50,9 +50,9 @@ class ProxyScorer:
     a member constant on the references has scale 1).
 
     State: the scorer remembers its last pass over all members (the texts, their raw scores
-    and, once :meth:`embed` has been asked for, the first member's hidden states from the same
-    forward pass), so that an evaluation point that asks for the reward, the standardised
-    members and the embedding of the same texts runs each member once. The members are frozen:
+    and, when the pass was made by :meth:`embed`, the first member's hidden states from the same
+    forward pass), so that an evaluation point that asks for the embedding, then the reward and
+    the standardised members of the same texts runs each member once. The members are frozen:
     changing their weights after construction would make the remembered pass stale.
     """
 
@@ -72,7 +72,6 @@ class ProxyScorer:
         self.name, self.models, self.tokenizer = name, list(models), tokenizer
         self.aggregation, self.uwo_lambda, self.batch_size = aggregation, uwo_lambda, batch_size
         self._last: tuple[tuple[str, ...], np.ndarray, np.ndarray | None] | None = None
-        self._keep_hidden = False  # set by the first embed(): later passes keep hidden states
         self.reference = self.raw(reference)
         _check_members(name, self.reference, reference)
         self.centre = self.reference.mean(axis=0)
@@ -96,7 +95,7 @@ class ProxyScorer:
         """Raw scores ``(B, K)`` (or of ``members`` only), float64; ``progress`` labels a
         progress bar per member."""
         if members is None and progress is None:
-            return self._pass(texts, hidden=self._keep_hidden)[0].copy()
+            return self._pass(texts, hidden=False)[0].copy()
         idx = range(len(self.models)) if members is None else members
         cols = [
             score_texts(
@@ -150,9 +149,9 @@ class ProxyScorer:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """The first member's final hidden state at each text's last token, ``(B, H)``, taken
-        in the pass that scores ``texts`` (every member's scores of ``texts`` are then
-        remembered; from this call on, every pass keeps the hidden states)."""
-        self._keep_hidden = True
+        in the pass that scores ``texts`` with every member (those scores are remembered: a
+        following :meth:`reward`, :meth:`raw` or :meth:`standardised` of the same texts runs no
+        model)."""
         states = self._pass(texts, hidden=True)[1]
         assert states is not None
         return states.copy()

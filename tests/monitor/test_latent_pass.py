@@ -76,10 +76,14 @@ def test_proxy_scorer_runs_each_member_once_for_reward_members_and_embedding():
     reference = sample_corpus(20, seed=4)
     scorer = ProxyScorer("ens", counted, TOK, reference, batch_size=64)
     texts = list(TEXTS)
-    scorer.embed(reference)  # the evaluator's initial samples: from now on passes keep states
     before = [m.calls for m in counted]
-    reward, members, states = scorer.reward(texts), scorer.standardised(texts), scorer.embed(texts)
+    states, reward, members = scorer.embed(texts), scorer.reward(texts), scorer.standardised(texts)
     assert [m.calls - b for m, b in zip(counted, before, strict=True)] == [1, 1, 1]
+    # scored first, embedded second: the first member runs once more for its hidden states
+    scorer.raw(reference)
+    before = [m.calls for m in counted]
+    np.testing.assert_array_equal(scorer.embed(reference), scorer.embed(reference))
+    assert [m.calls - b for m, b in zip(counted, before, strict=True)] == [1, 0, 0]
     # the same numbers as each piece computed on its own
     raw = np.stack([score_texts(m, TOK, texts) for m in plain], axis=1)
     np.testing.assert_array_equal(members, (raw - scorer.centre) / scorer.scale)
