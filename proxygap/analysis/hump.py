@@ -12,9 +12,6 @@ overoptimize earlier (docs/methods.md §5). Three pure functions measure that:
   budget without an end-of-sequence token): the collapse mode of a DAA policy pushed too far.
 - :func:`split_decline` separates the two ways gold falls past the peak: a gradual decline among
   checkpoints whose responses still end, and the collapse past the first ``d`` where most do not.
-
-:func:`combine_seeds` averages a curve over training seeds with a standard error that counts
-both the seeds' spread and each point's own sampling error.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["Decline", "Peak", "collapse_share", "combine_seeds", "locate_peak", "split_decline"]
+__all__ = ["Decline", "Peak", "collapse_share", "locate_peak", "split_decline"]
 
 
 def _vectors(d: ArrayLike, gold: ArrayLike, gold_se: ArrayLike) -> tuple[np.ndarray, ...]:
@@ -49,8 +46,9 @@ def _vectors(d: ArrayLike, gold: ArrayLike, gold_se: ArrayLike) -> tuple[np.ndar
 def _vertex(x: np.ndarray, y: np.ndarray, k: np.ndarray) -> np.ndarray:
     """Per row, the abscissa of the parabola's vertex through points ``k-1, k, k+1`` of that row
     (``x`` and ``y`` of shape (B, M), ``k`` (B,)); ``x[k]`` where ``k`` is an end or the three
-    points are not concave. The vertex of a concave parabola through three points whose middle
-    one is the highest lies between the outer two; it is clipped there against round-off."""
+    points are not concave. The vertex is kept within half the distance from ``x[k]`` to its
+    nearer neighbour: next to a far neighbour (a cliff after the peak) the parabola says nothing
+    about where between the points the peak lies."""
     rows = np.arange(x.shape[0])
     out = x[rows, k].copy()
     inner = (k > 0) & (k < x.shape[1] - 1)
@@ -64,8 +62,8 @@ def _vertex(x: np.ndarray, y: np.ndarray, k: np.ndarray) -> np.ndarray:
         b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / den
         v = -b / (2 * a)
     ok = (den != 0) & (a < 0) & np.isfinite(v)
-    lo, hi = np.minimum(x0, x2), np.maximum(x0, x2)
-    out[r[ok]] = np.clip(v[ok], lo[ok], hi[ok])
+    half = np.minimum(np.abs(x1 - x0), np.abs(x2 - x1)) / 2
+    out[r[ok]] = np.clip(v[ok], x1[ok] - half[ok], x1[ok] + half[ok])
     return out
 
 
@@ -117,13 +115,13 @@ def locate_peak(
 ) -> Peak:
     """The peak of gold against ``d`` with a ``level`` percentile interval.
 
-    The estimate is the vertex of the parabola through the highest point and its two neighbours
-    (the highest point's ``d`` when it is the first or last). The interval comes from ``n_boot``
+    The estimate is the vertex of the parabola through the highest point and its two neighbours,
+    moved at most half the distance to the nearer neighbour (the highest point's ``d`` when it is
+    the first or last). The interval comes from ``n_boot``
     parametric bootstrap curves, ``gold + gold_se * z`` (and ``d + d_se * z'`` when ``d_se`` is
     given), each located the same way: it covers the evaluation noise the standard errors
-    describe, and seed-to-seed training noise only when the inputs are averages over seeds with
-    standard errors that include it (:func:`combine_seeds`). The peak is chosen after seeing the
-    data, so ``rises``/``falls`` are screening rules, as in
+    describe; training noise shows only as the scatter of points from several seeds. The peak is
+    chosen after seeing the data, so ``rises``/``falls`` are screening rules, as in
     :func:`proxygap.analysis.laws.overoptimization`.
 
     Args:
@@ -238,21 +236,3 @@ def split_decline(
         gradual_se=float(math.hypot(s_a[k], s_a[end])) if end > k else 0.0,
         collapsed=d_a.size - onset if onset is not None else 0,
     )
-
-
-def combine_seeds(values: ArrayLike, ses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds of ``values`` (S, M) and its standard error (M,).
-
-    With one seed the standard errors are ``ses``. With S >= 2 the standard error is the larger
-    of the seeds' spread, ``std(ddof=1) / sqrt(S)`` (which holds training and sampling noise but
-    is itself noisy for few seeds), and the sampling error alone, ``sqrt(mean(ses^2) / S)``.
-    """
-    v, s = np.asarray(values, dtype=np.float64), np.asarray(ses, dtype=np.float64)
-    if v.ndim != 2 or v.shape != s.shape or v.shape[0] == 0:
-        raise ValueError(f"values and ses must be (S, M) alike with S >= 1, got {v.shape}")
-    n = v.shape[0]
-    if n == 1:
-        return v[0].copy(), s[0].copy()
-    spread = v.std(axis=0, ddof=1) / math.sqrt(n)
-    sampling = np.sqrt((s**2).mean(axis=0) / n)
-    return v.mean(axis=0), np.maximum(spread, sampling)

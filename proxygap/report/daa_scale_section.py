@@ -93,7 +93,7 @@ def plot_daa_scale(result: DAAScaleResult, path: Path) -> None:
         for i, size in enumerate(sizes):
             c, col = result.curves[size][loss], colors[i % len(colors)]
             label = f"{size} ({_params(result.params[size])})"
-            ax.errorbar(c.d, c.gold, yerr=[2 * s for s in c.gold_se], fmt="o-", ms=3, lw=1,
+            ax.errorbar(c.d, c.gold, yerr=[2 * s for s in c.gold_se], fmt="o-", ms=3, lw=0.6,
                         color=col, label=label, elinewidth=0.7)  # fmt: skip
             bad = [j for j, x in enumerate(c.collapse) if x >= 0.5]
             ax.plot([c.d[j] for j in bad], [c.gold[j] for j in bad], "x", ms=9, color=col)
@@ -146,15 +146,15 @@ def _points(result: DAAScaleResult) -> Table:
                     [
                         size,
                         loss,
-                        "initial" if j == 0 else f"{c.betas[j - 1]:g}",
+                        "initial" if j == 0 else f"{c.betas[j - 1]:g} (seed {c.seeds[j - 1]})",
                         fmt(c.d[j], 2),
                         f"{fmt(c.gold[j], 2)} ± {fmt(c.gold_se[j], 2)}",
                         f"{100 * c.collapse[j]:.0f}%",
                         fmt(c.length[j], 1),
                     ]
                 )
-    header = ["size", "loss", "β", "d", "gold ± SE", "never-ending", "length"]
-    return Table(header, rows, caption="Every point of every curve (seed means)")
+    header = ["size", "loss", "β (seed)", "d", "gold ± SE", "never-ending", "length"]
+    return Table(header, rows, caption="Every point of every curve (final checkpoints)")
 
 
 def daa_scale_section(
@@ -175,11 +175,14 @@ def daa_scale_section(
             f"{s.epochs:g} epoch(s)), {seeds}, evaluated at the end on {s.eval_prompts} held-out "
             f"prompts × {s.eval_samples_per_prompt} samples against the size's own initial "
             "policy. The peak is the vertex of the parabola through the highest point and its "
-            "neighbours; its interval is a parametric bootstrap of the points' standard errors"
+            "neighbours (moved at most half the gap to the nearer one); its interval is a "
+            "parametric bootstrap of the points' standard errors, so it holds evaluation noise; "
             + (
-                " (seed means; their SE is the larger of the seeds' spread and the sampling error)"
+                "every seed's final checkpoint is a point of its own (seeds are not averaged: at "
+                "one β one seed may collapse and the other not), and each seed's own peak is "
+                "listed beside it"
                 if len(spec.seeds) > 1
-                else " (one seed: the interval holds sampling noise, not training noise)"
+                else "one seed: training noise is not measured"
             )
             + ". A point has collapsed when at least "
             f"{100 * spec.collapse_threshold:.0f}% of its responses never end (they fill the "

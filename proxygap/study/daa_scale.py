@@ -9,11 +9,11 @@ gold units; ``d`` from it). The runs go to ``runtime.workers`` forked processes.
 initial policy is evaluated once (``daa_scale/<size>/init.json``): it is the ``d = 0`` point of
 every curve of that size.
 
-Per size and loss the final checkpoints of the beta grid, averaged over seeds
-(:func:`proxygap.analysis.hump.combine_seeds`), make the gold-vs-``d`` curve; its peak is located
-with an interval (:func:`~proxygap.analysis.hump.locate_peak`), also per seed, and the fall past
-it is split into gradual decline and collapse (responses that never end,
-``length/unfinished``; :func:`~proxygap.analysis.hump.split_decline`).
+Per size and loss the final checkpoints of every beta and seed make the gold-vs-``d`` curve
+(:func:`summarise_curve`); its peak is located with an interval
+(:func:`proxygap.analysis.hump.locate_peak`), also per seed, and the fall past it is split into
+gradual decline and collapse (responses that never end, ``length/unfinished``;
+:func:`~proxygap.analysis.hump.split_decline`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from proxygap.analysis.hump import combine_seeds, locate_peak, split_decline
+from proxygap.analysis.hump import locate_peak, split_decline
 from proxygap.config.daa_scale import DAAScaleConfig
 from proxygap.data.preferences import Pairs
 from proxygap.models.loading import check_vocab_match, load_policy
@@ -62,48 +62,50 @@ def summarise_curve(
     init: dict[str, float],
     *,
     threshold: float,
+    seeds: list[int] | None = None,
     seed: int = 0,
 ) -> ScaleCurve:
-    """One loss at one size: ``finals[s][j]`` is the final evaluation row of seed ``s`` at
-    ``betas[j]``; ``init`` the initial policy's row (the ``d = 0`` point). The curve is the seed
-    mean at each beta, sorted by ``d``, after the initial point; each seed's peak is located on
-    its own curve."""
-    S = len(finals)
-    if S == 0 or any(len(f) != len(betas) for f in finals):
+    """One loss at one size: ``finals[s][j]`` is the final evaluation row of the ``s``-th seed
+    (``seeds[s]``, default ``s``) at ``betas[j]``; ``init`` the initial policy's row.
+
+    Every run's final checkpoint is a point of the curve, sorted by ``d`` after the initial
+    policy's point, which is ``d = 0`` by definition (its measured ``d`` against itself is
+    round-off, and a run's ``d`` is clipped at 0 when its k1 estimate is negative). Seeds are
+    not averaged at a beta: two seeds of one beta can end far apart (one collapsed, one not), and
+    their mean would be a policy that does not exist. Each seed's peak is also located on its
+    own points."""
+    ids = list(range(len(finals))) if seeds is None else list(seeds)
+    if not finals or len(ids) != len(finals) or any(len(f) != len(betas) for f in finals):
         raise ValueError("finals must hold one row per beta for every seed")
+    points = sorted(
+        ((rows[j]["d"], s, j) for s, rows in enumerate(finals) for j in range(len(betas))),
+        key=lambda t: t[0],
+    )
+    rows = [init] + [finals[s][j] for _, s, j in points]
 
-    def grid(key: str) -> np.ndarray:  # (S, J)
-        return np.array([[row[key] for row in rows] for rows in finals], dtype=np.float64)
+    def col(key: str) -> list[float]:
+        return [float(r[key]) for r in rows]
 
-    d, d_se = combine_seeds(grid("d"), np.zeros((S, len(betas))))
-    gold, gold_se = combine_seeds(grid("reward/gold"), grid("reward/gold_se"))
-    collapse = grid("length/unfinished").mean(axis=0)
-    order = np.argsort(d, kind="stable")
-    # the initial policy is the d = 0 point by definition (its measured d against itself is
-    # round-off, and a run's d is clipped at 0 when its k1 estimate is negative)
-    c_d = np.concatenate([[0.0], d[order]])
-    c_gold = np.concatenate([[init["reward/gold"]], gold[order]])
-    c_se = np.concatenate([[0.0], gold_se[order]])  # gold is relative to these very samples
-    c_dse = np.concatenate([[0.0], d_se[order]])
-    c_collapse = np.concatenate([[init["length/unfinished"]], collapse[order]])
-    peak = locate_peak(c_d, c_gold, c_se, d_se=c_dse, seed=seed)
+    d, gold = [0.0, *col("d")[1:]], col("reward/gold")
+    se, collapse = [0.0, *col("reward/gold_se")[1:]], col("length/unfinished")
+    peak = locate_peak(d, gold, se, seed=seed)
     per_seed = []
-    for s in range(S):
-        o = np.argsort(grid("d")[s], kind="stable")
-        ds = np.concatenate([[0.0], grid("d")[s][o]])
-        gs = np.concatenate([[init["reward/gold"]], grid("reward/gold")[s][o]])
-        ses = np.concatenate([[0.0], grid("reward/gold_se")[s][o]])
-        per_seed.append(locate_peak(ds, gs, ses, n_boot=1, seed=seed).d_peak)
+    for s in range(len(finals)):
+        mine = [0] + [i + 1 for i, (_, s2, _) in enumerate(points) if s2 == s]
+        per_seed.append(
+            locate_peak([d[i] for i in mine], [gold[i] for i in mine], [se[i] for i in mine],
+                        n_boot=1, seed=seed).d_peak
+        )  # fmt: skip
     return ScaleCurve(
-        betas=[float(betas[i]) for i in order],
-        d=c_d.tolist(),
-        d_se=c_dse.tolist(),
-        gold=c_gold.tolist(),
-        gold_se=c_se.tolist(),
-        collapse=c_collapse.tolist(),
-        length=[init["length/mean"], *grid("length/mean").mean(axis=0)[order].tolist()],
+        betas=[float(betas[j]) for _, _, j in points],
+        seeds=[ids[s] for _, s, _ in points],
+        d=d,
+        gold_se=se,
+        gold=gold,
+        collapse=collapse,
+        length=col("length/mean"),
         peak=peak,
-        decline=split_decline(c_d, c_gold, c_se, c_collapse, threshold=threshold),
+        decline=split_decline(d, gold, se, collapse, threshold=threshold),
         seed_peaks=per_seed,
     )
 
@@ -220,6 +222,7 @@ def stage_daa_scale(ctx: StudyContext, train: Pairs) -> DAAScaleResult | None:
                 [[histories[(size, loss, b, s)][-1] for b in grid] for s in spec.seeds],
                 inits[size],
                 threshold=spec.collapse_threshold,
+                seeds=spec.seeds,
                 seed=ctx.cfg.seed,
             )
             for loss, grid in spec.betas.items()

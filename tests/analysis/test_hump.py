@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from proxygap.analysis.hump import collapse_share, combine_seeds, locate_peak, split_decline
+from proxygap.analysis.hump import collapse_share, locate_peak, split_decline
 
 # ---------------------------------------------------------------- locate_peak
 
@@ -27,6 +27,14 @@ def test_parabola_vertex_is_recovered_exactly() -> None:
     assert p.rise == pytest.approx(1.96 - 0.31, abs=1e-12)
     assert p.fall == pytest.approx(1.96 + 0.89, abs=1e-12)
     assert p.rises and p.falls and p.hump
+
+
+def test_vertex_next_to_a_cliff_stays_near_the_highest_point() -> None:
+    # measured points of a policy that collapses past its peak: the parabola through
+    # (0.61, 0.21), (0.68, 0.27), (9.92, -3.87) has its vertex at 3.73, deep in the collapse; the
+    # estimate moves at most half the nearer gap, (0.68 - 0.61) / 2 = 0.035, from 0.68.
+    p = locate_peak([0.0, 0.61, 0.68, 9.92], [0.0, 0.21, 0.27, -3.87], np.zeros(4))
+    assert p.index == 2 and p.d_peak == pytest.approx(0.715, abs=1e-12)
 
 
 def test_vertex_with_uneven_spacing() -> None:
@@ -163,19 +171,3 @@ def test_no_collapse_and_collapse_before_the_peak() -> None:
     out = split_decline([0, 1, 2], [0, 0.4, 0.1], [0, 0.1, 0.1], [0.7, 0.0, 0.3])
     assert out.onset is None and out.onset_d is None and out.collapsed == 0
     assert out.gradual == pytest.approx(0.3, abs=1e-12)
-
-
-# ---------------------------------------------------------------- combine_seeds
-
-
-def test_combine_seeds_by_hand() -> None:
-    # column 0: seeds 1 and 3, std(ddof=1) = sqrt(2), / sqrt(2) = 1 > sqrt(0.01 / 2) = 0.0707;
-    # column 1: seeds agree (spread 0), so the sampling error sqrt((0.01 + 0.01) / 2 / 2) rules.
-    mean, se = combine_seeds([[1.0, 2.0], [3.0, 2.0]], [[0.1, 0.1], [0.1, 0.1]])
-    assert mean.tolist() == [2.0, 2.0]
-    assert se[0] == pytest.approx(1.0, abs=1e-12)
-    assert se[1] == pytest.approx(math.sqrt(0.01 / 2), abs=1e-12)
-    one_mean, one_se = combine_seeds([[1.0, 2.0]], [[0.1, 0.3]])
-    assert one_mean.tolist() == [1.0, 2.0] and one_se.tolist() == [0.1, 0.3]
-    with pytest.raises(ValueError):
-        combine_seeds(np.zeros((0, 2)), np.zeros((0, 2)))

@@ -5,9 +5,9 @@ section, a resumed run identical)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from proxygap.analysis.hump import Peak
@@ -47,28 +47,31 @@ INIT = _row(0.0, 0.0, se=0.0)
 
 
 def test_curve_from_hand_made_rows() -> None:
-    # betas 0.1 and 1.0; seed means: beta 0.1 -> d (2 + 4) / 2 = 3, gold (0.2 + 0.0) / 2 = 0.1;
-    # beta 1.0 -> d (1 + 1) / 2 = 1, gold (0.5 + 0.7) / 2 = 0.6. Sorted by d: initial, beta 1,
-    # beta 0.1. Gold SE at beta 1: seeds' spread std(0.5, 0.7) / sqrt 2 = 0.1 > sampling
-    # sqrt(0.01 / 2) = 0.0707; the peak is the middle point (beta 1) and the parabola through
-    # (0, 0), (1, 0.6), (3, 0.1): y = a x^2 + b x with a + b = 0.6, 9a + 3b = 0.1 ->
-    # a = -1.7 / 6, b = 0.6 - a; vertex -b / 2a = (0.6 + 1.7 / 6) / (3.4 / 6) = 5.3 / 3.4.
+    # betas 0.1 and 1.0, seeds 7 and 8. Every final checkpoint is a point, sorted by d (ties in
+    # input order): beta 1 seed 7 (d 1, gold 0.5), beta 1 seed 8 (1, 0.7), beta 0.1 seed 7
+    # (2, 0.2), beta 0.1 seed 8 (4, 0.0, all responses never end). The highest point is
+    # (1, 0.7); its left neighbour has the same d, so no parabola: the peak is d = 1. Past it,
+    # d = 2 still ends and d = 4 has collapsed: gradual decline 0.7 - 0.2 = 0.5 (SE
+    # hypot(0.1, 0.1)), collapse from d = 4.
     finals = [
         [_row(2.0, 0.2), _row(1.0, 0.5)],
         [_row(4.0, 0.0, unfinished=1.0), _row(1.0, 0.7)],
     ]
-    c = summarise_curve([0.1, 1.0], finals, INIT, threshold=0.5)
-    assert c.betas == [1.0, 0.1]
-    assert c.d == [0.0, 1.0, 3.0]
-    assert c.gold == pytest.approx([0.0, 0.6, 0.1], abs=1e-12)
-    assert c.gold_se[1] == pytest.approx(0.1, abs=1e-12)
-    assert c.collapse == [0.0, 0.0, 0.5]  # seed mean of the never-ending shares
-    assert c.peak.index == 1
-    assert c.peak.d_peak == pytest.approx(5.3 / 3.4, abs=1e-12)
-    assert c.decline.onset == 2 and c.decline.gradual == 0.0  # collapse right after the peak
-    # per seed: seed 0 has (0,0), (1,0.5), (2,0.2): vertex of y = a x^2 + b x, a + b = 0.5,
-    # 4a + 2b = 0.2 -> a = -0.4, b = 0.9, vertex 1.125
-    assert c.seed_peaks[0] == pytest.approx(1.125, abs=1e-12)
+    c = summarise_curve([0.1, 1.0], finals, INIT, threshold=0.5, seeds=[7, 8])
+    assert c.betas == [1.0, 1.0, 0.1, 0.1] and c.seeds == [7, 8, 7, 8]
+    assert c.d == [0.0, 1.0, 1.0, 2.0, 4.0]
+    assert c.gold == [0.0, 0.5, 0.7, 0.2, 0.0]
+    assert c.gold_se == [0.0, 0.1, 0.1, 0.1, 0.1]
+    assert c.collapse == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert c.peak.index == 2 and c.peak.d_peak == 1.0
+    assert c.decline.onset == 4 and c.decline.onset_d == 4.0 and c.decline.collapsed == 1
+    assert c.decline.gradual == pytest.approx(0.5, abs=1e-12)
+    assert c.decline.gradual_se == pytest.approx(math.hypot(0.1, 0.1), abs=1e-12)
+    # per seed: seed 7 has (0, 0), (1, 0.5), (2, 0.2): y = a x^2 + b x with a + b = 0.5,
+    # 4a + 2b = 0.2 -> a = -0.4, b = 0.9, vertex 1.125 (within half the gap, 0.5, of d = 1);
+    # seed 8 has (0, 0), (1, 0.7), (4, 0): a + b = 0.7, 16a + 4b = 0 -> a = -0.7/3, b = 2.8/3,
+    # vertex 2.0, held to 1 + 0.5 = 1.5 (half the nearer gap)
+    assert c.seed_peaks == pytest.approx([1.125, 1.5], abs=1e-12)
     with pytest.raises(ValueError):
         summarise_curve([0.1, 1.0], [[_row(1.0, 0.1)]], INIT, threshold=0.5)
     # the initial point is d = 0 even when its measured d (round-off) exceeds a run's d of 0
@@ -117,7 +120,7 @@ def _final(run: Path, size: str, loss: str, beta: float, seed: int) -> dict[str,
     return json.loads(path.read_text())["history"][-1]
 
 
-def test_curves_are_the_runs_seed_means(scale_run: Path) -> None:
+def test_curves_are_the_runs_final_checkpoints(scale_run: Path) -> None:
     summary = json.loads((scale_run / "daa_scale" / "summary.json").read_text())
     assert summary["tiny"]["parameters"] == 30_208
     assert summary["small"]["parameters"] == 109_568
@@ -129,14 +132,14 @@ def test_curves_are_the_runs_seed_means(scale_run: Path) -> None:
         assert init["d"] < 1e-3 and init["reward/gold"] == 0.0
         for loss in ("dpo", "ipo"):
             c = summary[size][loss]
-            assert len(c["d"]) == 3 and c["d"][0] == 0.0
-            for j, beta in enumerate(c["betas"], start=1):
-                rows = [_final(scale_run, size, loss, beta, s) for s in (0, 1)]
-                assert c["d"][j] == pytest.approx(np.mean([r["d"] for r in rows]), abs=1e-12)
-                gold = np.mean([r["reward/gold"] for r in rows])
-                assert c["gold"][j] == pytest.approx(gold, abs=1e-12)
-                share = np.mean([r["length/unfinished"] for r in rows])
-                assert c["collapse"][j] == pytest.approx(share, abs=1e-12)
+            assert len(c["d"]) == 1 + 2 * 2 and c["d"][0] == 0.0
+            assert sorted(zip(c["betas"], c["seeds"], strict=True)) == [
+                (0.1, 0), (0.1, 1), (1.0, 0), (1.0, 1)
+            ]  # fmt: skip
+            for j, (beta, seed) in enumerate(zip(c["betas"], c["seeds"], strict=True), start=1):
+                row = _final(scale_run, size, loss, beta, seed)
+                assert c["d"][j] == row["d"] and c["gold"][j] == row["reward/gold"]
+                assert c["collapse"][j] == row["length/unfinished"]
             assert c["d"][1:] == sorted(c["d"][1:])
             assert c["peak"]["gold_peak"] == max(c["gold"])
 
