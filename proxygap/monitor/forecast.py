@@ -1,5 +1,4 @@
-"""Forecasting the gold peak from a small gold budget (docs/methods.md §4, "Forecasting the gold
-peak").
+"""Forecasting the gold peak from a small gold budget (docs/methods.md §8).
 
 A team without a gold reward can still label a few samples now and then (human or judge labels):
 gold on ``n`` samples of the policy at the evaluation points seen so far, a noisy curve of gold
