@@ -101,8 +101,11 @@ def plot_daa_scale(result: DAAScaleResult, path: Path) -> None:
             ax.plot([p.d_peak], [p.gold_peak], "*", ms=13, color=col, mec="k")
             ax.plot([p.d_lo, p.d_hi], [p.gold_peak, p.gold_peak], "-", lw=3, color=col, alpha=0.5)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlabel("d = sqrt(KL(π || π_init)), final checkpoints  (linear below 1, log above)")
+        ax.set_xscale("symlog", linthresh=1.0)  # collapsed runs reach d ~ 10
+        top = ax.get_xlim()[1]
+        ticks = [t for t in (0, 0.25, 0.5, 0.75, 1, 2, 4, 8, 16) if t <= top]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("d = sqrt(KL) of final checkpoints (linear below 1, log above)")
         ax.set_ylabel("gold − initial policy (SD units)")
         ax.set_title(f"{loss.upper()} over β by policy size (★ peak, × collapsed)", fontsize=10)
         ax.grid(alpha=0.3)
