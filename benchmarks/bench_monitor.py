@@ -18,11 +18,13 @@ both in wall time and in the process's CPU time (``time.process_time``; with one
 compute this run did, less disturbed than wall time by other processes on a shared machine).
 
 On a busy machine the difference of two whole runs is noisier than the monitor's cost, so the
-cost is also measured where it arises: the CPU time of one evaluation point with and without
-the monitor's signals (two evaluators on the same policy, alternated ``--point-repeats`` times
-over two policies so that no pass is remembered from the previous call), plus the monitor's
-one-time set-up (the initial samples' hidden states and outlier reference), as a share of the
-CPU time of the run without the monitor: ``(evaluations x extra per point + set-up) / run``.
+cost is also measured where it arises: at an evaluation point, the CPU time spent in the
+reward-model calls (proxy, members, embedding) and the monitor's update, with the monitor's
+signals and without (two evaluators on the same policies, alternated ``--point-repeats`` times
+over two policies so that no pass is remembered from the previous call); the difference is what
+the monitor adds per point (the rest of an evaluation, sampling, KL and gold, is the same in
+both). With the one-time set-up (the initial samples' hidden states), it is reported as a share
+of the CPU time of the run without the monitor: ``(evaluations x extra per point + set-up) / run``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import copy
 import os
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -77,6 +81,23 @@ def run(args: argparse.Namespace, *, monitored: bool) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+class Clock:
+    """Accumulates the CPU seconds spent inside the functions it wraps."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any) -> Any:
+            c0 = time.process_time()
+            try:
+                return fn(*args)
+            finally:
+                self.seconds += time.process_time() - c0
+
+        return timed
+
+
 def point_costs(args: argparse.Namespace) -> tuple[float, float]:
     """CPU seconds the monitor adds per evaluation point (median) and once per run (set-up)."""
     task = get_task("reviews")
@@ -94,30 +115,29 @@ def point_costs(args: argparse.Namespace) -> tuple[float, float]:
             for w in policy.parameters():
                 w.add_(0.02 * torch.randn(w.shape, generator=gen))
         policies.append(policy)
-    setup: dict[bool, list[float]] = {False: [], True: []}
-    evaluators = {}
-    for _ in range(2):
-        for monitored in (False, True):
-            scorer = ProxyScorer("ens", members, tok, reference)  # its own remembered pass
-            c0 = time.process_time()
-            evaluators[monitored] = rl_evaluator(
-                ref, tok, task=task, proxy=scorer.reward, cfg=cfg, seed=5,
-                members=scorer.standardised if monitored else None,
-                embed=scorer.embed if monitored else None,
-            )  # fmt: skip
-            setup[monitored].append(time.process_time() - c0)
+    clocks, evaluators, setup = {}, {}, {}
+    for monitored in (False, True):
+        scorer = ProxyScorer("ens", members, tok, reference)  # its own remembered pass
+        clock = clocks[monitored] = Clock()
+        evaluators[monitored] = rl_evaluator(
+            ref, tok, task=task, proxy=clock.wrap(scorer.reward), cfg=cfg, seed=5,
+            members=clock.wrap(scorer.standardised) if monitored else None,
+            embed=clock.wrap(scorer.embed) if monitored else None,
+        )  # fmt: skip
+        setup[monitored] = clock.seconds
     monitor = Monitor()
+    update = clocks[True].wrap(monitor.update)
     point: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.point_repeats):
         for policy in policies:
             for monitored in (False, True):
-                c0 = time.process_time()
+                before = clocks[monitored].seconds
                 row, _ = evaluators[monitored](policy)
                 if monitored:
-                    row.update(monitor.update(row))
-                point[monitored].append(time.process_time() - c0)
+                    row.update(update(row))
+                point[monitored].append(clocks[monitored].seconds - before)
     per_point = float(np.median(point[True]) - np.median(point[False]))
-    return per_point, float(np.median(setup[True]) - np.median(setup[False]))
+    return per_point, setup[True] - setup[False]
 
 
 def main() -> None:
