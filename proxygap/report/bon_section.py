@@ -9,7 +9,7 @@ from proxygap.report.document import Paragraph, Table
 from proxygap.report.format import fmt
 from proxygap.study.results import ProxyResult
 
-__all__ = ["law_peak_blocks"]
+__all__ = ["law_peak_blocks", "misplaced"]
 
 Z95 = 1.959964  # the normal quantile behind a least-squares "± 1.96 SE" interval
 
@@ -18,13 +18,27 @@ def _ci(x: float, iv: tuple[float, float], digits: int = 2) -> str:
     return f"{fmt(x, digits)} [{fmt(iv[0], digits)}, {fmt(iv[1], digits)}]"
 
 
+def _peaks_inside(r: ProxyResult, boot: LawBootstrap) -> bool:
+    """Whether the curve has a clear observed peak: its interval stays below the last ``d``
+    (a curve whose peak interval reaches n = N may still be rising)."""
+    return boot.observed_d_peak[1] < r.curve.d[-1]
+
+
+def misplaced(r: ProxyResult) -> bool:
+    """The law misplaces the peak: the curve has a clear observed peak and it lies outside the
+    interval of the law's ``d*``."""
+    boot = r.curve.boot
+    return (
+        boot is not None and _peaks_inside(r, boot) and boot.law_misplaces_peak(r.curve.turn.d_peak)
+    )
+
+
 def _placement(r: ProxyResult, boot: LawBootstrap) -> str:
     """Whether the law's peak interval holds the observed peak."""
-    c, t = r.curve, r.curve.turn
-    if t.peak_index == len(c.ns) - 1:
-        return "no observed peak (still rising at n = N)"
-    if boot.law_misplaces_peak(t.d_peak):
-        side = "beyond" if t.d_peak < boot.d_peak[0] else "before"
+    if not _peaks_inside(r, boot):
+        return "no clear observed peak (its interval reaches n = N)"
+    if misplaced(r):
+        side = "beyond" if r.curve.turn.d_peak < boot.d_peak[0] else "before"
         return f"**misplaced**: law peak {side} the observed one"
     return "within the law's interval"
 
@@ -73,12 +87,7 @@ def _reading(results: list[ProxyResult]) -> Paragraph:
             f"the bootstrap interval of α is {fmt(min(ratios), 1)}–{fmt(max(ratios), 1)}× as "
             "wide as ± 1.96 least-squares SE here. "
         )
-    wrong = [
-        (r, b)
-        for r, b in boots
-        if r.curve.turn.peak_index < len(r.curve.ns) - 1
-        and b.law_misplaces_peak(r.curve.turn.d_peak)
-    ]
+    wrong = [(r, b) for r, b in boots if misplaced(r)]
     if wrong:
         parts = [
             f"`{r.config.name}` (law d* {_ci(r.curve.fit.d_peak, b.d_peak)}, observed "
@@ -91,7 +100,7 @@ def _reading(results: list[ProxyResult]) -> Paragraph:
             "the fitted law."
         )
     else:
-        text += "The law's peak interval holds the observed peak of every proxy that turns."
+        text += "The law's peak interval holds the observed peak of every proxy with a clear peak."
     return Paragraph(text)
 
 

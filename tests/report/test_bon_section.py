@@ -22,6 +22,7 @@ def turning_result(name: str = "rm") -> ProxyResult:
     hack = np.maximum(rng.normal(size=(32, 128)) - 1.0, 0) * 4
     curve = bon_curve(name, gold + hack, gold - hack, ns=log_spaced_ns(128, 16), n_boot=300, seed=0)
     assert curve.turn.peak_index < len(curve.ns) - 1  # the fixture turns
+    assert curve.boot is not None and curve.boot.observed_d_peak[1] < curve.d[-1]
     return ProxyResult(ProxyConfig(name=name), curve, 0.7, 0.5, 100, 1.0)
 
 
@@ -53,6 +54,13 @@ def test_a_law_peak_interval_that_misses_the_observed_peak_is_named() -> None:
     assert isinstance(table, Table) and isinstance(reading, Paragraph)
     assert table.rows[0][-1] == "within the law's interval"
     assert "holds the observed peak" in reading.text
+    # a peak whose interval reaches the last d may still be rising: not called misplaced
+    open_end = dataclasses.replace(far, observed_d_peak=(b.observed_d_peak[0], r.curve.d[-1]))
+    rising = ProxyResult(r.config, dataclasses.replace(r.curve, boot=open_end), 0.7, 0.5, 1, 1.0)
+    table, reading = law_peak_blocks([rising])
+    assert isinstance(table, Table) and isinstance(reading, Paragraph)
+    assert table.rows[0][-1].startswith("no clear observed peak")
+    assert "misplaces" not in reading.text
 
 
 def test_no_bootstrap_no_blocks_and_the_codec_keeps_intervals() -> None:
