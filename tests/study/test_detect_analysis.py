@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from proxygap.config.detect import DetectConfig
+from proxygap.monitor.forecast import forecast_peak
 from proxygap.study.detect_analysis import analyse_corpus
 
 
@@ -61,3 +62,25 @@ def test_the_corpus_counts_and_the_split_sizes():
 
 
 FEATURE_OUTLIER = 7  # "outlier_excess" in FEATURES
+
+
+def test_the_forecast_before_the_peak_reads_only_the_points_before_it():
+    corpus = _corpus(0)
+    summary, _ = analyse_corpus(CFG, corpus)
+    run = corpus[("hack", 3)]  # the one held-out run that overoptimizes
+    gold = [r["reward/gold"] for r in run]
+    peak = int(np.argmax(gold))
+    assert peak >= 3  # three points at least before it
+    d, g, se = ([r[k] for r in run[:peak]] for k in ("d", "reward/gold", "reward/gold_se"))
+    expected = forecast_peak(d, g, se, level=CFG.forecast_level)
+    true = run[peak]["d"]
+    bp = summary["forecast"]["before_peak"]
+    assert bp["n_runs"] == 1
+    assert bp["peak_d_rel_error"] == abs(expected.d - true) / true
+    assert bp["interval_coverage"] == float(expected.lo <= true <= expected.hi)
+    # gold from the peak on can change freely (peak and drop kept) without moving this forecast
+    changed = {k: [dict(r) for r in v] for k, v in corpus.items()}
+    for r in changed[("hack", 3)][peak + 1 :]:
+        r["reward/gold"] -= 1.0
+    again, _ = analyse_corpus(CFG, changed)
+    assert again["forecast"]["before_peak"] == bp
