@@ -267,10 +267,13 @@ def daa_evaluator(
     cfg: DAAConfig,
     gold_scale: float = 1.0,
     seed: int = 0,
+    members: ScoreFn | None = None,
+    embed: ScoreFn | None = None,
 ) -> PolicyEvaluator:
     """A :class:`PolicyEvaluator` on ``cfg.eval_prompts`` prompts of ``task`` (drawn with
     ``seed``; use one the training prompts do not), ``cfg.eval_samples_per_prompt`` samples each at
-    temperature 1, scored against samples of ``ref``, the initial policy."""
+    temperature 1, scored against samples of ``ref``, the initial policy; ``members`` and
+    ``embed`` add the monitor's ensemble and latent signals."""
     return PolicyEvaluator.for_task(
         ref,
         tokenizer,
@@ -280,6 +283,8 @@ def daa_evaluator(
         n_per_prompt=cfg.eval_samples_per_prompt,
         gold_scale=gold_scale,
         seed=seed,
+        members=members,
+        embed=embed,
     )
 
 

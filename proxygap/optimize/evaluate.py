@@ -115,7 +115,8 @@ class PolicyEvaluator:
         self._init: dict[str, np.ndarray] | None = None
         self._init = self._score(self._sample(self.ref))
         self._outliers: OutlierReference | None = None  # fitted once: the initial samples
-        if "embedding" in self._init:
+        if "embedding" in self._init and len(self._init["embedding"]) >= 4:
+            # fewer than 4 initial samples cannot both fit and calibrate: no outlier rate
             self._outliers = OutlierReference(self._init["embedding"])
 
     def _sample(

@@ -59,17 +59,18 @@ def stage_daa(ctx: StudyContext, train: Pairs) -> DAASweep | None:
             prepare_pairs(ref, ctx.tokenizer, pairs),
             prepare_pairs(ref, ctx.tokenizer, ctx.heldout),
         )
-        proxy = None
-        if spec.proxy is not None:
-            proxy = proxy_scorer(ctx, spec.proxy).reward
+        scorer = None if spec.proxy is None else proxy_scorer(ctx, spec.proxy)
         evaluator = daa_evaluator(
             ctx.policy,
             ctx.tokenizer,
             task=ctx.task,
-            proxy=proxy,
+            proxy=None if scorer is None else scorer.reward,
             cfg=spec.settings,
             gold_scale=ctx.gold_scale,
             seed=study_seed(ctx.cfg.seed, "policy_eval"),
+            # the monitor's ensemble and latent signals, as in RL runs
+            members=scorer.standardised if scorer is not None and scorer.n_members > 1 else None,
+            embed=None if scorer is None else scorer.embed,
         )
     for loss, betas in spec.betas.items():
         for beta in betas:

@@ -157,6 +157,7 @@ def run_arm(
     evaluator = rl_evaluator(
         study.policy, study.tokenizer, task=study.task, proxy=probe, cfg=cfg,
         gold_scale=study.gold_scale, seed=study_seed(study.cfg.seed, "policy_eval"),
+        members=members.standardised if members.n_members > 1 else None, embed=members.embed,
     )  # fmt: skip
     reward_fn = train_reward(ctx, arm, seed)
     run = f"mitigations/{arm.name}/seed-{seed}"

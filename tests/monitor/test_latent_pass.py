@@ -160,3 +160,27 @@ def test_evaluator_signals_from_the_shared_pass_equal_the_separate_ones():
     for key in keys:
         assert m1[key] == pytest.approx(m2[key], rel=1e-9, abs=1e-12), key
     assert m1["signal/ensemble_std"] > 0 and 0 < m1["signal/outlier_rate"] <= 1
+
+
+def test_daa_evaluator_carries_the_monitor_signals():
+    from proxygap.optimize.daa import DAAConfig, daa_evaluator
+    from proxygap.tasks import get_task
+
+    task = get_task("reviews")
+    ref = _policy()
+    plain = [_member(k) for k in range(2)]
+    scorer = ProxyScorer("ens", plain, TOK, sample_corpus(20, seed=4))
+    cfg = DAAConfig(eval_prompts=2, eval_samples_per_prompt=2)
+    ev = daa_evaluator(
+        ref, TOK, task=task, proxy=scorer.reward, cfg=cfg, seed=3,
+        members=scorer.standardised, embed=scorer.embed,
+    )  # fmt: skip
+    metrics, _ = ev(ref)
+    # the initial policy against itself: no outliers beyond chance, members as on the references
+    assert 0.0 <= metrics["signal/outlier_rate"] <= 1.0 and metrics["signal/ensemble_std"] > 0
+    # fewer than 4 initial samples: no outlier rate rather than an error
+    tiny = daa_evaluator(
+        ref, TOK, task=task, proxy=scorer.reward, seed=3, embed=scorer.embed,
+        cfg=DAAConfig(eval_prompts=1, eval_samples_per_prompt=2),
+    )  # fmt: skip
+    assert "signal/outlier_rate" not in tiny(ref)[0]
