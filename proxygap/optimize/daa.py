@@ -271,9 +271,8 @@ def daa_evaluator(
     embed: ScoreFn | None = None,
 ) -> PolicyEvaluator:
     """A :class:`PolicyEvaluator` on ``cfg.eval_prompts`` prompts of ``task`` (drawn with
-    ``seed``; use one the training prompts do not), ``cfg.eval_samples_per_prompt`` samples each at
-    temperature 1, scored against samples of ``ref``, the initial policy; ``members`` and
-    ``embed`` add the monitor's ensemble and latent signals."""
+    ``seed``; not the training prompts' seed), ``cfg.eval_samples_per_prompt`` samples each at
+    temperature 1, against samples of ``ref``; ``members``, ``embed``: the monitor's signals."""
     return PolicyEvaluator.for_task(
         ref,
         tokenizer,
