@@ -36,6 +36,9 @@ STUDY_STREAMS: dict[str, int] = {
     "scaling_pool": 300,  # + the scaling seed: its pool samples
     "scaling_data": 400,  # + the scaling seed: which training pairs its proxies learn from
     "scaling_bootstrap": 500,  # + the scaling seed: prompt resamples of its intervals
+    "scaling_rl": 600,  # + the scaling seed: its RL runs' sampling and prompt order
+    "scaling_rl_prompts": 700,  # + the scaling seed: training prompts of its RL runs
+    "scaling_rl_eval": 800,  # + the scaling seed: held-out prompts and samples of its RL runs
 }
 """Purpose -> offset of ``study_seed`` (``1000 * seed + offset``)."""
 
