@@ -97,8 +97,8 @@ def fdiv_section(doc: Document, run_dir: Path, result: FDivResult) -> None:
             "RLHF objective); DAA rows use the f-DPO link of each divergence (DPO is reverse "
             "KL). Cells are means over seeds with 95% Student-t intervals over seeds. The "
             "points of one curve are evaluated on the same prompts, so they are correlated; "
-            "the intervals treat each run as one unit. `d*` is the smallest mean final `d` of "
-            "the arms (RL: "
+            "the intervals treat each run as one unit. `d*` is the smallest over all runs of the "
+            "largest `d` each reached, so every run has a gold there (RL: "
             + fmt(summary.get("rl", {}).get("d_common"))
             + "; DAA: "
             + fmt(summary.get("daa", {}).get("d_common"))

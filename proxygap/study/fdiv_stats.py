@@ -15,8 +15,11 @@ Quantities (gold in base-sample SD units relative to the base policy, docs/metho
 - ``distinct1_end``, ``distinct2_end``: distinct-n of the last evaluation's samples (Li et al.
   2016): unique n-grams over all n-grams, pooled over prompts;
 - ``gold_at_d``: gold where the run's path first reaches the common ``d`` (linear between the
-  two evaluation points around it; nan if it never does): the arms compared at equal drift, so a
-  difference here is a moved frontier, not an earlier or later stop;
+  two evaluation points around it): the arms compared at equal drift, so a difference here is a
+  moved frontier, not an earlier or later stop. The common ``d`` is the smallest over all runs
+  of the largest ``d`` each run reached (:func:`common_d`), so every run reaches it and every
+  seed has a value (a mean over arms of final ``d`` would leave the runs that end below it, and
+  with them the paired interval, undefined);
 - ``ess_end`` (RL): ``fdpg/ess`` of the training steps before the last evaluation;
 - ``heldout_accuracy_end`` (DAA): the final policy's implicit-reward accuracy on held-out pairs.
 
@@ -83,10 +86,17 @@ def run_quantities(history: History, *, d_star: float = math.nan) -> dict[str, f
 
 
 def common_d(histories: Mapping[str, Sequence[History]]) -> float:
-    """The common ``d`` every arm reaches: the smallest over arms of the mean final ``d``
-    (most runs of every arm reach it)."""
-    ends = [np.mean([float(h[-1]["d"]) for h in runs]) for runs in histories.values() if runs]
-    return float(min(ends)) if ends else math.nan
+    """The common ``d`` every run reaches: the smallest over all runs of all arms of the largest
+    ``d`` along the run (``d`` need not grow monotonically, and :func:`gold_at` takes the first
+    point at or past it, so each run has a gold there); nan if no run has a finite ``d``."""
+    tops = []
+    for runs in histories.values():
+        for h in runs:
+            d = _col(h, "d")
+            d = d[np.isfinite(d)]
+            if d.size:
+                tops.append(float(d.max()))
+    return min(tops) if tops else math.nan
 
 
 def _interval(values: Sequence[float]) -> dict[str, float]:
