@@ -9,9 +9,41 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 
 from proxygap.config.sections import BonConfig
+from proxygap.optimize.rl import RLConfig
 from proxygap.schema import OpenUnitFloat, PosInt, Strict
 
-__all__ = ["ScalingConfig", "check_scaling"]
+__all__ = ["ScalingConfig", "ScalingRLConfig", "check_scaling"]
+
+_Seed = Annotated[int, Field(ge=0, le=99)]
+
+
+class ScalingRLConfig(Strict):
+    """Online RL against a subset of the study's trained proxies (Gao et al. 2023, fig. 3b).
+
+    For every size of ``sizes`` and seed of ``seeds``, one run of ``settings`` optimises a
+    fresh copy of the base policy against the reward model that size trained on ``n_pairs``
+    pairs with that seed for best-of-n (read back, not retrained). All sizes of one seed share
+    the training prompts, the held-out evaluation prompts and the RL seed.
+    """
+
+    sizes: list[str] = Field(min_length=1, description="names of the proxies (sizes) to run RL on")
+    seeds: list[_Seed] = Field(
+        min_length=2, description="seeds of scaling.seeds to run (each its own proxy and RL seed)"
+    )
+    n_pairs: PosInt | None = Field(
+        default=None,
+        description="which of scaling.n_pairs the proxies learned from; null: the largest",
+    )
+    settings: RLConfig = Field(
+        default_factory=RLConfig, description="the RL hyperparameters every run shares"
+    )
+
+    @field_validator("sizes", "seeds")
+    @classmethod
+    def _distinct(cls, v: list[Any]) -> list[Any]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"values must be distinct, got {v}")
+        return v
 
 
 class ScalingConfig(Strict):
@@ -29,7 +61,7 @@ class ScalingConfig(Strict):
     n_pairs: list[PosInt] = Field(
         min_length=1, description="training-set sizes; every proxy is trained on each"
     )
-    seeds: list[Annotated[int, Field(ge=0, le=99)]] = Field(
+    seeds: list[_Seed] = Field(
         default_factory=lambda: [0, 1, 2],
         min_length=2,
         description="seeds (pairs drawn, label noise, initialisation, the best-of-n pool)",
@@ -42,6 +74,9 @@ class ScalingConfig(Strict):
         default=1000, description="bootstrap resamples of the prompts behind every interval"
     )
     level: OpenUnitFloat = Field(default=0.95, description="coverage of every interval")
+    rl: ScalingRLConfig | None = Field(
+        default=None, description="RL against some of the trained proxies; null: best-of-n only"
+    )
 
     @field_validator("n_pairs", "seeds")
     @classmethod
@@ -91,4 +126,21 @@ def check_scaling(cfg: Any) -> None:
         raise ValueError(
             f"scaling.n_pairs {spec.n_pairs} exceeds preferences.n_pairs "
             f"({cfg.preferences.n_pairs})"
+        )
+    if spec.rl is not None:
+        _check_rl(spec, [p.name for p in cfg.proxies])
+
+
+def _check_rl(spec: ScalingConfig, names: list[str]) -> None:
+    rl = spec.rl
+    assert rl is not None
+    unknown = [s for s in rl.sizes if s not in names]
+    if unknown:
+        raise ValueError(f"scaling.rl.sizes {unknown} are not proxies of the study ({names})")
+    missing = [s for s in rl.seeds if s not in spec.seeds]
+    if missing:
+        raise ValueError(f"scaling.rl.seeds {missing} are not in scaling.seeds {spec.seeds}")
+    if rl.n_pairs is not None and rl.n_pairs not in spec.n_pairs:
+        raise ValueError(
+            f"scaling.rl.n_pairs {rl.n_pairs} is not in scaling.n_pairs {spec.n_pairs}"
         )

@@ -17,7 +17,7 @@ from proxygap.report.document import Document, Heading, Image, Paragraph, Table 
 from proxygap.report.format import fmt  # noqa: E402
 from proxygap.store.atomic import atomic_write  # noqa: E402
 
-__all__ = ["context_sentence", "gao_sentence", "scaling_section"]
+__all__ = ["context_sentence", "gao_sentence", "rl_sentence", "scaling_section"]
 
 _NAMES = {
     "alpha": "α_bon",
@@ -117,6 +117,64 @@ def context_sentence(s: dict[str, Any]) -> str:
     return "**What the verdicts rest on.** " + "; ".join(parts) + "."
 
 
+def _tiv(q: dict[str, Any], digits: int = 2) -> str:
+    return f"{fmt(q['mean'], digits)} [{fmt(q['lo'], digits)}, {fmt(q['hi'], digits)}]"
+
+
+def _rl_table(rl: dict[str, Any]) -> Table:
+    header = [
+        "proxy", "params", "gold peak [seeds]", "at d [seeds]", "turns down",
+        "end: d", "end: proxy − gold [seeds]", "law α [seeds]", "law β [seeds]",
+        "law (all seeds): d*, R²",
+    ]  # fmt: skip
+    rows = []
+    for r in rl["rows"]:
+        law = r["law"]
+        if law is None:
+            pooled = "–"
+        else:
+            peak = fmt(law["d_peak"], 2) if law["has_peak"] else "no peak"
+            pooled = f"{peak}, {fmt(law['r2'], 2)}"
+        rows.append(
+            [
+                r["size"], _params(r["n_params"]), _tiv(r["peak_gold"]), _tiv(r["peak_d"]),
+                f"{r['turned_down']}/{r['seeds']}", fmt(r["end_d"]["mean"], 2),
+                _tiv(r["end_gap"]), _tiv(r["law_alpha"]), _tiv(r["law_beta"]), pooled,
+            ]
+        )  # fmt: skip
+    return Table(
+        header, rows, caption="RL per proxy size (gold and standardised proxy in SD units)"
+    )
+
+
+def rl_sentence(rl: dict[str, Any]) -> str:
+    """Gao et al.'s RL direction of change (bigger proxies peak later and higher), judged by
+    the t interval over seeds of the paired slope against log10(parameters)."""
+    if not rl["gao"]:
+        return "**RL against Gao et al.**: one size only, no comparison across sizes."
+    parts = []
+    for name, claim in rl["claims"].items():
+        t = rl["trends"][name]
+        parts.append(
+            f"{claim}: **{rl['gao'][name]}** (slope per decade {fmt(t['slope'], 3)} "
+            f"[{fmt(t['lo'], 3)}, {fmt(t['hi'], 3)}]; the largest proxy above the smallest on "
+            f"{t['largest_above_smallest']} of {len(t['per_seed'])} seeds)"
+        )
+    still = sum(r["seeds"] - r["turned_down"] for r in rl["rows"])
+    total = sum(r["seeds"] for r in rl["rows"])
+    caveat = (
+        f" {still} of {total} runs do not turn down beyond 2 SE, so their peak's value and d are "
+        "lower bounds."
+        if still
+        else ""
+    )
+    return (
+        "**RL against Gao et al.** (bigger proxies: the RL gold peak comes later and higher), "
+        "judged by whether the t interval over seeds of each slope lies on the expected side of "
+        "0: " + "; ".join(parts) + "." + caveat
+    )
+
+
 def _plot(s: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
     for n in [str(n) for n in s["n_pairs"]]:
@@ -172,3 +230,19 @@ def scaling_section(doc: Document, run_dir: Path, s: dict[str, Any]) -> None:
     )
     _plot(s, run_dir / "plots" / "scaling.png")
     doc.add(Image("plots/scaling.png", "α, β and the gold peak against reward-model size."))
+    rl = s.get("rl")
+    if rl:
+        st = rl["settings"]
+        doc.add(
+            Paragraph(
+                f"**RL against a subset of the proxies.** {st['algo'].upper()}, {st['steps']} "
+                f"steps of {st['batch_size']} samples, lr {st['lr']:g}, KL coefficient "
+                f"{fmt(st['kl_coef'], 3)}, evaluated every {st['eval_every']} steps on "
+                f"{st['eval_prompts']} held-out prompts, against the proxies trained on "
+                f"{rl['n_pairs']} pairs with seeds {', '.join(map(str, rl['seeds']))} (the "
+                "best-of-n models, not retrained); the reward is the proxy standardised on "
+                "base-policy samples. The law is Gao et al.'s R(d) = d(α − β log d)."
+            ),
+            _rl_table(rl),
+            Paragraph(rl_sentence(rl)),
+        )

@@ -8,7 +8,8 @@ reference samples and the held-out pairs (stage ``scaling:<size>:<n>:<seed>``). 
 run on ``runtime.workers`` forked processes, largest models first. The analysis
 (:mod:`proxygap.study.scaling_analysis`) fits the best-of-n law per cell and per size with
 bootstrap intervals over prompts, the trends against log parameters, and writes
-``scaling/summary.json``.
+``scaling/summary.json``. With ``scaling.rl`` set, RL runs against some of the trained proxies
+(:mod:`proxygap.study.scaling_rl`) follow the cells and are summarised under ``rl``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from proxygap.study.context import StudyContext, reference_texts, sample_respons
 from proxygap.study.data import train_members
 from proxygap.study.results import ScalingResult
 from proxygap.study.scaling_analysis import analyse_scaling, cell_dir, pool_path
+from proxygap.study.scaling_rl import scaling_rl
 from proxygap.study.workers import run_jobs
 
 __all__ = ["stage_scaling"]
@@ -121,6 +123,7 @@ def stage_scaling(ctx: StudyContext, train: Pairs) -> ScalingResult | None:
         log=ctx.log,
     )
     summary = analyse_scaling(ctx, cfg, params)
+    summary["rl"] = scaling_rl(ctx, cfg, params)
     summary["seconds"] = time.perf_counter() - t0
     summary["workers"] = workers
     atomic_write_json(ctx.run.path("scaling", "summary.json"), summary)
