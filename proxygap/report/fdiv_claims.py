@@ -14,8 +14,11 @@ Claims (docs/methods.md §7):
 - Go et al. 2023 (f-DPG): forward KL (mass-covering) yields more diverse samples than reverse KL
   (mode-seeking); Jensen-Shannon gives the best trade-off between alignment and diversity.
 - Wang et al. 2023 (f-DPO): reverse-KL f-DPO is DPO; forward KL and JS (and alpha) trade some
-  reward for diversity relative to DPO; they also report better calibration, which this study
-  does not measure (their calibration is of answers on benchmark questions).
+  reward for diversity relative to DPO; forward KL and JS are better calibrated than DPO. Their
+  calibration is of the aligned model's answers to benchmark questions, which this task has
+  none of; the study measures the nearest thing it has, the expected calibration error of the
+  implicit reward's preference probabilities on held-out gold-labelled pairs (``heldout_ece_end``,
+  lower is better), and the sentence says so.
 
 Alignment is ``gold_end`` and diversity ``distinct2_end``: both of the final policy, so a
 trade-off is between properties of one policy.
@@ -31,7 +34,7 @@ from typing import Any, Literal
 from proxygap.report.format import fmt
 from proxygap.study.mitigation_stats import t_interval
 
-__all__ = ["Verdict", "fdiv_verdicts", "paired", "significance"]
+__all__ = ["Verdict", "better_calibrated", "fdiv_verdicts", "paired", "significance"]
 
 Status = Literal["held", "did not hold", "inconclusive", "not measured"]
 Runs = Mapping[str, Sequence[Mapping[str, float]]]  # arm -> per-seed quantities
@@ -127,6 +130,25 @@ def best_tradeoff(runs: Runs, arm: str, others: Sequence[str], *, source: str) -
     return Verdict(source, claim, status, f"{parts}: {why}.")
 
 
+def better_calibrated(runs: Runs, arm: str, baseline: str, *, source: str) -> Verdict:
+    """``arm`` has a lower held-out ECE than ``baseline`` (paired over seeds); not measured when
+    either lacks the ECE."""
+    claim = f"{_name(arm)} is better calibrated than {_name(baseline)}"
+    q = "heldout_ece_end"
+    if not all(math.isfinite(r.get(q, math.nan)) for r in [*runs[arm], *runs[baseline]]):
+        return Verdict(source, claim, "not measured", "No held-out ECE in these results.")
+    iv = paired(runs, arm, baseline, q)
+    by_sign: dict[int, Status] = {-1: "held", 1: "did not hold", 0: "inconclusive"}
+    base = t_interval([r[q] for r in runs[baseline]])
+    return Verdict(
+        source, claim, by_sign[significance(iv)],
+        f"{_name(arm)} − {_name(baseline)}: held-out ECE {_iv(iv)} ({_name(baseline)}: "
+        f"{_iv(base)}). Here calibration is that of the implicit reward's preference "
+        "probabilities on held-out pairs, not the paper's calibration of answers to benchmark "
+        "questions (this task has none).",
+    )  # fmt: skip
+
+
 def fdiv_verdicts(summary: Mapping[str, Any]) -> list[Verdict]:
     """The verdicts the study's numbers allow (``summary`` as in ``fdiv/summary.json``)."""
     out: list[Verdict] = []
@@ -154,11 +176,7 @@ def fdiv_verdicts(summary: Mapping[str, Any]) -> list[Verdict]:
             if arm != base:
                 claim = f"{_name(arm)} trades some reward for diversity against {_name(base)}"
                 out.append(more_diverse(runs, arm, base, source=wang, claim=claim))
-        out.append(
-            Verdict(
-                wang, "forward KL and JS are better calibrated than DPO", "not measured",
-                "Their calibration is of the aligned model's answers on benchmark questions; "
-                "this task has none.",
-            )
-        )  # fmt: skip
+        for arm in ("fdpo_fkl", "fdpo_js"):
+            if arm in runs and arm != base:
+                out.append(better_calibrated(runs, arm, base, source=wang))
     return out

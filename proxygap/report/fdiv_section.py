@@ -60,8 +60,8 @@ def _cell(iv: Mapping[str, float]) -> str:
     return f"{fmt(iv['mean'])} [{fmt(iv['lo'])}, {fmt(iv['hi'])}]"
 
 
-def _table(part: Mapping[str, Any], extra: tuple[str, str], caption: str) -> Table:
-    cols = {**COLUMNS, extra[0]: extra[1]}
+def _table(part: Mapping[str, Any], extra: Mapping[str, str], caption: str) -> Table:
+    cols = {**COLUMNS, **extra}
     rows = [
         [NAMES.get(arm, arm), *(_cell(s[q]) for q in cols)] for arm, s in part["summary"].items()
     ]
@@ -117,12 +117,16 @@ def fdiv_section(doc: Document, run_dir: Path, result: FDivResult) -> None:
         )
     if "rl" in summary:
         doc.add(
-            _table(summary["rl"], ("ess_end", "ESS (fraction of G)"), "RL arms (f-DPG)"),
+            _table(summary["rl"], {"ess_end": "ESS (fraction of G)"}, "RL arms (f-DPG)"),
             _paired_table(summary["rl"], "RL arms, paired differences"),
         )
     if "daa" in summary:
         doc.add(
-            _table(summary["daa"], ("heldout_accuracy_end", "held-out accuracy"), "DAA rows"),
+            _table(
+                summary["daa"],
+                {"heldout_accuracy_end": "held-out accuracy", "heldout_ece_end": "held-out ECE"},
+                "DAA rows",
+            ),
             _paired_table(summary["daa"], "DAA rows, paired differences"),
         )
     verdicts = fdiv_verdicts(summary)

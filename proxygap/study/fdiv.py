@@ -24,15 +24,21 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from transformers import PreTrainedModel
 
+from proxygap.analysis.calibration import preference_ece
 from proxygap.config import FDivStudyConfig
 from proxygap.data.preferences import Pairs, relabel
-from proxygap.optimize.daa import daa_evaluator, prepare_pairs, train_daa
+from proxygap.losses.daa import compute_daa_loss
+from proxygap.optimize.daa import DAAConfig, daa_evaluator, prepare_pairs, train_daa
+from proxygap.optimize.daa_pairs import PairTokens, pair_logps
 from proxygap.optimize.evaluate import PolicyEvaluator
 from proxygap.optimize.loop import LoopResult
 from proxygap.rewards.proxy import ProxyScorer, aggregate_members
@@ -49,6 +55,8 @@ from proxygap.study.workers import run_jobs
 __all__ = ["stage_fdiv"]
 
 Job = tuple[str, str, Callable[[], Any]]  # stage, label, run
+BT_LOSSES = frozenset({"dpo", "fdpo_rkl", "fdpo_fkl", "fdpo_js", "fdpo_alpha"})
+"""The DAA losses that are ``-log sigma(margin)`` of their implicit rewards."""
 
 
 def _folder(ctx: StudyContext, kind: str, arm: str, seed: int) -> Path:
@@ -119,10 +127,12 @@ def _daa_jobs(ctx: StudyContext, spec: FDivStudyConfig, train: Pairs) -> list[Jo
         prepare_pairs(ref, ctx.tokenizer, pairs),
         prepare_pairs(ref, ctx.tokenizer, ctx.heldout),
     )
-    proxy = _standardised_reward(proxy_scorer(ctx, spec.proxy))
+    scorer = proxy_scorer(ctx, spec.proxy)
     evaluator: PolicyEvaluator = daa_evaluator(
-        ctx.policy, ctx.tokenizer, task=ctx.task, proxy=proxy,
+        ctx.policy, ctx.tokenizer, task=ctx.task, proxy=_standardised_reward(scorer),
         cfg=daa.settings, gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "fdiv_eval"),
+        # the monitor's ensemble and latent signals, as in the RL arms
+        members=scorer.standardised if scorer.n_members > 1 else None, embed=scorer.embed,
     )  # fmt: skip
 
     def job(loss: str, seed: int) -> Job:
@@ -137,11 +147,33 @@ def _daa_jobs(ctx: StudyContext, spec: FDivStudyConfig, train: Pairs) -> list[Jo
                     ctx, run=f"fdiv/daa/{loss}/seed-{seed}", config=cfg.model_dump(mode="json")
                 ),
             )  # fmt: skip
+            if result.history:  # the last row is the final policy's (eval_at ends at 1)
+                ece = heldout_ece(policy, prepared[1], cfg, ctx.tokenizer.pad_token_id)
+                result.history[-1]["daa/heldout_ece"] = ece
             _save(_folder(ctx, "daa", loss, seed), result, stage)
 
         return stage, f"f-DPO {loss}, seed {seed}", go
 
     return [job(loss, seed) for loss, seed in todo]
+
+
+@torch.no_grad()
+def heldout_ece(policy: PreTrainedModel, held: PairTokens, cfg: DAAConfig, pad_id: int) -> float:
+    """ECE (:func:`proxygap.analysis.calibration.preference_ece`) of the implicit reward's
+    preference probabilities ``sigma(margin)`` on the held-out pairs, for the losses of the
+    form ``-log sigma(margin)`` (DPO without label smoothing and f-DPO: the probability is
+    ``exp(-loss)``); nan for any other loss."""
+    if cfg.loss not in BT_LOSSES or (cfg.label_smoothing or 0.0) > 0.0:
+        return math.nan
+    losses = [
+        compute_daa_loss(
+            cfg.loss,
+            pair_logps(policy, held, range(s, min(s + 128, len(held))), pad_id=pad_id),
+            **cfg.loss_hyper(),
+        )[0]
+        for s in range(0, len(held), 128)
+    ]
+    return preference_ece(torch.exp(-torch.cat(losses)).double().cpu().numpy())
 
 
 def _histories(

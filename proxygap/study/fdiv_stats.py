@@ -21,7 +21,10 @@ Quantities (gold in base-sample SD units relative to the base policy, docs/metho
   seed has a value (a mean over arms of final ``d`` would leave the runs that end below it, and
   with them the paired interval, undefined);
 - ``ess_end`` (RL): ``fdpg/ess`` of the training steps before the last evaluation;
-- ``heldout_accuracy_end`` (DAA): the final policy's implicit-reward accuracy on held-out pairs.
+- ``heldout_accuracy_end`` (DAA): the final policy's implicit-reward accuracy on held-out pairs;
+- ``heldout_ece_end`` (DAA): the expected calibration error of the final policy's implicit-reward
+  preference probabilities ``sigma(margin)`` on the held-out pairs
+  (:func:`proxygap.analysis.calibration.preference_ece`; lower is better calibrated).
 
 Evaluation points of one run share their prompts (common random numbers), so the points of one
 curve are correlated; intervals over seeds treat each run as one unit and are unaffected.
@@ -43,7 +46,7 @@ History = Sequence[Mapping[str, float]]
 
 QUANTITIES = (
     "gold_peak", "d_peak", "gold_end", "d_end", "distinct1_end", "distinct2_end", "gold_at_d",
-    "ess_end", "heldout_accuracy_end",
+    "ess_end", "heldout_accuracy_end", "heldout_ece_end",
 )  # fmt: skip
 
 
@@ -82,6 +85,7 @@ def run_quantities(history: History, *, d_star: float = math.nan) -> dict[str, f
         "gold_at_d": gold_at(history, d_star) if math.isfinite(d_star) else math.nan,
         "ess_end": float(last.get("fdpg/ess", math.nan)),
         "heldout_accuracy_end": float(last.get("daa/heldout_accuracy", math.nan)),
+        "heldout_ece_end": float(last.get("daa/heldout_ece", math.nan)),
     }
 
 

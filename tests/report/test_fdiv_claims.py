@@ -79,6 +79,25 @@ def test_daa_claims() -> None:
     alpha = verdicts["f-DPO alpha trades some reward for diversity against DPO"]
     assert alpha.status == "inconclusive" and "no reward cost" in alpha.sentence
     assert verdicts["reverse-KL f-DPO is DPO"].status == "held"
-    assert verdicts["forward KL and JS are better calibrated than DPO"].status == "not measured"
+    for arm in ("forward KL", "JS"):  # these runs carry no held-out ECE
+        assert verdicts[f"f-DPO {arm} is better calibrated than DPO"].status == "not measured"
     # the sentence carries the interval: mean 0.110 for the forward-KL diversity difference
     assert "distinct-2 0.110 [" in fkl.sentence
+
+
+def test_calibration_claims() -> None:
+    # ECE per seed: DPO 0.10, 0.20, 0.15; forward KL lower by UP (held), JS higher by UP (did
+    # not hold), so the paired intervals are those of UP, DOWN: 0.11 ± 0.0248
+    daa = arms("dpo", {"fdpo_fkl": (NOISE, NOISE), "fdpo_js": (NOISE, NOISE)})
+    base_ece = [0.10, 0.20, 0.15]
+    for arm, shift in (("dpo", [0.0] * 3), ("fdpo_fkl", DOWN), ("fdpo_js", UP)):
+        for run, e, dx in zip(daa["runs"][arm], base_ece, shift, strict=True):
+            run["heldout_ece_end"] = e + dx
+    verdicts = {v.claim: v for v in fdiv_verdicts({"daa": daa})}
+    fkl = verdicts["f-DPO forward KL is better calibrated than DPO"]
+    assert fkl.status == "held" and "held-out ECE -0.110 [" in fkl.sentence
+    assert "(DPO: 0.150 [" in fkl.sentence and "benchmark questions" in fkl.sentence
+    assert verdicts["f-DPO JS is better calibrated than DPO"].status == "did not hold"
+    daa["runs"]["fdpo_js"][1]["heldout_ece_end"] = float("nan")
+    verdicts = {v.claim: v for v in fdiv_verdicts({"daa": daa})}
+    assert verdicts["f-DPO JS is better calibrated than DPO"].status == "not measured"

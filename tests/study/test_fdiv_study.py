@@ -41,7 +41,6 @@ TINY = {
             },
         },
     },
-    "monitor": {"enabled": False},
     "runtime": {"threads": 1, "workers": 2},
 }  # fmt: skip
 
@@ -90,6 +89,18 @@ def test_every_run_and_the_summary_from_the_histories(run) -> None:
         (folder / "fdiv" / "daa" / "fdpo_alpha" / "seed-1" / "history.json").read_text()
     )
     assert 0.0 <= daa_rows[-1]["daa/heldout_accuracy"] <= 1.0
+    # the final policy's held-out ECE is in its last row and the summary
+    assert 0.0 <= daa_rows[-1]["daa/heldout_ece"] <= 1.0
+    assert "daa/heldout_ece" not in daa_rows[0]
+    ece = summary["daa"]["runs"]["fdpo_alpha"][1]["heldout_ece_end"]
+    assert ece == daa_rows[-1]["daa/heldout_ece"]
+    # the gold-free monitor watched every RL and DAA run (it is on by default)
+    for row in (rl_rows[-1], daa_rows[-1]):
+        assert row["monitor/alarm"] in (0.0, 1.0) and 0.0 <= row["monitor/score"] <= 1.0
+    # every run reaches the common d, so gold there has an interval over both seeds
+    for kind in ("rl", "daa"):
+        for arm, s in summary[kind]["summary"].items():
+            assert s["gold_at_d"]["n"] == 2, (kind, arm)
 
 
 def test_seeds_differ_and_arms_share_the_start(run) -> None:
