@@ -26,7 +26,14 @@ weights ``w_i`` (``1/G`` for ``G`` samples of one prompt). The divergences and t
   Khalifa et al. 2021); bounded by ``G`` because the weights sum to one;
 - Jensen-Shannon (twice JS(pi, p)): ``f(t) = t log t - (t + 1) log((t + 1)/2)``,
   ``f'(t) = log(2t/(1 + t)) = log 2 + s - softplus(s)`` with ``s = log t``;
-- total variation: ``f(t) = |t - 1| / 2``, ``f'(t) = sign(t - 1) / 2``.
+- total variation: ``f(t) = |t - 1| / 2``, not differentiable at ``t = 1``; the link is its
+  subgradient ``f'(t) = sign(t - 1) / 2 = sign(s) / 2`` with ``sign(0) = 0`` (any value in
+  ``[-1/2, 1/2]`` is a subgradient there; 0 is the one that leaves a sample with ``pi = p``
+  alone). The pseudo-reward is ``+1/2`` for a sample the target favours more than the policy
+  (``pi < p``), ``-1/2`` for one it favours less: it says which side of ``p`` a sample is on,
+  not how far, so its advantages lie in ``[-1, 1]`` whatever the reward's scale and do not
+  shrink as ``pi`` nears ``p``. Its ``f'`` is a step, not invertible, so TV has no f-DPO loss
+  (:mod:`proxygap.losses.fdpo` needs an invertible link); it is an f-DPG option only.
 
 The other direction, ``D_f(p || pi)``, needs no option of its own: ``D_f(p || pi) =
 D_g(pi || p)`` with the perspective ``g(t) = t f(1/t)``, which maps ``t log t`` to ``-log t`` and

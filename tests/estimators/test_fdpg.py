@@ -104,6 +104,23 @@ def test_tv_advantages_are_half_signs() -> None:
     adv, _ = fdpg_advantages(lp, rp, r, beta=1.0, divergence="tv")
     # pseudo-rewards +1/2 and -1/2, mean 0
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5], dtype=F64), rtol=0, atol=0)
+    # with the true log Z given, a sample with pi = p exactly (t = 1, where |t - 1| has a kink)
+    # gets the subgradient 0: here log Z = log(e^0 + e^2) - log 2 and sample 1 has r/beta - l
+    # equal to it; sample 0 (t < 1) gets +1/2, sample 2 (t > 1) -1/2, before the mean 0
+    lz = math.log((1 + math.exp(2.0)) / 2)
+    r = torch.tensor([2.0, lz, 0.0], dtype=F64)
+    z = torch.zeros(3, dtype=F64)
+    adv, m = fdpg_advantages(
+        z, z, r, beta=1.0, divergence="tv", log_z=torch.tensor([lz], dtype=F64)
+    )
+    torch.testing.assert_close(adv, torch.tensor([0.5, 0.0, -0.5], dtype=F64), rtol=0, atol=0)
+    assert m["fdpg/pseudo_reward"] == 0.0
+    # the pseudo-rewards are +-1/2 whatever the rewards' scale: advantages stay in [-1, 1]
+    g = torch.Generator().manual_seed(3)
+    lp, rp = (-10 * torch.rand(64, generator=g, dtype=F64) for _ in range(2))
+    big = 1e3 * torch.randn(64, generator=g, dtype=F64)
+    adv, _ = fdpg_advantages(lp, rp, big, beta=0.1, divergence="tv", group_size=8)
+    assert adv.abs().max() <= 1.0 and adv.abs().max() > 0.5
 
 
 def test_bad_input() -> None:
