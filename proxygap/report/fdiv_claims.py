@@ -34,7 +34,9 @@ from typing import Any, Literal
 from proxygap.report.format import fmt
 from proxygap.study.mitigation_stats import t_interval
 
-__all__ = ["Verdict", "better_calibrated", "fdiv_verdicts", "paired", "significance"]
+__all__ = [
+    "Verdict", "better_calibrated", "fdiv_lines", "fdiv_verdicts", "paired", "significance",
+]  # fmt: skip
 
 Status = Literal["held", "did not hold", "inconclusive", "not measured"]
 Runs = Mapping[str, Sequence[Mapping[str, float]]]  # arm -> per-seed quantities
@@ -180,3 +182,27 @@ def fdiv_verdicts(summary: Mapping[str, Any]) -> list[Verdict]:
             if arm in runs and arm != base:
                 out.append(better_calibrated(runs, arm, base, source=wang))
     return out
+
+
+def fdiv_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The report summary's lines: per family (RL, DAA) gold at the common ``d`` and at the end
+    per arm with 95% intervals over seeds, then how many published claims held."""
+    lines = []
+    for key, title in (("rl", "f-divergences, RL (f-DPG)"), ("daa", "f-divergences, DAA (f-DPO)")):
+        part = summary.get(key)
+        if part is None:
+            continue
+        arms = "; ".join(
+            f"{_name(arm)} {_iv(s['gold_at_d'])} at d* (end {_iv(s['gold_end'])})"
+            for arm, s in part["summary"].items()
+        )
+        lines.append(f"{title}: gold in SD units at d* = {fmt(part['d_common'])}: {arms}.")
+    verdicts = fdiv_verdicts(summary)
+    if verdicts:
+        counts = {
+            st: sum(v.status == st for v in verdicts)
+            for st in ("held", "did not hold", "inconclusive", "not measured")
+        }
+        told = ", ".join(f"{n} {st}" for st, n in counts.items() if n)
+        lines.append(f"f-divergences, published claims ({len(verdicts)}): {told}.")
+    return lines

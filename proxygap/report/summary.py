@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 from proxygap.report.daa_scale_section import daa_scale_lines
+from proxygap.report.fdiv_claims import fdiv_lines
 from proxygap.report.format import fmt
 from proxygap.report.rl_section import frontier_verdict
 from proxygap.study.results import MitigationResult, ProxyResult, RLRunResult, StudyResult
@@ -132,6 +133,8 @@ def summary_lines(study: StudyResult) -> list[str]:
         lines.append(_detect_line(study.detect.summary))
     if study.daa_scale is not None:
         lines += daa_scale_lines(study.daa_scale)
+    if study.fdiv is not None:
+        lines += fdiv_lines(study.fdiv.summary)
     return lines or ["No stage produced a result to summarise."]
 
 

@@ -101,3 +101,15 @@ def test_calibration_claims() -> None:
     daa["runs"]["fdpo_js"][1]["heldout_ece_end"] = float("nan")
     verdicts = {v.claim: v for v in fdiv_verdicts({"daa": daa})}
     assert verdicts["f-DPO JS is better calibrated than DPO"].status == "not measured"
+
+
+def test_summary_lines() -> None:
+    from proxygap.report.fdiv_claims import fdiv_lines
+
+    rl = arms("reverse_kl", {"forward_kl": (DOWN, UP), "js": ([0.0, 0.01, -0.01], UP)})
+    iv = {"mean": 0.2, "lo": 0.1, "hi": 0.3, "n": 3}
+    rl |= {"d_common": 0.6, "summary": {a: {"gold_at_d": iv, "gold_end": iv} for a in rl["runs"]}}
+    lines = fdiv_lines({"rl": rl})
+    assert lines[0].startswith("f-divergences, RL (f-DPG): gold in SD units at d* = 0.600: ")
+    assert "JS 0.200 [0.100, 0.300] at d* (end 0.200 [0.100, 0.300])" in lines[0]
+    assert lines[1] == "f-divergences, published claims (2): 2 held."
