@@ -1,10 +1,11 @@
 """Ground truth from gold, reward-only baselines, and the scores a detector is judged by.
 
 Labels (from gold, which the detector never sees): along one run with gold ``g_t`` (standard
-error ``s_t``) at its evaluation points, the gold peak is ``p = argmax g``; point ``t`` is
-*past the peak* when ``t > p`` and ``g_t < g_p - sqrt(s_t^2 + s_p^2)``, gold more than one
-standard error of the difference below the peak. A run *overoptimizes* when any point is past
-the peak; its *drop* is the first such point. Other runs are *benign*.
+error ``s_t``, clustered by prompt where measured: :func:`gold_se`) at its evaluation points,
+the gold peak is ``p = argmax g``; point ``t`` is *past the peak* when ``t > p`` and
+``g_t < g_p - sqrt(s_t^2 + s_p^2)``, gold more than one standard error of the difference below
+the peak. A run *overoptimizes* when any point is past the peak; its *drop* is the first such
+point. Other runs are *benign*.
 
 Baselines read only the proxy reward and rollout statistics, as existing monitors do (reward
 variance, CUSUM and length-drift detectors): :func:`variance_collapse`, :func:`cusum_slope` and
@@ -35,6 +36,7 @@ __all__ = [
     "auroc",
     "choose_threshold",
     "cusum_slope",
+    "gold_se",
     "judge",
     "label_points",
     "length_drift",
@@ -63,12 +65,22 @@ class RunLabels:
         return out
 
 
+def gold_se(row: Mapping[str, float]) -> float:
+    """The standard error of a row's gold mean the labels use: clustered by prompt
+    (``reward/gold_se_prompt``: samples of one prompt are correlated, so the per-sample
+    ``reward/gold_se`` understates the noise) when the evaluator measured it, else per sample;
+    0 when neither is there."""
+    if "reward/gold_se_prompt" in row:
+        return float(row["reward/gold_se_prompt"])
+    return float(row.get("reward/gold_se", 0.0))
+
+
 def label_points(history: Rows) -> RunLabels:
     """Past-the-peak labels of one run's evaluation rows (see the module docstring)."""
     if not history:
         raise ValueError("a run needs at least one evaluation point")
     g = np.array([float(h["reward/gold"]) for h in history])
-    se = np.nan_to_num(np.array([float(h.get("reward/gold_se", 0.0)) for h in history]))
+    se = np.nan_to_num(np.array([gold_se(h) for h in history]))
     if not np.isfinite(g).all():
         raise ValueError("gold contains NaN or inf")
     p = int(np.argmax(g))

@@ -36,6 +36,15 @@ def _se(x: np.ndarray) -> float:
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
+def _prompt_se(x: np.ndarray, prompt: np.ndarray) -> float:
+    """Standard error of the mean of ``x`` with samples clustered by ``prompt``: the SE of the
+    mean over per-prompt means (samples of one prompt are correlated, so the per-sample SE
+    understates the noise of the mean)."""
+    _, group = np.unique(prompt, return_inverse=True)
+    means = np.bincount(group, weights=x) / np.bincount(group)
+    return _se(means)
+
+
 def win_rate(a: np.ndarray, b: np.ndarray) -> float:
     """P(a > b) + P(a = b) / 2 over paired samples."""
     return float(np.mean((a > b) + 0.5 * (a == b)))
@@ -206,6 +215,7 @@ class PolicyEvaluator:
         metrics: dict[str, float] = {
             "reward/gold": float(gold.mean() - gold0.mean()),
             "reward/gold_se": _se(gold - gold0),
+            "reward/gold_se_prompt": _prompt_se(gold - gold0, s.prompt_index.numpy()),
             "reward/gold_raw": float(gold.mean() * self.gold_scale),
             "winrate/gold_vs_init": win_rate(gold, gold0),
             "length/mean": float(scores["length"].mean()),

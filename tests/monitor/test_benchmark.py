@@ -12,11 +12,13 @@ from proxygap.monitor.benchmark import (
     auroc,
     choose_threshold,
     cusum_slope,
+    gold_se,
     judge,
     label_points,
     length_drift,
     variance_collapse,
 )
+from proxygap.optimize.evaluate import _prompt_se
 
 
 def _run(gold, se=0.1, step=10):
@@ -33,6 +35,25 @@ def test_points_past_the_peak_by_more_than_one_se_are_positive():
     assert lab.labels.tolist() == [0, 0, 0, 0, 1, 1]
     # a run that only rises is benign; points before the peak are never positive
     assert label_points(_run([0.0, 0.2, -0.5, 0.6])).drop is None
+
+
+def test_labels_use_the_prompt_clustered_se_where_measured():
+    # per-sample SE 0.1 would flag 0.8 (margin 0.141 below the peak 1.0); the prompt-clustered
+    # SE 0.2 (margin 0.283) does not, but still flags 0.5
+    rows = _run([0.0, 1.0, 0.8, 0.5])
+    assert label_points(rows).drop == 2
+    for r in rows:
+        r["reward/gold_se_prompt"] = 0.2
+    assert label_points(rows).drop == 3
+    assert gold_se({"reward/gold_se": 0.1}) == 0.1 and gold_se({}) == 0.0
+
+
+def test_prompt_clustered_se_by_hand():
+    # per-prompt means 2 and 6: SE = std([2, 6], ddof=1) / sqrt(2) = 2; ignoring prompts, the
+    # per-sample SE would be std([1, 3, 5, 7], ddof=1) / 2 = 1.29
+    x, prompt = np.array([1.0, 3.0, 5.0, 7.0]), np.array([4, 4, 9, 9])
+    assert _prompt_se(x, prompt) == pytest.approx(2.0)
+    assert _prompt_se(x, np.array([0, 1, 2, 3])) == pytest.approx(np.std(x, ddof=1) / 2)
 
 
 def test_auroc_equals_the_pairwise_count_with_ties_as_half():
