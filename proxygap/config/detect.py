@@ -52,22 +52,29 @@ class DetectFamily(Strict):
 class DetectConfig(Strict):
     """The corpus and its splits.
 
-    Every family runs with every seed of ``seeds``. Held-out runs, on which every detector is
-    reported: by seed, the runs with a seed in ``test_seeds``; by family, the runs of
-    ``test_families``. Detectors (the proxygap detector's weights and every detector's alarm
-    threshold) are fitted on the other runs only. The monitor's ensemble and latent signals read
-    the members and the first member's hidden states of ``monitor_proxy``. The forecaster gets
-    gold on the evaluator's samples (``eval_prompts x eval_samples_per_prompt`` of ``settings``,
-    the gold budget) at the evaluation points up to its forecast.
+    Every family runs with every seed of ``seeds``, which fall into three disjoint splits:
+    the *training* seeds (those in neither list below), on which detectors (the proxygap
+    detector's weights and every detector's alarm threshold) are fitted; the *validation*
+    seeds ``validation_seeds``, scored as often as a developer likes while choosing settings;
+    and the *test* seeds ``test_seeds``, the headline, to be scored once and never used to
+    choose anything. The family split fits on the training seeds of the families not in
+    ``test_families`` and scores those families on the validation and on the test seeds. The
+    monitor's ensemble and latent signals read the members and the first member's hidden states
+    of ``monitor_proxy``. The forecaster (:func:`proxygap.monitor.forecast.forecast_peak` with
+    ``forecast_method``) gets gold on the evaluator's samples (``eval_prompts x
+    eval_samples_per_prompt`` of ``settings``, the gold budget) at the evaluation points up to
+    its forecast.
     """
 
     settings: RLConfig = Field(default_factory=RLConfig)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=2)
+    validation_seeds: list[int] = Field(default_factory=list)
     test_seeds: list[int] = Field(default_factory=lambda: [3, 4], min_length=1)
     test_families: list[str] = Field(default_factory=list)
     monitor_proxy: str
     families: list[DetectFamily] = Field(min_length=2)
     forecast_level: PosFloat = 0.8
+    forecast_method: Literal["argmax", "plateau", "quadratic"] = "plateau"
 
     @model_validator(mode="after")
     def _splits(self) -> DetectConfig:
@@ -78,8 +85,15 @@ class DetectConfig(Strict):
         unknown = sorted(set(self.test_families) - set(names))
         if unknown:
             raise ValueError(f"detect.test_families: unknown {unknown}; families: {names}")
-        if not set(self.test_seeds) < set(self.seeds):
-            raise ValueError("detect.test_seeds must be a proper subset of detect.seeds")
+        seeds, val, test = set(self.seeds), set(self.validation_seeds), set(self.test_seeds)
+        if not test <= seeds or not val <= seeds:
+            raise ValueError(
+                "detect.test_seeds and detect.validation_seeds must be in detect.seeds"
+            )
+        if val & test:
+            raise ValueError(f"detect: seeds {sorted(val & test)} are both validation and test")
+        if not seeds - val - test:
+            raise ValueError("detect.seeds must leave at least one training seed")
         if set(self.test_families) == set(names):
             raise ValueError("detect.test_families must leave at least one family to train on")
         for f in self.families:
@@ -88,6 +102,12 @@ class DetectConfig(Strict):
                 raise ValueError(f"detect.families[{f.name}].settings: unknown fields {bad}")
             RLConfig.model_validate(self.settings.model_dump() | f.settings)
         return self
+
+    @property
+    def train_seeds(self) -> list[int]:
+        """The seeds detectors are fitted on: neither validation nor test."""
+        held = set(self.validation_seeds) | set(self.test_seeds)
+        return [s for s in self.seeds if s not in held]
 
     def run_settings(self, family: DetectFamily, seed: int) -> RLConfig:
         """The RL settings of one run: the study's, the family's overrides, the seed."""

@@ -101,24 +101,46 @@ def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any)
             "reads no gold: the proxy, its spread, KL, length, distinct bigrams, the policy's "
             "entropy, the disagreement of a reward-model ensemble and the outlier rate of the "
             "samples in a reward model's hidden space. Its weights and every detector's "
-            "threshold are fitted on the training runs; the tables score the held-out runs."
+            "threshold are fitted on the training seeds "
+            f"({', '.join(map(str, corpus.get('train_seeds', [])))}); the tables score the "
+            "test seeds, never used to choose a setting, and the validation seeds, used to."
         )
     )
-    dets = {k: v for k, v in s["detectors"].items() if v.get("fitted", True)}
-    doc.add(
-        Table(HEADER, [_row(n, v) for n, v in dets.items()],
-              caption=f"Held out by seed (seeds {', '.join(map(str, corpus['test_seeds']))})."),
-    )  # fmt: skip
-    if corpus["test_families"]:
+    seeds = ", ".join(map(str, corpus["test_seeds"]))
+    _tables(doc, s["detectors"], f"Test seeds {seeds} (scored once)", corpus["test_families"])
+    _forecast(doc, fc, "test")
+    val = s.get("validation")
+    if val:
+        seeds = ", ".join(map(str, corpus["validation_seeds"]))
+        title = f"Validation seeds {seeds} (used while choosing settings)"
+        _tables(doc, val["detectors"], title, corpus["test_families"])
+        _forecast(doc, val["forecast"], "validation")
+    saved = run_dir / "detect" / "detector.json"
+    if not saved.is_file():  # the training runs held a single label: no detector was fitted
+        doc.add(Paragraph("No detector was fitted: the training runs hold a single label."))
+        return
+    detector = Detector.load(saved)
+    _plot(result, detector, run_dir / "plots" / "detect_runs.png", list(corpus["test_seeds"]))
+    doc.add(Image("plots/detect_runs.png", "Held-out runs with the monitor's score."))
+
+
+def _tables(doc: Document, detectors: dict[str, Any], title: str, families: list[str]) -> None:
+    """The by-seed table and, with held-out families, the by-family table of one split."""
+    dets = {k: v for k, v in detectors.items() if v.get("fitted", True)}
+    doc.add(Table(HEADER, [_row(n, v) for n, v in dets.items()], caption=f"{title}."))
+    if families:
         doc.add(
             Table(HEADER, [_row(n, v["by_family"]) for n, v in dets.items()
                            if v.get("by_family", {}).get("fitted", True)],
-                  caption="Held out by family: " + ", ".join(corpus["test_families"]) + "."),
+                  caption=f"{title}, families held out: " + ", ".join(families) + "."),
         )  # fmt: skip
+
+
+def _forecast(doc: Document, fc: dict[str, Any], split: str) -> None:
     doc.add(
         Paragraph(
-            f"**Forecast of the gold peak** from gold on the evaluator's samples at the points "
-            f"seen up to the monitor's first alarm ({fc['n_runs']} held-out overoptimizing "
+            f"**Forecast of the gold peak** ({split} seeds) from gold on the evaluator's samples "
+            f"at the points seen up to the monitor's first alarm ({fc['n_runs']} overoptimizing "
             f"runs): median relative error of the peak's d {fmt(fc['peak_d_rel_error'], 2)} "
             f"({int(100 * fc['level'])}% interval coverage "
             f"{_pct(fc['interval_coverage'])}), against "
@@ -127,13 +149,6 @@ def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any)
             f"{_pct(fc.get('share_gao_no_turn'))} of them)." + _before_peak(fc.get("before_peak"))
         )
     )
-    saved = run_dir / "detect" / "detector.json"
-    if not saved.is_file():  # the training runs held a single label: no detector was fitted
-        doc.add(Paragraph("No detector was fitted: the training runs hold a single label."))
-        return
-    detector = Detector.load(saved)
-    _plot(result, detector, run_dir / "plots" / "detect_runs.png", list(corpus["test_seeds"]))
-    doc.add(Image("plots/detect_runs.png", "Held-out runs with the monitor's score."))
 
 
 def _before_peak(bp: dict[str, Any] | None) -> str:

@@ -1,15 +1,16 @@
 """Judging the monitor on the detection corpus: fit on training runs, report on held-out runs.
 
-For each split (by seed: ``test_seeds`` held out; by family: ``test_families`` held out) the
-proxygap detector's weights (:func:`proxygap.monitor.detector.fit_detector`, trained to flag the
-points from the gold peak on in runs that overoptimize, so that it warns before the drop:
+Splits: by seed, detectors are fitted on the training seeds and scored on the validation seeds
+(for choosing settings, as often as needed) and on the test seeds (the headline, scored once);
+by family, ``test_families`` are held out besides. The proxygap detector's weights
+(:func:`proxygap.monitor.detector.fit_detector`, trained to flag the points from the gold peak
+on in runs that overoptimize, so that it warns before the drop:
 :attr:`~proxygap.monitor.benchmark.RunLabels.warning`) and every detector's alarm threshold
 (:func:`proxygap.monitor.benchmark.choose_threshold`: the lowest with at most 10% false alarms)
-are fitted on the training runs only, then :func:`proxygap.monitor.benchmark.judge` scores them
-on the held-out runs. The reward-only baselines (:data:`proxygap.monitor.benchmark.BASELINES`)
-are judged the same way.
+are fitted on the training runs only; :func:`proxygap.monitor.benchmark.judge` scores them. The
+reward-only baselines (:data:`proxygap.monitor.benchmark.BASELINES`) are judged the same way.
 
-The forecast (by-seed split, held-out runs that overoptimize): with gold known at the
+The forecast (by-seed split, validation and test runs that overoptimize): with gold known at the
 evaluation points up to the proxygap detector's first alarm (or up to the point before the drop
 when it did not alarm in time; at least three points), :func:`proxygap.monitor.forecast.
 forecast_peak` predicts the peak's ``d`` and :func:`~proxygap.monitor.forecast.gao_rl_peak`
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from proxygap.config.detect import DetectConfig
-from proxygap.monitor.benchmark import BASELINES, choose_threshold, judge, label_points
+from proxygap.monitor.benchmark import BASELINES, choose_threshold, gold_se, judge, label_points
 from proxygap.monitor.detector import Detector, fit_detector
 from proxygap.monitor.forecast import forecast_peak, gao_rl_peak
 from proxygap.monitor.signals import FEATURES, features
@@ -58,23 +59,31 @@ def _scores(detector: Detector, history: Rows) -> np.ndarray:
 
 
 def _split(
-    histories: Mapping[RunKey, Rows], train: Sequence[RunKey], test: Sequence[RunKey]
-) -> tuple[dict[str, dict[str, Any]], Detector | None]:
-    """Every detector fitted on ``train`` and judged on ``test`` (the proxygap detector marked
-    unfitted, and None returned for it, when the training runs hold a single label)."""
-    out: dict[str, dict[str, Any]] = {}
+    histories: Mapping[RunKey, Rows],
+    train: Sequence[RunKey],
+    scored_on: Mapping[str, Sequence[RunKey]],
+) -> tuple[dict[str, dict[str, dict[str, Any]]], Detector | None]:
+    """Every detector fitted on ``train`` and judged on each set of ``scored_on`` (name ->
+    runs): ``{set: {detector: scores}}``; the proxygap detector is marked unfitted, and None
+    returned for it, when the training runs hold a single label."""
+    out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in scored_on}
     detector = _fit(histories, train)
     if detector is None:
-        out["proxygap"] = {"fitted": False}
+        for name in scored_on:
+            out[name]["proxygap"] = {"fitted": False}
     else:
         scored = {k: _scores(detector, histories[k]) for k in histories}
         threshold = choose_threshold([(histories[k], scored[k]) for k in train])
         detector = detector.with_threshold(float(np.clip(threshold, 1e-6, 1 - 1e-6)))
-        out["proxygap"] = judge([(histories[k], scored[k]) for k in test], detector.threshold)
-    for name, baseline in BASELINES.items():
+        for name, runs in scored_on.items():
+            out[name]["proxygap"] = judge(
+                [(histories[k], scored[k]) for k in runs], detector.threshold
+            )
+    for base_name, baseline in BASELINES.items():
         base = {k: baseline(histories[k]) for k in histories}
         t = choose_threshold([(histories[k], base[k]) for k in train])
-        out[name] = judge([(histories[k], base[k]) for k in test], t)
+        for name, runs in scored_on.items():
+            out[name][base_name] = judge([(histories[k], base[k]) for k in runs], t)
     return out, detector
 
 
@@ -82,8 +91,9 @@ def _forecast(
     histories: Mapping[RunKey, Rows],
     test: Sequence[RunKey],
     detector: Detector | None,
-    level: float,
+    cfg: DetectConfig,
 ) -> dict[str, Any]:
+    level, method = cfg.forecast_level, cfg.forecast_method
     errors, gao_errors, covered, rows = [], [], [], []
     before: list[float] = []
     before_gao: list[float] = []
@@ -104,8 +114,8 @@ def _forecast(
         seen = h[: cut + 1]
         d = [r["d"] for r in seen]
         g = [r["reward/gold"] for r in seen]
-        se = [r["reward/gold_se"] for r in seen]
-        f = forecast_peak(d, g, se, steps=[r["step"] for r in seen], level=level)
+        se = [gold_se(r) for r in seen]
+        f = forecast_peak(d, g, se, steps=[r["step"] for r in seen], level=level, method=method)
         true = float(h[lab.peak]["d"])
         gao = gao_rl_peak(d, g, se)
         if not true > 0:
@@ -121,8 +131,9 @@ def _forecast(
         )  # fmt: skip
         if lab.peak >= 3:  # the forecast one point before the peak
             ahead = h[: lab.peak]
-            d, g, se = ([r[k] for r in ahead] for k in ("d", "reward/gold", "reward/gold_se"))
-            early = forecast_peak(d, g, se, level=level)
+            d, g = [r["d"] for r in ahead], [r["reward/gold"] for r in ahead]
+            se = [gold_se(r) for r in ahead]
+            early = forecast_peak(d, g, se, level=level, method=method)
             before.append(abs(early.d - true) / true)
             before_gao.append(abs(gao_rl_peak(d, g, se) - true) / true)
             before_cov.append(early.lo <= true <= early.hi)
@@ -135,6 +146,7 @@ def _forecast(
         "share_gao_no_turn": float(np.mean(np.isinf(gao_errors))) if gao_errors else None,
         "interval_coverage": float(np.mean(covered)) if covered else None,
         "level": level,
+        "method": method,
         "before_peak": {
             "n_runs": len(before),
             "peak_d_rel_error": _median(before),
@@ -157,30 +169,47 @@ def _finite(x: float) -> float | None:
 def analyse_corpus(
     cfg: DetectConfig, histories: Mapping[RunKey, Rows]
 ) -> tuple[dict[str, Any], Detector | None]:
-    """The summary (``detectors``, ``forecast``, ``corpus``, ``detector``) and the by-seed
-    detector (None when its training runs hold a single label)."""
+    """The summary and the by-seed detector (None when its training runs hold a single label).
+
+    ``detectors`` and ``forecast`` score the test seeds (the headline); ``validation`` holds the
+    same for the validation seeds (None without them); every detector's ``by_family`` scores
+    the held-out families on the same seeds, fitted on the training seeds of the others.
+    """
     keys = list(histories)
-    by_seed_test = [k for k in keys if k[1] in cfg.test_seeds]
-    by_seed_train = [k for k in keys if k[1] not in cfg.test_seeds]
-    detectors, detector = _split(histories, by_seed_train, by_seed_test)
+    train = [k for k in keys if k[1] in cfg.train_seeds]
+    sets = {"test": [k for k in keys if k[1] in cfg.test_seeds]}
+    if cfg.validation_seeds:
+        sets["validation"] = [k for k in keys if k[1] in cfg.validation_seeds]
+    results, detector = _split(histories, train, sets)
     if cfg.test_families:
-        fam_test = [k for k in keys if k[0] in cfg.test_families]
-        fam_train = [k for k in keys if k[0] not in cfg.test_families]
-        by_family, _ = _split(histories, fam_train, fam_test)
-        for name, scores in by_family.items():
-            detectors[name]["by_family"] = scores
+        held = set(cfg.test_families)
+        fam_train = [k for k in train if k[0] not in held]
+        fam_sets = {name: [k for k in runs if k[0] in held] for name, runs in sets.items()}
+        by_family, _ = _split(histories, fam_train, fam_sets)
+        for name, per_detector in by_family.items():
+            for det, scores in per_detector.items():
+                results[name][det]["by_family"] = scores
     families: dict[str, dict[str, int]] = {}
     for (family, _), h in histories.items():
         entry = families.setdefault(family, {"runs": 0, "overoptimizing": 0})
         entry["runs"] += 1
         entry["overoptimizing"] += label_points(h).drop is not None
+    validation = None
+    if "validation" in sets:
+        validation = {
+            "detectors": results["validation"],
+            "forecast": _forecast(histories, sets["validation"], detector, cfg),
+        }
     summary = {
-        "detectors": detectors,
-        "forecast": _forecast(histories, by_seed_test, detector, cfg.forecast_level),
+        "detectors": results["test"],
+        "forecast": _forecast(histories, sets["test"], detector, cfg),
+        "validation": validation,
         "corpus": {
             "runs": len(keys),
             "overoptimizing": sum(v["overoptimizing"] for v in families.values()),
             "families": families,
+            "train_seeds": cfg.train_seeds,
+            "validation_seeds": cfg.validation_seeds,
             "test_seeds": cfg.test_seeds,
             "test_families": cfg.test_families,
         },

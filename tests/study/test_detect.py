@@ -77,6 +77,7 @@ def test_summary_counts_the_corpus_from_the_histories(detect_run: Path) -> None:
             )
             over += label_points(h).drop is not None
     assert summary["corpus"]["overoptimizing"] == over
+    assert summary["validation"] is None  # no validation seeds in this config
     assert set(summary["detectors"]) == {
         "proxygap",
         "variance_collapse",
@@ -84,15 +85,16 @@ def test_summary_counts_the_corpus_from_the_histories(detect_run: Path) -> None:
         "length_drift",
     }
     for name, scores in summary["detectors"].items():
-        # by seed: 2 held-out runs (seed 2 of both families); by family: the 3 'gold' runs;
-        # the proxygap detector is fitted only when its training runs hold both labels
+        # by seed: 2 test runs (seed 2 of both families); by family: the held-out family on
+        # the test seed, 'gold' seed 2 (fitted on 'hot' seeds 0-1); the proxygap detector is
+        # fitted only when its training runs hold both labels
         if scores.get("fitted", True):
             assert scores["n_overoptimizing"] + scores["n_benign"] == 2, name
         else:
             assert name == "proxygap" and summary["detector"] is None
         by_family = scores["by_family"]
         if by_family.get("fitted", True):
-            assert by_family["n_overoptimizing"] + by_family["n_benign"] == 3, name
+            assert by_family["n_overoptimizing"] + by_family["n_benign"] == 1, name
     if summary["detector"] is not None:
         saved = Detector.load(detect_run / "detect" / "detector.json")
         assert list(saved.weights) == summary["detector"]["weights"]
@@ -113,7 +115,9 @@ GOLD = {"name": "gold", "reward": "gold"}
     ("change", "message"),
     [
         ({"test_families": ["nope"]}, "unknown"),
-        ({"test_seeds": [0, 1, 2]}, "proper subset"),
+        ({"test_seeds": [0, 1, 2]}, "at least one training seed"),
+        ({"test_seeds": [2, 5]}, "must be in detect.seeds"),
+        ({"validation_seeds": [1, 2]}, "both validation and test"),
         ({"monitor_proxy": "nope"}, "monitor_proxy"),
         ({"families": [{"name": "a", "reward": "x"}, {"name": "gold", "reward": "rm"}]}, "rewards"),
         ({"families": [{"name": "a", "reward": "rm", "settings": {"lrr": 1}}, GOLD]}, "lrr"),

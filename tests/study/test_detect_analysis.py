@@ -1,5 +1,6 @@
-"""The detection analysis fits on training runs only: held-out runs cannot move the detector
-or any threshold (proxygap/study/detect_analysis.py)."""
+"""The detection analysis fits on training runs only: validation and test runs cannot move the
+detector or any threshold, and the two splits are scored apart
+(proxygap/study/detect_analysis.py)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ def _run(rng: np.random.Generator, overoptimizes: bool) -> list[dict[str, float]
     return rows
 
 
-def _corpus(seed: int) -> dict[tuple[str, int], list[dict[str, float]]]:
+def _corpus(seed: int, n_seeds: int = 4) -> dict[tuple[str, int], list[dict[str, float]]]:
     rng = np.random.default_rng(seed)
-    return {(f, s): _run(rng, f == "hack") for f in ("hack", "calm") for s in range(4)}
+    return {(f, s): _run(rng, f == "hack") for f in ("hack", "calm") for s in range(n_seeds)}
 
 
 CFG = DetectConfig.model_validate(
@@ -72,7 +73,7 @@ def test_the_forecast_before_the_peak_reads_only_the_points_before_it():
     peak = int(np.argmax(gold))
     assert peak >= 3  # three points at least before it
     d, g, se = ([r[k] for r in run[:peak]] for k in ("d", "reward/gold", "reward/gold_se"))
-    expected = forecast_peak(d, g, se, level=CFG.forecast_level)
+    expected = forecast_peak(d, g, se, level=CFG.forecast_level, method=CFG.forecast_method)
     true = run[peak]["d"]
     bp = summary["forecast"]["before_peak"]
     assert bp["n_runs"] == 1
@@ -84,3 +85,27 @@ def test_the_forecast_before_the_peak_reads_only_the_points_before_it():
         r["reward/gold"] -= 1.0
     again, _ = analyse_corpus(CFG, changed)
     assert again["forecast"]["before_peak"] == bp
+
+
+VAL = CFG.model_copy(update={"seeds": [0, 1, 2, 3, 4], "validation_seeds": [4]})
+
+
+def test_validation_and_test_seeds_are_scored_apart_and_neither_is_fitted_on():
+    base = _corpus(0, 5)
+    other = _corpus(1, 5)
+    summary, det = analyse_corpus(VAL, base)
+    assert VAL.train_seeds == [0, 1, 2]
+    assert summary["corpus"]["validation_seeds"] == [4] and summary["corpus"]["test_seeds"] == [3]
+    val = summary["validation"]["detectors"]["proxygap"]
+    assert val["n_overoptimizing"] == 1 and val["n_benign"] == 1  # seed 4 of each family
+    assert summary["validation"]["forecast"]["n_runs"] == 1
+    # new validation runs change the validation scores only; detector and test scores stay
+    changed = {k: (other[k] if k[1] == 4 else v) for k, v in base.items()}
+    again, det_again = analyse_corpus(VAL, changed)
+    assert det_again == det and again["detectors"] == summary["detectors"]
+    assert again["forecast"] == summary["forecast"]
+    assert again["validation"]["forecast"] != summary["validation"]["forecast"]
+    # the family split fits on the training seeds only and scores each split's held-out family
+    fam = summary["detectors"]["proxygap"]["by_family"]
+    assert fam["n_benign"] == 1 and fam["n_overoptimizing"] == 0  # calm, seed 3
+    assert "by_family" in summary["validation"]["detectors"]["length_drift"]
