@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from proxygap.monitor.forecast import forecast_peak, gao_rl_peak
+from proxygap.monitor.forecast import forecast_peak, gao_rl_peak, plateau_end
 
 
 def test_exact_quadratic_gives_its_peak_and_step():
@@ -71,6 +71,22 @@ def test_argmax_bootstrap_matches_a_hand_count_of_draws():
     assert (f.lo, f.hi) == (1.0, 2.0)
     # the initial point (se 0, gold 0) is never redrawn above the others
     assert not np.any(np.argmax(draws, axis=1) == 0)
+
+
+def test_plateau_is_the_midpoint_of_the_argmax_and_the_plateau_end():
+    d = np.array([0.0, 0.3, 0.6, 0.9, 1.2])
+    g = np.array([0.0, 0.1, 0.4, 0.35, -1.0])
+    # without noise the plateau is the highest point alone
+    assert plateau_end(d, g, None) == 0.6
+    assert forecast_peak(d, g, None, method="plateau").d == 0.6
+    # se 0.1: 0.35 lies within sqrt(0.1^2 + 0.1^2) = 0.141 of 0.4, -1.0 does not: the plateau
+    # ends at d = 0.9, and the forecast is halfway between it and the argmax forecast
+    se = np.array([0.0, 0.1, 0.1, 0.1, 0.1])
+    assert plateau_end(d, g, se) == 0.9
+    arg = forecast_peak(d, g, se, n_boot=100, seed=1)
+    f = forecast_peak(d, g, se, n_boot=100, seed=1, method="plateau")
+    assert f.d == pytest.approx((arg.d + 0.9) / 2)
+    assert (f.lo, f.hi) == (min(arg.lo, f.d), 1.2)
 
 
 def test_unknown_method_and_bad_shapes_are_refused():
