@@ -35,15 +35,17 @@ weight from its component.
   soon as the violation changes sign; the clip bounds how long that takes. (The authors' code
   differentiates through the sigmoid, with SGD and momentum 0.9.)
 
-:class:`ConstrainedTransform` wires this into the RL recipe as a reward transform.
+:class:`ConstrainedTransform` wires this into the RL recipe as a reward transform; the
+multipliers' raw parameters are its ``state_dict``, which a checkpoint keeps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from proxygap.mitigations.transforms import sigmoid
 
@@ -92,6 +94,19 @@ class LagrangeMultipliers:
         self.raw_limit = raw_limit
         raw = np.arctanh(lam0) if mode == "equality" else np.log(lam0 / (1.0 - lam0))
         self.raw = np.clip(raw, -raw_limit, raw_limit)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What :meth:`update` changes (the raw parameters, float64), for a checkpoint."""
+        return {"raw": torch.from_numpy(self.raw.copy())}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Take back the raw parameters a :meth:`state_dict` held."""
+        raw = state["raw"].numpy().astype(np.float64)
+        if raw.shape != self.thresholds.shape:
+            raise ValueError(
+                f"saved multipliers have shape {raw.shape}, need {self.thresholds.shape}"
+            )
+        self.raw = raw
 
     @property
     def values(self) -> np.ndarray:
@@ -168,6 +183,13 @@ class ConstrainedTransform:
         self.multipliers = multipliers
         self.objective = objective
         self.metrics: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The multipliers' state (they change every call), for a checkpoint."""
+        return {"multipliers": self.multipliers.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.multipliers.load_state_dict(state["multipliers"])
 
     def __call__(
         self, rewards: np.ndarray, texts: Sequence[str], prompts: Sequence[str]

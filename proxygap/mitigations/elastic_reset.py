@@ -14,8 +14,8 @@ counts) and its references to the same parameter objects; a PPO critic, a separa
 not touched. The paper's default decay is ``eta = 0.995``; ``R`` is task-specific and has no
 default.
 
-:class:`ElasticReset` implements :class:`proxygap.mitigations.hooks.PostStepHook`. Metrics it
-returns every step:
+:class:`ElasticReset` implements :class:`proxygap.mitigations.hooks.PostStepHook`; its EMA and
+reset count are its ``state_dict`` (a checkpoint keeps them). Metrics it returns every step:
 
 - ``elastic/reset``: 1.0 on a reset step, else 0.0;
 - ``elastic/ema_distance``: L2 norm of ``theta - theta_ema`` over all parameters, after the EMA
@@ -27,6 +27,8 @@ returns every step:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,6 +67,27 @@ class ElasticReset:
             raise ValueError("policy has no floating-point parameters")
         self.ema = {name: t.clone() for name, t in self.theta0.items()}
         self.resets = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """What changes between updates (the EMA and the reset count), for a checkpoint;
+        ``theta_0`` is not in it: a resumed run builds the hook from the initial model again."""
+        return {
+            "ema": {n: t.detach().cpu().clone() for n, t in self.ema.items()},
+            "resets": self.resets,
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back the EMA and reset count a :meth:`state_dict` held (in place, on the EMA's
+        own devices and dtypes)."""
+        ema = state["ema"]
+        if ema.keys() != self.ema.keys():
+            raise ValueError(
+                "the saved EMA is of another model than the one the hook was built for"
+            )
+        for name, t in self.ema.items():
+            t.copy_(ema[name])
+        self.resets = int(state["resets"])
 
     def _params(self, policy: nn.Module) -> dict[str, nn.Parameter]:
         params = {n: p for n, p in policy.named_parameters() if n in self.theta0}

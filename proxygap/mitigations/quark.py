@@ -18,8 +18,9 @@ time generation is conditioned on the best token. The pieces here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,6 +117,27 @@ class QuarkPool:
         self.responses += list(responses)
         self.rewards = np.concatenate([self.rewards, r])
         self.buckets = quantile_tokens(self.rewards, self.k)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pool's samples, rewards (float64) and the state of :meth:`sample`'s generator,
+        for a checkpoint (loadable with ``torch.load(..., weights_only=True)``)."""
+        return {
+            "prompts": list(self.prompts),
+            "responses": list(self.responses),
+            "rewards": torch.from_numpy(self.rewards.copy()),
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what a :meth:`state_dict` held; the buckets are computed again."""
+        self.prompts, self.responses = list(state["prompts"]), list(state["responses"])
+        self.rewards = state["rewards"].numpy().astype(np.float64)
+        if not len(self.prompts) == len(self.responses) == self.rewards.size:
+            raise ValueError("the saved pool has unequal numbers of prompts, responses, rewards")
+        self.buckets = (
+            quantile_tokens(self.rewards, self.k) if self.rewards.size else self.buckets[:0]
+        )
+        self.rng.bit_generator.state = state["rng"]
 
     def example(self, i: int) -> QuarkExample:
         b = int(self.buckets[i])

@@ -15,13 +15,16 @@ the rewards of initial-policy samples of each prompt, the ``ref_rewards`` input 
 supplies (:data:`proxygap.mitigations.registry.INPUTS`).
 
 Hooks may expose ``metrics`` (a dict of floats about their last call);
-:class:`ChainTransform` merges those of its members.
+:class:`ChainTransform` merges those of its members. A hook whose result depends on earlier
+calls has ``state_dict``/``load_state_dict``, so a checkpoint keeps it (the Lagrange
+multipliers of :mod:`proxygap.mitigations.constrained`); :class:`ChainTransform` passes those of
+its members through.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -295,6 +298,12 @@ class WhitenTransform:
         return whiten(rewards, eps=self.eps)
 
 
+def _keeps_state(hook: object) -> bool:
+    return callable(getattr(hook, "state_dict", None)) and callable(
+        getattr(hook, "load_state_dict", None)
+    )
+
+
 class ChainTransform:
     """Several transforms applied in order: ``t_k(... t_2(t_1(r)) ...)``. ``metrics`` merges the
     ``metrics`` of the members that have them (after the last call)."""
@@ -311,6 +320,17 @@ class ChainTransform:
         for t in self.transforms:
             out = np.asarray(t(out, texts, prompts), dtype=np.float64)
         return out
+
+    def _stateful(self) -> dict[str, Any]:
+        return {str(i): t for i, t in enumerate(self.transforms) if _keeps_state(t)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state of the members that keep one (``state_dict``), by position."""
+        return {i: t.state_dict() for i, t in self._stateful().items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for i, t in self._stateful().items():
+            t.load_state_dict(state[i])
 
     @property
     def metrics(self) -> dict[str, float]:

@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
+from proxygap.optimize.loop import Stateful
+
 __all__ = [
     "CheckpointError",
     "PolicyKeeper",
@@ -174,14 +176,18 @@ def resume_training(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: Mapping[str, Any],
     log: Callable[[str], Any],
+    own: Mapping[str, Stateful] | None = None,
 ) -> dict[str, Any] | None:
     """Continue from the newest complete checkpoint in ``folder``: its weights go into
-    ``policy`` (and ``critic``), its state into ``optimizer`` and ``scheduler``; returns the rest
-    of its trainer state (the recipe's own entries and ``loop``, for
-    :func:`~proxygap.optimize.loop.run_loop`'s ``resume``). None: no folder or no checkpoint.
+    ``policy`` (and ``critic``), its state into ``optimizer``, ``scheduler`` and each of the
+    recipe's ``own`` stateful objects (the names :func:`checkpoint_writer` saved them under: a
+    KL controller, the prompt stream, a Quark pool, the mitigation hooks); returns the rest of
+    its trainer state (``step`` and ``loop``, for :func:`~proxygap.optimize.loop.run_loop`'s
+    ``resume``). None: no folder or no checkpoint.
 
     Raises:
-        CheckpointError: the checkpoint was written by a run of another ``config``.
+        CheckpointError: the checkpoint was written by a run of another ``config``, or lacks
+            the state of one of ``own``.
     """
     last = latest_checkpoint(folder) if folder is not None else None
     if last is None:
@@ -189,6 +195,10 @@ def resume_training(
     saved = load_checkpoint(last, policy=policy, critic=critic, config=config)
     optimizer.load_state_dict(saved.pop("optimizer"))
     scheduler.load_state_dict(saved.pop("scheduler"))
+    for name, obj in (own or {}).items():
+        if name not in saved:
+            raise CheckpointError(f"checkpoint {str(last)!r} holds no state of {name!r}")
+        obj.load_state_dict(saved.pop(name))
     log(f"resuming from {last}")
     return saved
 
@@ -203,21 +213,23 @@ def checkpoint_writer(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: Mapping[str, Any],
     keep: int | None,
-    extra: Callable[[], dict[str, Any]] = dict,
+    own: Mapping[str, Stateful] | None = None,
 ) -> Callable[[int, dict[str, Any]], None] | None:
     """A loop's ``checkpoint``: ``(steps_done, loop_state)`` saves the models, the optimiser
-    and scheduler state, ``extra()`` (the recipe's own state) and the loop's state with
-    :func:`save_checkpoint` into ``folder``, then keeps the newest ``keep`` checkpoints (None:
-    all). None when ``folder`` is None (no checkpoints)."""
+    and scheduler state, the ``state_dict`` of each of the recipe's ``own`` stateful objects
+    under its name and the loop's state with :func:`save_checkpoint` into ``folder``, then
+    keeps the newest ``keep`` checkpoints (None: all). None when ``folder`` is None (no
+    checkpoints)."""
     if folder is None:
         return None
-    root = folder
+    root, objects = folder, dict(own or {})
 
     def write(done: int, loop: dict[str, Any]) -> None:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        state |= {name: obj.state_dict() for name, obj in objects.items()}
         save_checkpoint(
             root, step=done, policy=policy, critic=critic, tokenizer=tokenizer,
-            config=dict(config), state=state | extra() | {"loop": loop},
+            config=dict(config), state=state | {"loop": loop},
         )  # fmt: skip
         prune_checkpoints(root, keep=keep)
 

@@ -68,6 +68,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,10 +78,12 @@ from transformers import PreTrainedModel
 from proxygap.errors import NonFiniteError
 from proxygap.mitigations.quark import QuarkPool
 from proxygap.models.schedule import lr_factor
+from proxygap.optimize.checkpoint import checkpoint_writer, resume_training
 from proxygap.optimize.evaluate import PolicyEvaluator, ScoreFn
 from proxygap.optimize.loop import (
     LoopResult,
     Schedule,
+    Stateful,
     Watchers,
     checked_rewards,
     describe_row,
@@ -116,6 +119,9 @@ def train_quark(
     initial: tuple[Sequence[str], Sequence[str], np.ndarray] | None = None,
     log: Callable[[str], Any] = print,
     watch: Watchers | None = None,
+    checkpoint_dir: Path | str | None = None,
+    resume: bool = False,
+    keep_checkpoints: int | None = None,
 ) -> LoopResult:
     """Train ``policy`` in place with Quark against ``reward_fn`` for ``cfg.steps`` steps.
 
@@ -141,12 +147,17 @@ def train_quark(
             of samples from ``ref`` (``prompts_per_step x group_size``).
         log: called with one line per evaluation point.
         watch: evaluation and step hooks (a monitor, a tracker) and a progress bar.
+        checkpoint_dir, resume, keep_checkpoints: as for :func:`~proxygap.optimize.rl.train_rl`
+            (a checkpoint every ``cfg.checkpoint_every`` steps, or before each evaluation);
+            a checkpoint also keeps the data pool (samples, rewards, its sampler's state), and
+            a resumed run takes it back instead of filling the pool with initial samples.
 
     Returns:
         A :class:`~proxygap.optimize.loop.LoopResult` whose ``config`` holds ``cfg``,
         ``quark`` (the settings), ``quark_control_ids`` and ``quark_vocab_size`` (``V0``).
 
     Raises:
+        CheckpointError: ``resume`` found a checkpoint of other settings.
         NonFiniteError: a reward, loss or gradient norm was NaN or inf; names the step and holds
             the history so far.
     """
@@ -219,27 +230,36 @@ def train_quark(
     def responses_of(s: Samples) -> list[tuple[int, ...]]:
         return [tuple(x[: int(n)].tolist()) for x, n in zip(s.response_ids, s.lengths, strict=True)]
 
-    # ---- the initial pool: samples of pi0
     pool = QuarkPool(quark.k, seed=step_seed(cfg.seed, 0, "pool"))
-    if initial is None:  # one step's worth of pi0 samples, from prompts of their own stream
-        prompts = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=mix(cfg.seed))
-        prompts0 = prompts.next()
-        plain = encode_prompts(tokenizer, prompts0)
-        s = draw(ref, plain, step_seed(cfg.seed, 0, "initial_samples"))
-        index = s.prompt_index.tolist()
-        raw = reward_fn(join([prompts0[i] for i in index], decode_responses(s, tokenizer)))
-        try:
-            r0 = checked_rewards(raw, raw, n=len(index))
-        except NonFiniteError as err:
-            raise NonFiniteError(err.message, step=0, result=result) from err
-        pool.add([tuple(plain[i]) for i in index], responses_of(s), r0)
-    else:
+
+    def fill_pool() -> None:  # the initial pool: samples of pi0
+        if initial is None:  # one step's worth of pi0 samples, from prompts of their own stream
+            prompts = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=mix(cfg.seed))
+            prompts0 = prompts.next()
+            plain = encode_prompts(tokenizer, prompts0)
+            s = draw(ref, plain, step_seed(cfg.seed, 0, "initial_samples"))
+            index = s.prompt_index.tolist()
+            raw = reward_fn(join([prompts0[i] for i in index], decode_responses(s, tokenizer)))
+            try:
+                r0 = checked_rewards(raw, raw, n=len(index))
+            except NonFiniteError as err:
+                raise NonFiniteError(err.message, step=0, result=result) from err
+            pool.add([tuple(plain[i]) for i in index], responses_of(s), r0)
+            return
         given_prompts, responses0, rewards0 = initial
         pool.add(
             [tuple(p) for p in encode_prompts(tokenizer, list(given_prompts))],
             encode_responses(tokenizer, responses0, max_new_tokens=max_new),
             rewards0,
         )
+
+    own: dict[str, Stateful] = {"prompts": stream, "pool": pool}  # checkpointed
+    saved = resume_training(
+        checkpoint_dir if resume else None, policy=policy, critic=None, optimizer=optimizer,
+        scheduler=scheduler, config=result.config, log=log, own=own,
+    )  # fmt: skip
+    if saved is None:  # a resumed run has its pool back
+        fill_pool()
 
     def quark_step(step: int) -> dict[str, float]:
         t_step = time.perf_counter()
@@ -297,5 +317,18 @@ def train_quark(
         result=result,
         log=log,
         describe=lambda row: describe_row(row) + f"  pool {len(pool)}",
+        checkpoint=checkpoint_writer(
+            checkpoint_dir,
+            policy=policy,
+            critic=None,
+            tokenizer=tokenizer,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config=result.config,
+            keep=keep_checkpoints,
+            own=own,
+        ),
+        checkpoint_every=cfg.checkpoint_every,
         watch=watch,
+        resume=saved["loop"] if saved else None,
     )

@@ -77,6 +77,7 @@ from proxygap.optimize.kl_control import KLController, make_kl_controller
 from proxygap.optimize.loop import (
     LoopResult,
     Schedule,
+    Stateful,
     Watchers,
     checked_rewards,
     describe_row,
@@ -173,9 +174,8 @@ def train_rl(
             nothing is written).
         watch: evaluation and step hooks (a monitor, a tracker) and a progress bar.
         resume: continue from the newest complete checkpoint in ``checkpoint_dir`` (its policy,
-            critic, optimiser, scheduler, KL controller, prompt position, record and the
-            watchers' memory), if there is one. ``hooks`` are not checkpointed: resume only runs
-            whose hooks hold no state.
+            critic, optimiser, scheduler, KL controller, prompt position, the memory of the
+            ``hooks`` that keep one, the record and the watchers' memory), if there is one.
         keep_checkpoints: how many of the newest checkpoints to keep (None: all).
 
     Raises:
@@ -225,13 +225,11 @@ def train_rl(
     )
     stream = PromptStream(train_prompts, batch=cfg.prompts_per_step, seed=cfg.seed)
     result = LoopResult(config=cfg.model_dump(mode="json"))
+    own: dict[str, Stateful] = {"kl_controller": controller, "prompts": stream, "hooks": hooks}
     saved = resume_training(
         checkpoint_dir if resume else None, policy=policy, critic=critic, optimizer=optimizer,
-        scheduler=scheduler, config=result.config, log=log,
+        scheduler=scheduler, config=result.config, log=log, own=own,
     )  # fmt: skip
-    if saved is not None:
-        controller.load_state_dict(saved["kl_controller"])
-        stream.position = int(saved["prompt_position"])
 
     def rl_step(step: int) -> dict[str, float]:
         t_step = time.perf_counter()
@@ -319,9 +317,6 @@ def train_rl(
             "time/update": t_update - t_ref,
         }
 
-    def own_state() -> dict[str, Any]:  # what a checkpoint keeps beside models and optimiser
-        return {"kl_controller": controller.state_dict(), "prompt_position": stream.position}
-
     return run_loop(
         schedule=Schedule.every(cfg.eval_every, total=cfg.steps, samples_per_step=cfg.batch_size),
         train_step=rl_step,
@@ -338,7 +333,7 @@ def train_rl(
             scheduler=scheduler,
             config=result.config,
             keep=keep_checkpoints,
-            extra=own_state,
+            own=own,
         ),
         checkpoint_every=cfg.checkpoint_every,
         watch=watch,

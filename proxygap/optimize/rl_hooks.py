@@ -10,11 +10,17 @@ run, a monitor or a tracker, is a :class:`~proxygap.optimize.loop.Watchers` inst
 - ``post_step(policy=, ref=, optimizer=, step=) -> metrics | None``: runs after every update with
   the live objects: Elastic Reset (Noukhovitch et al. 2023) resets ``policy`` to its EMA, a
   moving reference updates ``ref``. Returned metrics are logged with the step's.
+
+A hook whose effect depends on earlier steps says so by having ``state_dict`` and
+``load_state_dict`` (:class:`~proxygap.optimize.loop.Stateful`); a checkpoint keeps its state
+and a resumed run gives it back (:meth:`RLHooks.state_dict`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from proxygap.mitigations.hooks import (
     PostStepHook,
@@ -22,6 +28,7 @@ from proxygap.mitigations.hooks import (
     identity_transform,
     no_post_step,
 )
+from proxygap.optimize.loop import Stateful
 
 __all__ = ["PostStepHook", "RLHooks", "RewardTransform", "identity_transform", "no_post_step"]
 
@@ -32,3 +39,23 @@ class RLHooks:
 
     transform: RewardTransform = identity_transform
     post_step: PostStepHook = no_post_step
+
+    def _stateful(self) -> dict[str, Stateful]:
+        hooks = {"transform": self.transform, "post_step": self.post_step}
+        return {name: h for name, h in hooks.items() if isinstance(h, Stateful)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The memory of the hooks that keep one (:class:`~proxygap.optimize.loop.Stateful`:
+        Elastic Reset's EMA, a constraint's Lagrange multipliers), for a checkpoint."""
+        return {name: h.state_dict() for name, h in self._stateful().items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Give each stateful hook back what :meth:`state_dict` saved of it."""
+        hooks = self._stateful()
+        if set(state) != set(hooks):
+            raise ValueError(
+                f"the checkpoint holds the state of the hooks {sorted(state)}, this run's "
+                f"stateful hooks are {sorted(hooks)}"
+            )
+        for name, h in hooks.items():
+            h.load_state_dict(dict(state[name]))

@@ -15,7 +15,7 @@ What the RL step (:mod:`proxygap.optimize.rl`) reads, in the order it reads it:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +51,13 @@ class PromptStream:
         self.batch = batch
         self.seed = seed
         self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        """The position, all a resumed run needs to continue the stream."""
+        return {"position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.position = int(state["position"])
 
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))

@@ -1,4 +1,4 @@
-"""Resuming RL and DAA runs from their newest checkpoint (proxygap/optimize/checkpoint.py and the
+"""Resuming RL, Quark and DAA runs from their newest checkpoint (proxygap/optimize/checkpoint.py and the
 loop's ``resume``): a run stopped after its first checkpoint and resumed in fresh objects ends
 with the numbers, examples and kept policies of a run that was never stopped, and the steps
 before the checkpoint are not taken again.
@@ -20,13 +20,16 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from proxygap.data.preferences import Pairs
+from proxygap.mitigations import make_post_step, make_transform
 from proxygap.models.tiny import tiny_gpt2_config
 from proxygap.monitor.detector import Monitor
 from proxygap.optimize.checkpoint import CheckpointError, PolicyKeeper, prune_checkpoints
 from proxygap.optimize.daa import DAAConfig, train_daa
 from proxygap.optimize.evaluate import PolicyEvaluator
 from proxygap.optimize.loop import LoopResult, Watchers
+from proxygap.optimize.quark import QuarkSettings, train_quark
 from proxygap.optimize.rl import RLConfig, train_rl
+from proxygap.optimize.rl_hooks import RLHooks
 from proxygap.sampling.generate import encode_prompts
 from proxygap.tasks.reviews.build import build_tokenizer
 
@@ -200,3 +203,88 @@ def test_daa_resumes_from_its_checkpoint_with_the_numbers_of_an_uninterrupted_ru
     assert ref_taken == [float(s) for s in range(1, 9)]
     assert taken == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]  # the data order continues at pair 16
     _same_run(result, reference, tmp_path / "stopped" / "kept", tmp_path / "reference" / "kept")
+
+
+# ---------------------------------------------------------------- Quark and stateful hooks
+QUARK_RL = RLConfig(
+    steps=5, prompts_per_step=2, group_size=2, eval_every=2, lr=3e-3, lr_schedule="cosine",
+    warmup_steps=2, eval_prompts=2, eval_samples_per_prompt=2,
+)  # fmt: skip
+
+
+def quark_run(folder: Path, *, stop_at: int | None = None):
+    ref = tiny_lm()
+    policy = copy.deepcopy(ref)
+    watch, taken = watched(policy, folder / "kept", stop_at)
+    result = train_quark(
+        policy, ref, TOK, cfg=QUARK_RL, quark=QuarkSettings(k=3, batch_size=4),
+        train_prompts=PROMPTS, join=join, reward_fn=reward, evaluator=evaluator(ref),
+        log=lambda _: None, watch=watch, checkpoint_dir=folder / "checkpoints", resume=True,
+        keep_checkpoints=1,
+    )  # fmt: skip
+    return result, taken
+
+
+def test_quark_resumes_with_its_pool_and_the_numbers_of_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """The pool grows by 4 samples a step and is drawn from by a seeded generator: a resumed
+    run that filled it again with initial samples, or redrew from a fresh generator, would
+    train on other batches and end with other weights."""
+    reference, ref_taken = quark_run(tmp_path / "reference")
+    with pytest.raises(Stop):
+        quark_run(tmp_path / "stopped", stop_at=3)
+    state = torch.load(
+        tmp_path / "stopped" / "checkpoints" / "step-000002" / "trainer_state.pt",
+        weights_only=True,
+    )
+    assert len(state["pool"]["rewards"]) == 4 + 2 * 4  # initial samples, then 4 per step
+    result, taken = quark_run(tmp_path / "stopped")
+    assert ref_taken == [1.0, 2.0, 3.0, 4.0, 5.0] and taken == [3.0, 4.0, 5.0]
+    assert result.resumed_at == 2
+    assert [r["quark/pool_size"] for r in result.steps] == [8.0, 12.0, 16.0, 20.0, 24.0]
+    _same_run(result, reference, tmp_path / "stopped" / "kept", tmp_path / "reference" / "kept")
+
+
+def hooked_run(folder: Path, *, stop_at: int | None = None):
+    """GRPO with the two mitigation hooks that remember earlier steps, built by the registry
+    as the mitigation study builds them: Elastic Reset (its EMA, reset at step 3, right after
+    the checkpoint at 2) and a constraint (its Lagrange multipliers, updated every step)."""
+    ref = tiny_lm()
+    policy = copy.deepcopy(ref)
+    watch, taken = watched(policy, folder / "kept", stop_at)
+    components = lambda texts: np.stack(  # noqa: E731
+        [[t.split().count("great") for t in texts], [0.1 * len(t.split()) for t in texts]], axis=1
+    ).astype(float)
+    hooks = RLHooks(
+        transform=make_transform(
+            "constrained", components=components, thresholds=[0.2, 0.5], lr=0.5
+        ),
+        post_step=make_post_step("elastic_reset", policy=policy, eta=0.5, every=3),
+    )
+    cfg = RL.model_copy(update={"algo": "grpo", "kl_mode": "loss"})
+    result = train_rl(
+        policy, ref, TOK, cfg=cfg, train_prompts=PROMPTS, join=join, reward_fn=reward,
+        evaluator=evaluator(ref), hooks=hooks, log=lambda _: None, watch=watch,
+        checkpoint_dir=folder / "checkpoints", resume=True, keep_checkpoints=1,
+    )  # fmt: skip
+    return result, taken, hooks
+
+
+def test_rl_hooks_resume_with_their_memory(tmp_path: Path) -> None:
+    reference, _, ref_hooks = hooked_run(tmp_path / "reference")
+    with pytest.raises(Stop):
+        hooked_run(tmp_path / "stopped", stop_at=3)
+    state = torch.load(
+        tmp_path / "stopped" / "checkpoints" / "step-000002" / "trainer_state.pt",
+        weights_only=True,
+    )
+    assert set(state["hooks"]) == {"transform", "post_step"}
+    assert state["hooks"]["post_step"]["resets"] == 0
+    result, taken, hooks = hooked_run(tmp_path / "stopped")
+    assert taken == [3.0, 4.0, 5.0] and result.resumed_at == 2
+    assert [r["elastic/reset"] for r in result.steps] == [0.0, 0.0, 1.0, 0.0, 0.0]
+    _same_run(result, reference, tmp_path / "stopped" / "kept", tmp_path / "reference" / "kept")
+    raw = hooks.transform.multipliers.raw  # type: ignore[attr-defined]
+    assert np.array_equal(raw, ref_hooks.transform.multipliers.raw)  # type: ignore[attr-defined]
+    assert hooks.post_step.resets == ref_hooks.post_step.resets == 1  # type: ignore[attr-defined]

@@ -441,7 +441,7 @@ def test_checkpoints_are_complete_and_reloadable(tmp_path):
     last = tmp_path / "step-000002"
     state = torch.load(last / "trainer_state.pt", weights_only=True)
     assert state["step"] == 2 and state["kl_controller"] == {"beta": 0.1}
-    assert state["prompt_position"] == 4 and "state" in state["optimizer"]
+    assert state["prompts"] == {"position": 4} and "state" in state["optimizer"]
     assert [r["step"] for r in state["loop"]["steps"]] == [1.0, 2.0]
     reloaded = GPT2LMHeadModel.from_pretrained(last / "policy")
     for a, b in zip(reloaded.parameters(), policy.parameters(), strict=True):
