@@ -141,9 +141,12 @@ def run_arm(
     ctx: ArmContext, arm: MitigationRunConfig, seed: int, *, points: np.ndarray | None = None
 ) -> list[dict[str, Any]]:
     """Train one arm with one seed; write its ``steps.jsonl`` (the trainer's metrics of every
-    step), ``examples.json`` and ``history.json`` (the caller marks the stage done) and return
-    the history. ``points``: the proxy points of a
-    constrained arm."""
+    step), ``examples.json`` and ``history.json`` (the caller marks the stage done, then deletes
+    the run's ``checkpoints/``) and return the history. ``points``: the proxy points of a
+    constrained arm. The run keeps its newest checkpoint (every ``checkpoint_every`` steps, or
+    before each evaluation) in ``checkpoints/`` of its folder and, rerun after a kill,
+    continues from it (trainer, hooks, pool, watchers) with the numbers of an uninterrupted
+    run."""
     study, m = ctx.study, ctx.spec
     # validated again: e.g. an adaptive KL controller needs kl_coef > 0
     cfg = type(m.settings).model_validate(
@@ -161,6 +164,10 @@ def run_arm(
     )  # fmt: skip
     reward_fn = train_reward(ctx, arm, seed)
     run = f"mitigations/{arm.name}/seed-{seed}"
+    folder = study.run.dir / "mitigations" / arm.name / f"seed-{seed}"
+    watch = watchers(study, run=run, config=cfg.model_dump(mode="json"))
+    watch.on_evaluate.append(probe.join)  # last: the monitor and trackers see what they saw
+    checkpoints = folder / "checkpoints"  # the newest only, continued from after a kill
     if arm.quark is not None:
         refs = ctx.refs
         assert refs is not None
@@ -173,22 +180,19 @@ def run_arm(
         result: LoopResult = train_quark(
             policy, start, study.tokenizer, cfg=cfg, quark=arm.quark, train_prompts=ctx.prompts,
             join=study.task.join, reward_fn=reward_fn, evaluator=evaluator, initial=initial,
-            log=lambda *_: None, watch=watchers(study, run=run, config=cfg.model_dump(mode="json")),
+            log=lambda *_: None, watch=watch, checkpoint_dir=checkpoints, resume=True,
+            keep_checkpoints=1,
         )  # fmt: skip
     else:
         result = train_rl(
             policy, start, study.tokenizer, cfg=cfg, train_prompts=ctx.prompts,
             join=study.task.join, reward_fn=reward_fn, evaluator=evaluator,
             hooks=_hooks(ctx, arm, policy, points, cfg.group_size, seed), log=lambda *_: None,
-            watch=watchers(study, run=run, config=cfg.model_dump(mode="json")),
+            watch=watch, checkpoint_dir=checkpoints, resume=True, keep_checkpoints=1,
         )  # fmt: skip
+    if result.resumed_at is not None:
+        study.log(f"mitigation {arm.name}, seed {seed} resumed at step {result.resumed_at}")
     history = result.history
-    probes = probe.rows[1:]  # the first call scored the initial policy's samples
-    if len(probes) != len(history):
-        raise RuntimeError(f"{len(probes)} probe measurements for {len(history)} evaluations")
-    for row, extra in zip(history, probes, strict=True):
-        row.update(extra)
-    folder = study.run.dir / "mitigations" / arm.name / f"seed-{seed}"
     atomic_write_text(folder / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in result.steps))
     atomic_write_json(folder / "examples.json", result.examples)
     atomic_write_json(folder / "history.json", history)  # last: its presence means complete

@@ -55,7 +55,8 @@ class EvalProbe:
     optimises (member, aggregation, or component sum) over its standard deviation on
     base-policy samples. Every call appends to ``rows`` the mean over the texts of the
     population std across the ensemble's K standardised members (``ensemble/std``) and, for
-    arms with components, each component's mean (``component/<name>``, standardised units)."""
+    arms with components, each component's mean (``component/<name>``, standardised units);
+    :meth:`join`, a watcher of the run, puts them into its evaluation rows."""
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class EvalProbe:
         ref_comps = components.ref if arm.components and components is not None else None
         self.scale = float(self._reward(members.standardised_reference, ref_comps).std()) or 1.0
         self.rows: list[dict[str, float]] = []
+        self._joined = 0
 
     def _reward(self, cols: np.ndarray, comps: np.ndarray | None) -> np.ndarray:
         if self.arm.components:
@@ -92,3 +94,14 @@ class EvalProbe:
             row |= {f"component/{n}": float(v) for n, v in zip(names, means, strict=True)}
         self.rows.append(row)
         return self._reward(cols, comps) / self.scale
+
+    def join(self, row: dict[str, float], result: object = None) -> None:
+        """An evaluation watcher: adds to ``row`` what this evaluation's call recorded (the
+        newest of ``rows``; the first, the initial policy's samples, joins no row). The rows of
+        a run resumed from a checkpoint hold theirs already."""
+        if len(self.rows) != self._joined + 2:
+            raise RuntimeError(
+                f"{len(self.rows) - 1 - self._joined} probe measurements for one evaluation"
+            )
+        self._joined += 1
+        row.update(self.rows[-1])

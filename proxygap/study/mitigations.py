@@ -13,10 +13,11 @@ draw per seed.
 - **Arms** (:mod:`proxygap.study.mitigation_arms`): every arm of ``rl`` (reward, transforms,
   post-step hook, KL coefficient and reference, constraint, or Quark) is trained with every
   seed on the same prompts and settings, one resumable stage ``mitigation:<name>:<seed>`` each,
-  writing ``mitigations/<name>/seed-<s>/history.json``. Intervals are over seeds. Arms with a
-  constraint run after the arm their proxy points come from. With ``runtime.workers > 1`` the
-  runs go to that many forked processes (Linux); each run seeds itself, so the results do not
-  depend on the number of workers.
+  writing ``mitigations/<name>/seed-<s>/history.json``; a run killed midway continues from its
+  newest checkpoint (``seed-<s>/checkpoints/``, deleted once the stage is done). Intervals
+  are over seeds. Arms with a constraint run after the arm their proxy points come from. With
+  ``runtime.workers > 1`` the runs go to that many forked processes (Linux); each run seeds
+  itself, so the results do not depend on the number of workers.
 
 Units. Gold is in units of its standard deviation over base-policy samples (the held-out pair
 responses), relative to the base policy (RL) or to n = 1 (best-of-n). The proxy reported is the
@@ -32,7 +33,9 @@ optimisation and stays nearly flat under UWO).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,6 +106,7 @@ def _run(arms: ArmContext, runs: list[ArmRun]) -> None:
     def finished(i: int) -> None:
         arm, seed, _ = runs[i]
         ctx.run.mark_done(_stage(arm, seed), {"mitigation": arm.name, "seed": seed})
+        shutil.rmtree(_folder(ctx, arm) / f"seed-{seed}" / "checkpoints", ignore_errors=True)
 
     run_jobs(
         [(f"mitigation {arm.name}, seed {seed}", job(arm, seed, p)) for arm, seed, p in runs],
@@ -112,8 +116,14 @@ def _run(arms: ArmContext, runs: list[ArmRun]) -> None:
     )
 
 
+def _folder(ctx: StudyContext, arm: MitigationRunConfig) -> Path:
+    return ctx.run.dir / "mitigations" / arm.name
+
+
 def _histories(ctx: StudyContext, arm: MitigationRunConfig, seeds: list[int]) -> list[list[dict]]:
-    folder = ctx.run.dir / "mitigations" / arm.name
+    folder = _folder(ctx, arm)
+    for s in seeds:  # a kill after a run's stage was marked done can leave its checkpoint
+        shutil.rmtree(folder / f"seed-{s}" / "checkpoints", ignore_errors=True)
     return [json.loads((folder / f"seed-{s}" / "history.json").read_text()) for s in seeds]
 
 

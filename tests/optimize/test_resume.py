@@ -1,4 +1,4 @@
-"""Resuming RL, Quark and DAA runs from their newest checkpoint (proxygap/optimize/checkpoint.py and the
+"""Resuming RL, Quark and DAA runs from their newest checkpoint (``optimize/checkpoint.py`` and the
 loop's ``resume``): a run stopped after its first checkpoint and resumed in fresh objects ends
 with the numbers, examples and kept policies of a run that was never stopped, and the steps
 before the checkpoint are not taken again.

@@ -374,3 +374,73 @@ def test_resume_reads_back_every_run(tiny_run: Path) -> None:
     run_and_report(parse_config(TINY), tiny_run.parent, log=lambda *a: lines.append(" ".join(a)))
     assert not any(line.startswith("mitigation ") for line in lines)
     assert [f.read_bytes() for f in files] == before
+
+
+class _Stop(Exception):
+    """Stands for a kill: raised by a step hook of a run."""
+
+
+def test_killed_arms_resume_from_their_checkpoints(
+    tiny_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The Elastic Reset and Quark runs of seed 0 are taken out of a finished study and run
+    again, stopped once step 3 is recorded (after the checkpoint before the evaluation at step
+    2): the next invocation continues each from its checkpoint, takes only steps 3 and 4, and
+    ends with the files of the uninterrupted study, timings aside."""
+    import shutil
+
+    import proxygap.study.mitigation_arms as arms_module
+
+    run = tmp_path / "tinymit"
+    shutil.copytree(tiny_run, run)
+    redo = ("elastic", "quark")
+    stages = json.loads((run / "stages.json").read_text())
+    for arm in redo:
+        del stages[f"mitigation:{arm}:0"]
+        shutil.rmtree(run / "mitigations" / arm / "seed-0")
+    (run / "stages.json").write_text(json.dumps(stages))
+    taken, real = tmp_path / "taken.txt", arms_module.watchers
+
+    def stopping(*args, stop: bool, **kw):
+        watch = real(*args, **kw)
+
+        def on_step(row: dict) -> None:  # the runs are in forked workers: record in a file
+            with taken.open("a") as fh:
+                fh.write(f"{kw['run']} {row['step']:g}\n")
+            if stop and row["step"] == 3:
+                raise _Stop
+
+        watch.on_step.append(on_step)
+        return watch
+
+    cfg = parse_config(TINY)
+    monkeypatch.setattr(arms_module, "watchers", lambda *a, **kw: stopping(*a, stop=True, **kw))
+    with pytest.raises(RuntimeError, match="failed"):
+        run_and_report(cfg, tmp_path, log=lambda *_: None)
+    for arm in redo:
+        assert (run / "mitigations" / arm / "seed-0" / "checkpoints" / "step-000002").is_dir()
+    taken.write_text("")
+    monkeypatch.setattr(arms_module, "watchers", lambda *a, **kw: stopping(*a, stop=False, **kw))
+    run_and_report(cfg, tmp_path, log=lambda *_: None)
+    assert sorted(taken.read_text().splitlines()) == sorted(
+        f"mitigations/{arm}/seed-0 {s}" for arm in redo for s in (3, 4)
+    )
+
+    def strip(path: Path) -> list[dict]:
+        text = path.read_text()
+        rows = (
+            [json.loads(x) for x in text.splitlines()]
+            if path.suffix == ".jsonl"
+            else json.loads(text)
+        )
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+    for arm in redo:
+        folder, ref = (
+            run / "mitigations" / arm / "seed-0",
+            tiny_run / "mitigations" / arm / "seed-0",
+        )
+        for name in ("history.json", "steps.jsonl"):
+            assert strip(folder / name) == strip(ref / name), (arm, name)
+        assert (folder / "examples.json").read_bytes() == (ref / "examples.json").read_bytes()
+        assert not (folder / "checkpoints").exists()
