@@ -215,7 +215,6 @@ class PolicyEvaluator:
         metrics: dict[str, float] = {
             "reward/gold": float(gold.mean() - gold0.mean()),
             "reward/gold_se": _se(gold - gold0),
-            "reward/gold_se_prompt": _prompt_se(gold - gold0, s.prompt_index.numpy()),
             "reward/gold_raw": float(gold.mean() * self.gold_scale),
             "winrate/gold_vs_init": win_rate(gold, gold0),
             "length/mean": float(scores["length"].mean()),
@@ -231,6 +230,8 @@ class PolicyEvaluator:
             "kl/k1_se": _se(kl.k1.double().numpy()),
             "d": float(np.sqrt(max(kl_metrics["kl/k1"], 0.0))),
         }
+        if len(np.unique(s.prompt_index.numpy())) > 1:  # a clustered SE needs two prompts
+            metrics["reward/gold_se_prompt"] = _prompt_se(gold - gold0, s.prompt_index.numpy())
         if "proxy" in scores:
             metrics["reward/proxy"] = float(scores["proxy"].mean() - init["proxy"].mean())
             metrics["reward/proxy_se"] = _se(scores["proxy"] - init["proxy"])

@@ -10,8 +10,11 @@ The task ships the base policy at three sizes (:data:`POLICY_SIZES`), pretrained
 (corpus, epochs, learning rate, seed) and differing only in width and depth, so a study can ask
 how overoptimization depends on the policy's scale. ``base`` is the original policy; the other
 two were built with one torch thread and carry ``BUILD.json``: the spec, the thread count and
-digests of the weights at initialisation and after :data:`FINGERPRINT_STEPS` steps, which a test
-recomputes cheaply, and the sha256 of the shipped ``model.safetensors``.
+digests of the weights at initialisation and after :data:`FINGERPRINT_STEPS` steps, the norm of
+each weight tensor after those steps, and the sha256 of the shipped ``model.safetensors``. A test
+recomputes the first steps cheaply: the initial weights must match bit for bit, the norms after
+the steps to a relative 1e-4 (float kernels of other library versions change the last bits of a
+training step, so the step digest holds only on the machine and versions that built it).
 """
 
 from __future__ import annotations
@@ -97,6 +100,11 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def weights_norms(model: torch.nn.Module) -> list[float]:
+    """The L2 norm of each tensor of the state dict, in order (float64, 8 significant digits)."""
+    return [float(f"{t.detach().double().norm().item():.8g}") for t in model.state_dict().values()]
 
 
 def pretrain(
@@ -194,10 +202,12 @@ def build(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     digests: dict[str, str] = {}
+    norms: dict[str, list[float]] = {}
 
     def fingerprint(steps: int, model: GPT2LMHeadModel) -> None:
         if steps == FINGERPRINT_STEPS:
             digests[f"step_{steps}"] = weights_digest(model)
+            norms[f"step_{steps}"] = weights_norms(model)
 
     with _Threads(threads):
         model, tokenizer, pad_id = _start(spec)
@@ -221,6 +231,7 @@ def build(
         "threads": threads if threads is not None else torch.get_num_threads(),
         "final_loss": round(tail, 4),
         "digests": digests,
+        "norms": norms,
         "sha256": hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest(),
     }
     (out / "BUILD.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -248,21 +259,22 @@ class _Encoded(Sequence[list[int]]):
         return encode_corpus([self.texts[i]], self.tokenizer)[0]
 
 
-def rebuild_digests(
+def rebuild_fingerprint(
     spec: BaseModelSpec,
     *,
     steps: int = FINGERPRINT_STEPS,
     threads: int | None = None,
     corpus: list[str] | None = None,
-) -> dict[str, str]:
-    """The digests :func:`build` records, recomputed from the first ``steps`` steps only
-    (``corpus``: ``sample_corpus(spec.n_sentences, seed=spec.seed)`` when already at hand)."""
+) -> tuple[dict[str, str], dict[str, list[float]]]:
+    """The digests and norms :func:`build` records, recomputed from the first ``steps`` steps
+    only (``corpus``: ``sample_corpus(spec.n_sentences, seed=spec.seed)`` when already at
+    hand)."""
     with _Threads(threads):
         model, tokenizer, pad_id = _start(spec)
-        out = {"init": weights_digest(model)}
+        digests = {"init": weights_digest(model)}
         if corpus is None:
             corpus = sample_corpus(spec.n_sentences, seed=spec.seed)
         lazy = _Encoded(corpus, tokenizer)  # only the first steps' sentences get encoded
         pretrain(model, lazy, spec=spec, pad_id=pad_id, stop_after=steps)
-        out[f"step_{steps}"] = weights_digest(model)
-    return out
+        digests[f"step_{steps}"] = weights_digest(model)
+    return digests, {f"step_{steps}": weights_norms(model)}
