@@ -126,12 +126,16 @@ class Stateful(Protocol):
 class Watchers:
     """What watches a run without changing it: ``on_evaluate`` hooks (a monitor, a tracker),
     ``on_step`` hooks (a tracker), ``on_close`` callables run once when the loop returns (a
-    tracker flushes and finishes) and a progress bar described by ``progress`` (None: none)."""
+    tracker flushes and finishes), ``on_resume`` callables told ``(step, result)`` when the
+    loop continues a checkpoint at ``step`` with its record restored (a tracker replaces what
+    it logged from that step on before the stop) and a progress bar described by ``progress``
+    (None: none)."""
 
     on_evaluate: list[EvalHook] = field(default_factory=list)
     on_step: list[StepHook] = field(default_factory=list)
     progress: str | None = None
     on_close: list[Callable[[], Any]] = field(default_factory=list)
+    on_resume: list[Callable[[int, LoopResult], Any]] = field(default_factory=list)
 
 
 Evaluate = Callable[[int], tuple[dict[str, float], list[dict[str, Any]]]]
@@ -179,6 +183,8 @@ def run_loop(
     if resume is not None:
         start, window = _restore(resume, result, watch)
         result.resumed_at = start
+        for hook in watch.on_resume:
+            hook(start, result)
         t_start -= float(resume["wall"])
     bar = tqdm(
         total=schedule.total, initial=start, desc=watch.progress, unit="step",

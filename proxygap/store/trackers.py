@@ -13,6 +13,13 @@ each of them through the loop's hooks (:class:`proxygap.optimize.loop.Watchers`)
 Each run is one tracker run named ``<stage>/<run>`` (``rl/kl-0``, ``daa/dpo-0.1``,
 ``mitigations/uwo/seed-0``) in a project named after the study; TensorBoard writes under
 ``<run folder>/tensorboard/<run>``, W&B and trackio keep their files under ``<run folder>``.
+
+A run killed and continued from its checkpoint at step ``k`` (``on_resume``) stays one run per
+tracker, with one point per step: TensorBoard purges what the stopped run logged from ``k`` on
+(``purge_step``) and the rows at ``k`` kept in the checkpoint are logged again; W&B continues
+the same run (its id is kept in ``<run folder>/.wandb-ids/``, ``resume="allow"``) and drops the
+steps it already holds, which the continued run reproduces; trackio continues the run of the
+same name when its ``init`` takes ``resume``.
 The packages are optional extras (``pip install 'proxygap[tensorboard]'``, ``[wandb]``,
 ``[trackio]``): :func:`check_trackers` names the missing one before anything runs. Nothing is
 sent anywhere unless the tracker itself is set up to (W&B obeys ``WANDB_MODE=offline``; trackio
@@ -23,7 +30,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +107,23 @@ class Tracker:
         """An evaluation row (the training-metric means in it are left out, see the module)."""
         self.log(_numbers(row, self._step_keys), int(row["step"]))
 
+    def on_resume(self, step: int, result: Any) -> None:
+        """The run continues a checkpoint at ``step`` with ``result`` (its history and step
+        rows) restored: what was logged from ``step`` on before the stop is replaced by the
+        restored rows at ``step`` and what the continued run logs next."""
+        for row in result.steps:
+            self._step_keys.update(row)
+        self.purge_from(step)
+        for row in result.steps:
+            if row["step"] >= step:
+                self.on_step(row)
+        for row in result.history:
+            if row["step"] >= step:
+                self.on_evaluate(row)
+
+    def purge_from(self, step: int) -> None:
+        """Drop what this run logged at ``step`` and later (where the tracker can)."""
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         raise NotImplementedError
 
@@ -111,12 +137,20 @@ class TensorBoardTracker(Tracker):
     def __init__(self, folder: Path) -> None:
         super().__init__()
         _import("tensorboard")
-        from torch.utils.tensorboard import SummaryWriter
-
         self.folder = Path(folder)
-        self.writer: Any = SummaryWriter(log_dir=str(self.folder))
+        self.writer: Any = None  # opened by the first log, after a purge if any
+        self._purge: int | None = None
+
+    def purge_from(self, step: int) -> None:
+        if self.writer is not None:
+            raise RuntimeError("a TensorBoard run can only purge before it logs")
+        self._purge = step
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=self._purge)
         for k, v in metrics.items():
             self.writer.add_scalar(k, v, global_step=step)
 
@@ -135,7 +169,7 @@ class WandbTracker(Tracker):
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.run: Any = wandb.init(
             project=project, name=name, group=project, dir=str(folder), config=dict(config),
-            reinit="create_new",
+            reinit="create_new", id=_run_id(Path(folder), name), resume="allow",
         )  # fmt: skip
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -154,7 +188,8 @@ class TrackioTracker(Tracker):
     def __init__(self, *, project: str, name: str, config: Mapping[str, Any]):
         super().__init__()
         self.trackio: Any = _import("trackio")
-        self.trackio.init(project=project, name=name, config=dict(config))
+        resume = {"resume": "allow"} if "resume" in _parameters(self.trackio.init) else {}
+        self.trackio.init(project=project, name=name, config=dict(config), **resume)
         self.open = True
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -164,6 +199,26 @@ class TrackioTracker(Tracker):
         if self.open:
             self.trackio.finish()
             self.open = False
+
+
+def _run_id(folder: Path, run: str) -> str:
+    """The W&B id of the run ``run`` of the run folder ``folder``: made once and kept in
+    ``folder/.wandb-ids/`` so that a continued run logs to the same W&B run (a new folder, as
+    after ``--restart``, makes new ids)."""
+    path = folder / ".wandb-ids" / run.replace("/", "--")
+    if path.is_file():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex[:16]
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def _parameters(fn: Any) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def open_trackers(

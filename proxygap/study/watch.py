@@ -47,4 +47,5 @@ def watchers(
             watch.on_evaluate.append(t.on_evaluate)
             watch.on_step.append(t.on_step)
             watch.on_close.append(t.close)
+            watch.on_resume.append(t.on_resume)
     return watch

@@ -133,3 +133,66 @@ def test_a_missing_package_is_named_with_its_install_command(monkeypatch: Any) -
 def test_trackers_do_not_change_a_run_folder_digest() -> None:
     config = {"name": "x", "runtime": {"report_to": ["tensorboard"], "device": "cpu"}}
     assert result_config(config) == {"name": "x", "runtime": {"device": "cpu"}}
+
+
+class _Stop(Exception):
+    """Stands for a kill."""
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path: Path) -> None:
+    """A loop stopped after step 3 (its checkpoint is at step 2, before the evaluation there)
+    and continued in a fresh process-like setting: TensorBoard reads back one point per step,
+    the continued run's values from step 2 on, and the stopped run's before."""
+    pytest.importorskip("tensorboard")
+    import copy
+
+    schedule = Schedule.every(2, total=4, samples_per_step=8)
+
+    def loop(offset: float, stop_at: int | None, resume: dict | None, saved: list) -> None:
+        (tb,) = open_trackers(["tensorboard"], folder=tmp_path, project="s", run="rl/a")
+
+        def step(s: int) -> dict[str, float]:
+            if s + 1 == stop_at:
+                raise _Stop
+            return {"train/loss": offset + s}
+
+        run_loop(
+            schedule=schedule, train_step=step, result=LoopResult(), log=lambda *_: None,
+            describe=str,
+            evaluate=lambda s: ({"reward/gold": offset + 0.1 * s}, []),
+            checkpoint=lambda s, state: saved.append(copy.deepcopy(state)),
+            watch=Watchers(on_evaluate=[tb.on_evaluate], on_step=[tb.on_step],
+                           on_close=[tb.close], on_resume=[tb.on_resume]),
+            resume=resume,
+        )  # fmt: skip
+
+    saved: list[dict] = []
+    with pytest.raises(_Stop):
+        loop(0.0, 4, None, saved)  # logged gold at 0 and 2, losses at steps 1-3
+    state = saved[-1]
+    assert state["step"] == 2
+    loop(100.0, None, state, [])  # continued: other values, to tell the two runs apart
+    got = _scalars(tmp_path / "tensorboard" / "rl" / "a")
+    # step 2's loss was kept in the checkpoint (logged again as it was); 3 and 4 are new
+    assert got["train/loss"] == [(1, 0.0), (2, 1.0), (3, 102.0), (4, 103.0)]
+    assert got["reward/gold"] == [(0, 0.0), (2, pytest.approx(100.2)), (4, pytest.approx(100.4))]
+
+
+def test_wandb_keeps_one_run_id_per_run_folder(tmp_path: Path, monkeypatch: Any) -> None:
+    inits: list[dict] = []
+
+    class Run:
+        def finish(self) -> None:
+            pass
+
+    def wandb_init(**kw: Any) -> Run:
+        inits.append(kw)
+        return Run()
+
+    monkeypatch.setitem(sys.modules, "wandb", _fake("wandb", init=wandb_init))
+    for folder, run in [("a", "rl/x"), ("a", "rl/x"), ("a", "rl/y"), ("b", "rl/x")]:
+        (t,) = open_trackers(["wandb"], folder=tmp_path / folder, project="p", run=run)
+        t.close()
+    ids = [kw["id"] for kw in inits]
+    assert ids[0] == ids[1] and len(set(ids)) == 3  # continued, another run, another folder
+    assert all(kw["resume"] == "allow" for kw in inits)
