@@ -17,7 +17,7 @@ from proxygap.report.document import Document, Heading, Image, Paragraph, Table 
 from proxygap.report.format import fmt  # noqa: E402
 from proxygap.store.atomic import atomic_write  # noqa: E402
 
-__all__ = ["context_sentence", "gao_sentence", "rl_sentence", "scaling_section"]
+__all__ = ["context_sentence", "gao_sentence", "rl_sentence", "scaling_lines", "scaling_section"]
 
 _NAMES = {
     "alpha": "α_bon",
@@ -115,6 +115,30 @@ def context_sentence(s: dict[str, Any]) -> str:
             "down by more than 2 SE"
         )
     return "**What the verdicts rest on.** " + "; ".join(parts) + "."
+
+
+def scaling_lines(s: dict[str, Any]) -> list[str]:
+    """The report summary's lines: each of Gao et al.'s directions of change with its verdict
+    and slope per decade of parameters, per data size (best-of-n) and for the RL subset."""
+
+    def slope(t: dict[str, Any]) -> str:
+        return f"{fmt(t['slope'], 3)} [{fmt(t['lo'], 3)}, {fmt(t['hi'], 3)}] per decade"
+
+    lines = []
+    for name, claim in s["claims"].items():
+        where = "; ".join(
+            f"**{s['gao'][n][name]}** at {n} pairs ({slope(s['trends'][n][name])})"
+            for n in s["gao"]
+        )
+        lines.append(f"Reward-model scaling, best-of-n: {claim}: {where}.")
+    rl = s.get("rl")
+    if rl and rl["gao"]:
+        for name, claim in rl["claims"].items():
+            lines.append(
+                f"Reward-model scaling, RL: {claim}: **{rl['gao'][name]}** "
+                f"({slope(rl['trends'][name])})."
+            )
+    return lines
 
 
 def _tiv(q: dict[str, Any], digits: int = 2) -> str:

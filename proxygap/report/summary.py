@@ -17,6 +17,7 @@ from proxygap.report.daa_scale_section import daa_scale_lines
 from proxygap.report.fdiv_claims import fdiv_lines
 from proxygap.report.format import fmt
 from proxygap.report.rl_section import frontier_verdict
+from proxygap.report.scaling_section import scaling_lines
 from proxygap.study.results import MitigationResult, ProxyResult, RLRunResult, StudyResult
 
 __all__ = ["summary_lines"]
@@ -135,6 +136,8 @@ def summary_lines(study: StudyResult) -> list[str]:
         lines += daa_scale_lines(study.daa_scale)
     if study.fdiv is not None:
         lines += fdiv_lines(study.fdiv.summary)
+    if study.scaling is not None:
+        lines += scaling_lines(study.scaling.summary)
     return lines or ["No stage produced a result to summarise."]
 
 

@@ -68,6 +68,9 @@ def test_every_cell_is_trained_scored_and_summarised(scaling_run: Any) -> None:
     report = (run / "report.md").read_text()
     assert "## Reward-model scaling" in report and "**Against Gao et al.**" in report
     assert (run / "plots" / "scaling.png").is_file()
+    summary = report.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    verdict = s["gao"]["60"]["gold_peak"]
+    assert f"**{verdict}** at 60 pairs" in summary and "bigger proxies peak higher" in summary
 
 
 def test_fits_and_trends_follow_from_the_written_scores(scaling_run: Any) -> None:
