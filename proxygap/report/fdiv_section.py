@@ -32,21 +32,33 @@ COLUMNS = {
 }  # fmt: skip
 
 
-def plot_fdiv(panels: Mapping[str, Histories], path: Path) -> None:
-    """One panel per family (RL, DAA): gold against ``d`` at each evaluation point, seed means
-    with 95% t-intervals over seeds of both (error bars), one line per arm."""
+def plot_fdiv(
+    panels: Mapping[str, Histories], path: Path, d_common: Mapping[str, float] | None = None
+) -> None:
+    """One panel per family (RL, DAA): gold against ``d``, each seed's run as a thin line and
+    the mean over seeds at each evaluation as a bold one, one colour per arm; a dashed line at
+    the panel's common ``d*`` (``d_common``, by panel title). A seed that runs far (a collapse)
+    stretches ``d``: past ``d`` = 1 the axis is then logarithmic (symlog), so the runs near the
+    start stay readable. Intervals are in the tables, not drawn: with three seeds and one
+    collapse they would cover the panel."""
     fig, axes = plt.subplots(
         1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False, layout="constrained"
     )
     for ax, (title, histories) in zip(axes.flat, panels.items(), strict=True):
+        far = 0.0
         for i, (arm, runs) in enumerate(histories.items()):
-            d, dlo, dhi = seed_band(runs, "d")
-            g, glo, ghi = seed_band(runs, "reward/gold")
-            ax.errorbar(
-                d, g, xerr=[d - dlo, dhi - d], yerr=[g - glo, ghi - g], fmt="o-", ms=3, lw=1.2,
-                color=f"C{i}", ecolor=f"C{i}", elinewidth=0.6, alpha=0.9,
-                label=NAMES.get(arm, arm),
-            )  # fmt: skip
+            for run in runs:
+                d = [r["d"] for r in run]
+                far = max(far, *d)
+                ax.plot(d, [r["reward/gold"] for r in run], "-", lw=0.7, color=f"C{i}", alpha=0.35)
+            d, _, _ = seed_band(runs, "d")
+            g, _, _ = seed_band(runs, "reward/gold")
+            ax.plot(d, g, "o-", ms=3, lw=1.8, color=f"C{i}", label=NAMES.get(arm, arm))
+        if d_common and title in d_common:
+            ax.axvline(d_common[title], color="grey", ls="--", lw=0.8, label="d*")
+        if far > 3.0:
+            ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0.0)
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("d = sqrt(KL to the base policy)")
@@ -84,10 +96,15 @@ def fdiv_section(doc: Document, run_dir: Path, result: FDivResult) -> None:
     """Append the section (plot, tables, verdicts) for ``result`` to ``doc``."""
     cfg, summary = result.config, result.summary
     panels: dict[str, Histories] = {}
-    if result.rl:
-        panels[f"RL (f-DPG, beta {cfg.rl.beta:g})" if cfg.rl else "RL"] = result.rl
-    if result.daa:
-        panels[f"DAA (f-DPO, beta {cfg.daa.beta:g})" if cfg.daa else "DAA"] = result.daa
+    d_common: dict[str, float] = {}
+    for part, histories, title in [
+        ("rl", result.rl, f"RL (f-DPG, beta {cfg.rl.beta:g})" if cfg.rl else "RL"),
+        ("daa", result.daa, f"DAA (f-DPO, beta {cfg.daa.beta:g})" if cfg.daa else "DAA"),
+    ]:
+        if histories:
+            panels[title] = histories
+            if summary.get(part, {}).get("d_common") is not None:
+                d_common[title] = float(summary[part]["d_common"])
     doc.add(Heading("f-divergences"))
     doc.add(
         Paragraph(
@@ -107,12 +124,12 @@ def fdiv_section(doc: Document, run_dir: Path, result: FDivResult) -> None:
         )
     )
     if panels:
-        plot_fdiv(panels, run_dir / "plots" / "fdiv_frontier.png")
+        plot_fdiv(panels, run_dir / "plots" / "fdiv_frontier.png", d_common)
         doc.add(
             Image(
                 "plots/fdiv_frontier.png",
-                "Gold against d per divergence: seed means at each evaluation, 95% intervals "
-                "over seeds of both.",
+                "Gold against d per divergence: each seed's run (thin) and the mean over seeds "
+                "at each evaluation (bold); dashed: the common d*.",
             )
         )
     if "rl" in summary:
