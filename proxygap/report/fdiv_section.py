@@ -48,12 +48,12 @@ def plot_fdiv(
         far = 0.0
         for i, (arm, runs) in enumerate(histories.items()):
             for run in runs:
-                d = [r["d"] for r in run]
-                far = max(far, *d)
-                ax.plot(d, [r["reward/gold"] for r in run], "-", lw=0.7, color=f"C{i}", alpha=0.35)
-            d, _, _ = seed_band(runs, "d")
-            g, _, _ = seed_band(runs, "reward/gold")
-            ax.plot(d, g, "o-", ms=3, lw=1.8, color=f"C{i}", label=NAMES.get(arm, arm))
+                ds = [r["d"] for r in run]
+                far = max(far, *ds)
+                ax.plot(ds, [r["reward/gold"] for r in run], "-", lw=0.7, color=f"C{i}", alpha=0.35)
+            dm, _, _ = seed_band(runs, "d")
+            gm, _, _ = seed_band(runs, "reward/gold")
+            ax.plot(dm, gm, "o-", ms=3, lw=1.8, color=f"C{i}", label=NAMES.get(arm, arm))
         if d_common and title in d_common:
             ax.axvline(d_common[title], color="grey", ls="--", lw=0.8, label="d*")
         if far > 3.0:
