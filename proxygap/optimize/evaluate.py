@@ -230,8 +230,9 @@ class PolicyEvaluator:
             "kl/k1_se": _se(kl.k1.double().numpy()),
             "d": float(np.sqrt(max(kl_metrics["kl/k1"], 0.0))),
         }
-        if len(np.unique(s.prompt_index.numpy())) > 1:  # a clustered SE needs two prompts
-            metrics["reward/gold_se_prompt"] = _prompt_se(gold - gold0, s.prompt_index.numpy())
+        prompts = s.prompt_index.numpy()
+        if len(np.unique(prompts)) > 1:  # a clustered SE needs two prompts
+            metrics["reward/gold_se_prompt"] = _prompt_se(gold - gold0, prompts)
         if "proxy" in scores:
             metrics["reward/proxy"] = float(scores["proxy"].mean() - init["proxy"].mean())
             metrics["reward/proxy_se"] = _se(scores["proxy"] - init["proxy"])

@@ -33,6 +33,11 @@ def _iv(q: dict[str, float], digits: int = 3) -> str:
     return f"{fmt(q['value'], digits)} [{fmt(q['lo'], digits)}, {fmt(q['hi'], digits)}]"
 
 
+def _slope(t: dict[str, Any]) -> str:
+    """A trend's slope per decade with its interval over seeds: ``0.115 [0.024, 0.206]``."""
+    return f"{fmt(t['slope'], 3)} [{fmt(t['lo'], 3)}, {fmt(t['hi'], 3)}]"
+
+
 def _params(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
 
@@ -66,7 +71,7 @@ def _trend_table(s: dict[str, Any]) -> Table:
             rows.append(
                 [
                     n, _NAMES.get(name, name),
-                    f"{fmt(t['slope'], 3)} [{fmt(t['lo'], 3)}, {fmt(t['hi'], 3)}]",
+                    _slope(t),
                     f"[{fmt(t['boot_lo'], 3)}, {fmt(t['boot_hi'], 3)}]",
                     claim or "–", s["gao"][n].get(name, "–"),
                 ]
@@ -85,11 +90,7 @@ def gao_sentence(s: dict[str, Any]) -> str:
             if len(uniq) == 1
             else ", ".join(f"{v} at {n} pairs" for n, v in verdicts.items())
         )
-        slopes = "; ".join(
-            f"{n} pairs: {fmt(s['trends'][n][name]['slope'], 3)} "
-            f"[{fmt(s['trends'][n][name]['lo'], 3)}, {fmt(s['trends'][n][name]['hi'], 3)}]"
-            for n in verdicts
-        )
+        slopes = "; ".join(f"{n} pairs: {_slope(s['trends'][n][name])}" for n in verdicts)
         parts.append(f"{claim}: **{where}** (slope per decade {slopes})")
     return (
         "**Against Gao et al.** (α_bon rises and β_bon falls with proxy size; bigger proxies "
@@ -110,9 +111,8 @@ def context_sentence(s: dict[str, Any]) -> str:
         turned = sum(r["turned_down"] for r in rows)
         total = sum(r["seeds"] for r in rows)
         parts.append(
-            f"at {n} pairs held-out accuracy is {accs} (slope per decade {fmt(acc['slope'], 3)} "
-            f"[{fmt(acc['lo'], 3)}, {fmt(acc['hi'], 3)}]) and {turned} of {total} curves turn "
-            "down by more than 2 SE"
+            f"at {n} pairs held-out accuracy is {accs} (slope per decade {_slope(acc)}) and "
+            f"{turned} of {total} curves turn down by more than 2 SE"
         )
     return "**What the verdicts rest on.** " + "; ".join(parts) + "."
 
@@ -121,13 +121,10 @@ def scaling_lines(s: dict[str, Any]) -> list[str]:
     """The report summary's lines: each of Gao et al.'s directions of change with its verdict
     and slope per decade of parameters, per data size (best-of-n) and for the RL subset."""
 
-    def slope(t: dict[str, Any]) -> str:
-        return f"{fmt(t['slope'], 3)} [{fmt(t['lo'], 3)}, {fmt(t['hi'], 3)}] per decade"
-
     lines = []
     for name, claim in s["claims"].items():
         where = "; ".join(
-            f"**{s['gao'][n][name]}** at {n} pairs ({slope(s['trends'][n][name])})"
+            f"**{s['gao'][n][name]}** at {n} pairs ({_slope(s['trends'][n][name])} per decade)"
             for n in s["gao"]
         )
         lines.append(f"Reward-model scaling, best-of-n: {claim}: {where}.")
@@ -136,7 +133,7 @@ def scaling_lines(s: dict[str, Any]) -> list[str]:
         for name, claim in rl["claims"].items():
             lines.append(
                 f"Reward-model scaling, RL: {claim}: **{rl['gao'][name]}** "
-                f"({slope(rl['trends'][name])})."
+                f"({_slope(rl['trends'][name])} per decade)."
             )
     return lines
 
@@ -180,9 +177,8 @@ def rl_sentence(rl: dict[str, Any]) -> str:
     for name, claim in rl["claims"].items():
         t = rl["trends"][name]
         parts.append(
-            f"{claim}: **{rl['gao'][name]}** (slope per decade {fmt(t['slope'], 3)} "
-            f"[{fmt(t['lo'], 3)}, {fmt(t['hi'], 3)}]; the largest proxy above the smallest on "
-            f"{t['largest_above_smallest']} of {len(t['per_seed'])} seeds)"
+            f"{claim}: **{rl['gao'][name]}** (slope per decade {_slope(t)}; the largest proxy "
+            f"above the smallest on {t['largest_above_smallest']} of {len(t['per_seed'])} seeds)"
         )
     still = sum(r["seeds"] - r["turned_down"] for r in rl["rows"])
     total = sum(r["seeds"] for r in rl["rows"])
