@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from proxygap.optimize.rl import RLConfig
-from proxygap.schema import NonNegFloat, PosFloat, Strict, safe_name
+from proxygap.schema import NonNegFloat, PosFloat, PosInt, Strict, safe_name
 
 __all__ = ["DetectConfig", "DetectFamily"]
 
@@ -61,9 +61,10 @@ class DetectConfig(Strict):
     ``test_families`` and scores those families on the validation and on the test seeds. The
     monitor's ensemble and latent signals read the members and the first member's hidden states
     of ``monitor_proxy``. The forecaster (:func:`proxygap.monitor.forecast.forecast_peak` with
-    ``forecast_method``) gets gold on the evaluator's samples (``eval_prompts x
-    eval_samples_per_prompt`` of ``settings``, the gold budget) at the evaluation points up to
-    its forecast.
+    ``forecast_method``) gets gold on the samples of the first ``forecast_prompts`` evaluation
+    prompts (``x eval_samples_per_prompt`` of ``settings``: the gold budget; all
+    ``eval_prompts`` when None) at the evaluation points up to its forecast, while the labels
+    read gold on all of them.
     """
 
     settings: RLConfig = Field(default_factory=RLConfig)
@@ -73,6 +74,11 @@ class DetectConfig(Strict):
     test_families: list[str] = Field(default_factory=list)
     monitor_proxy: str
     families: list[DetectFamily] = Field(min_length=2)
+    forecast_prompts: PosInt | None = Field(
+        default=None,
+        description="the forecaster's gold budget: gold on the samples of the first "
+        "forecast_prompts evaluation prompts only (None: on all of them)",
+    )
     forecast_level: PosFloat = 0.8
     forecast_method: Literal["argmax", "plateau", "quadratic"] = "plateau"
 
@@ -94,6 +100,11 @@ class DetectConfig(Strict):
             raise ValueError(f"detect: seeds {sorted(val & test)} are both validation and test")
         if not seeds - val - test:
             raise ValueError("detect.seeds must leave at least one training seed")
+        if self.forecast_prompts is not None and self.forecast_prompts > self.settings.eval_prompts:
+            raise ValueError(
+                f"detect.forecast_prompts ({self.forecast_prompts}) exceeds "
+                f"detect.settings.eval_prompts ({self.settings.eval_prompts})"
+            )
         if set(self.test_families) == set(names):
             raise ValueError("detect.test_families must leave at least one family to train on")
         for f in self.families:

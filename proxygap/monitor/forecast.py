@@ -27,6 +27,15 @@ while it still lies ahead, the plateau's end the reverse, their midpoint fair at
 of the peak is read off the run's ``d``-against-step path so far (linear in ``sqrt(step)``,
 extrapolated when the peak lies ahead). :func:`gao_rl_peak` is the comparison: the peak of Gao et
 al.'s RL law ``d (alpha - beta log d)`` fitted to the same points.
+
+The bootstrap interval reflects only the labels' noise, not the error of the method itself
+(a peak still ahead lies beyond every point seen), so it covers too rarely before the peak.
+:func:`conformal_radius` calibrates an interval instead (split conformal prediction, Vovk et
+al. 2005; Lei et al. 2018): on calibration runs, whose true peak is known, the scores
+``|log(d_true / d_forecast)|``; their ``ceil((n + 1) level)``-th smallest, ``q``, gives the
+interval ``d_forecast * [exp(-q), exp(q)]`` (:meth:`PeakForecast.conformal`), which covers a
+new run's peak with probability at least ``level`` when runs are exchangeable with the
+calibration runs.
 """
 
 from __future__ import annotations
@@ -39,7 +48,14 @@ import numpy as np
 
 from proxygap.analysis.laws import ArrayLike, fit_bon_law, fit_rl_law
 
-__all__ = ["FORECAST_METHODS", "PeakForecast", "forecast_peak", "gao_rl_peak", "plateau_end"]
+__all__ = [
+    "FORECAST_METHODS",
+    "PeakForecast",
+    "conformal_radius",
+    "forecast_peak",
+    "gao_rl_peak",
+    "plateau_end",
+]
 
 ForecastMethod = Literal["argmax", "plateau", "quadratic"]
 FORECAST_METHODS: tuple[ForecastMethod, ...] = ("argmax", "plateau", "quadratic")
@@ -54,6 +70,32 @@ class PeakForecast:
     lo: float
     hi: float
     step: float | None
+
+    def conformal(self, radius: float) -> tuple[float, float]:
+        """The calibrated interval ``d * [exp(-radius), exp(radius)]`` (see
+        :func:`conformal_radius`); ``(0, inf)`` when the forecast or the radius is not finite
+        or the forecast is not positive."""
+        if not (math.isfinite(self.d) and self.d > 0 and math.isfinite(radius)):
+            return 0.0, math.inf
+        return self.d * math.exp(-radius), self.d * math.exp(radius)
+
+
+def conformal_radius(forecast: ArrayLike, truth: ArrayLike, level: float = 0.8) -> float:
+    """The split-conformal radius (module docstring) from calibration runs' forecast and true
+    peak ``d``: the ``ceil((n + 1) level)``-th smallest of ``|log(truth / forecast)|``; ``inf``
+    when ``n`` is too small for that rank (fewer than ``level / (1 - level)`` runs) and for a
+    forecast or truth that is not positive and finite."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    f, t = np.asarray(forecast, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    if f.shape != t.shape or f.ndim != 1:
+        raise ValueError(f"forecast and truth must be (n,) alike, got {f.shape} and {t.shape}")
+    ok = np.isfinite(f) & np.isfinite(t) & (f > 0) & (t > 0)
+    scores = np.full(len(f), np.inf)
+    scores[ok] = np.abs(np.log(t[ok] / f[ok]))
+    scores.sort()
+    rank = math.ceil((len(scores) + 1) * level)
+    return float(scores[rank - 1]) if rank <= len(scores) else math.inf
 
 
 def _peak(d: np.ndarray, g: np.ndarray, se: np.ndarray | None) -> float:

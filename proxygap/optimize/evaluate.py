@@ -45,6 +45,16 @@ def _prompt_se(x: np.ndarray, prompt: np.ndarray) -> float:
     return _se(means)
 
 
+def _budget_gold(x: np.ndarray, prompt: np.ndarray, k: int) -> dict[str, float]:
+    """``reward/gold_budget`` (and its prompt-clustered ``_se`` with two prompts or more): the
+    mean of ``x`` over the samples of the first ``k`` prompts."""
+    keep = prompt < k
+    out = {"reward/gold_budget": float(x[keep].mean())}
+    if k > 1:
+        out["reward/gold_budget_se"] = _prompt_se(x[keep], prompt[keep])
+    return out
+
+
 def win_rate(a: np.ndarray, b: np.ndarray) -> float:
     """P(a > b) + P(a = b) / 2 over paired samples."""
     return float(np.mean((a > b) + 0.5 * (a == b)))
@@ -64,6 +74,10 @@ class PolicyEvaluator:
     ``signal/ensemble_std`` from ``members`` (texts -> ``(n, K)`` standardised member scores)
     and ``signal/outlier_rate`` from ``embed`` (texts -> ``(n, H)`` reward-model hidden states,
     compared with the initial policy's samples).
+
+    With ``gold_budget_prompts = k``, ``reward/gold_budget`` (and ``reward/gold_budget_se``)
+    is gold on the samples of the first ``k`` prompts only: what a team with a small labelling
+    budget would see, while ``reward/gold`` on all samples is the ground truth.
     """
 
     ref: PreTrainedModel
@@ -81,6 +95,7 @@ class PolicyEvaluator:
     gold_scale: float = 1.0
     members: ScoreFn | None = None
     embed: ScoreFn | None = None
+    gold_budget_prompts: int | None = None
 
     @classmethod
     def for_task(
@@ -98,10 +113,12 @@ class PolicyEvaluator:
         seed: int = 0,
         members: ScoreFn | None = None,
         embed: ScoreFn | None = None,
+        gold_budget_prompts: int | None = None,
     ) -> PolicyEvaluator:
         """An evaluator on ``n_prompts`` prompts of a task, drawn with ``seed`` (use a seed the
         training prompts do not), scored by the task's gold; ``members`` and ``embed`` add the
-        monitor's ensemble and latent signals."""
+        monitor's ensemble and latent signals, ``gold_budget_prompts`` the gold of a small
+        budget (class docstring)."""
         prompts = task.prompts(n_prompts, seed=seed, heldout=True)
         return cls(
             ref=ref,
@@ -118,9 +135,13 @@ class PolicyEvaluator:
             gold_scale=gold_scale,
             members=members,
             embed=embed,
+            gold_budget_prompts=gold_budget_prompts,
         )
 
     def __post_init__(self) -> None:
+        k = self.gold_budget_prompts
+        if k is not None and not 1 <= k <= len(self.prompts):
+            raise ValueError(f"gold_budget_prompts must lie in [1, {len(self.prompts)}], got {k}")
         self._init: dict[str, np.ndarray] | None = None
         self._init = self._score(self._sample(self.ref))
         self._outliers: OutlierReference | None = None  # fitted once: the initial samples
@@ -233,6 +254,8 @@ class PolicyEvaluator:
         prompts = s.prompt_index.numpy()
         if len(np.unique(prompts)) > 1:  # a clustered SE needs two prompts
             metrics["reward/gold_se_prompt"] = _prompt_se(gold - gold0, prompts)
+        if self.gold_budget_prompts is not None:
+            metrics |= _budget_gold(gold - gold0, prompts, self.gold_budget_prompts)
         if "proxy" in scores:
             metrics["reward/proxy"] = float(scores["proxy"].mean() - init["proxy"].mean())
             metrics["reward/proxy_se"] = _se(scores["proxy"] - init["proxy"])

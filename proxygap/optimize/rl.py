@@ -110,11 +110,13 @@ def rl_evaluator(
     seed: int = 0,
     members: ScoreFn | None = None,
     embed: ScoreFn | None = None,
+    gold_budget_prompts: int | None = None,
 ) -> PolicyEvaluator:
     """A :class:`PolicyEvaluator` on ``cfg.eval_prompts`` held-out prompts of ``task`` (drawn
     with ``seed``; use a seed the training prompts do not), ``cfg.eval_samples_per_prompt``
     samples each, at the training temperature and length; ``members`` and ``embed`` add the
-    monitor's ensemble and latent signals."""
+    monitor's ensemble and latent signals, ``gold_budget_prompts`` gold on the first prompts'
+    samples only (``reward/gold_budget``)."""
     return PolicyEvaluator.for_task(
         ref,
         tokenizer,
@@ -128,6 +130,7 @@ def rl_evaluator(
         seed=seed,
         members=members,
         embed=embed,
+        gold_budget_prompts=gold_budget_prompts,
     )
 
 

@@ -3,6 +3,7 @@ held-out runs, the peak forecast, and a few held-out runs with the monitor's sco
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,20 +135,53 @@ def _tables(doc: Document, detectors: dict[str, Any], title: str, families: list
                            if v.get("by_family", {}).get("fitted", True)],
                   caption=f"{title}, families held out: " + ", ".join(families) + "."),
         )  # fmt: skip
+    _operating_points(doc, dets, title)
+
+
+def _operating_points(doc: Document, detectors: dict[str, Any], title: str) -> None:
+    """Alarm before drop against false alarms, the threshold chosen on the training runs for
+    each false-alarm budget (absent in older runs)."""
+    rows = {n: v["operating_points"] for n, v in detectors.items() if "operating_points" in v}
+    if not rows:
+        return
+    budgets = [p["false_alarm_budget"] for p in next(iter(rows.values()))]
+    header = ["detector"] + [f"budget {_pct(b)}: before drop / false alarms" for b in budgets]
+    body = [
+        [_NAMES.get(n, n)]
+        + [f"{_pct(p['alarm_before_drop'])} / {_pct(p['false_alarm_rate'])}" for p in points]
+        for n, points in rows.items()
+    ]
+    doc.add(
+        Table(header, body, caption=f"{title}: earlier alarms cost false ones. Each column's "
+              "threshold allows that share of false alarms on the training runs.")
+    )  # fmt: skip
 
 
 def _forecast(doc: Document, fc: dict[str, Any], split: str) -> None:
     doc.add(
         Paragraph(
-            f"**Forecast of the gold peak** ({split} seeds) from gold on the evaluator's samples "
-            f"at the points seen up to the monitor's first alarm ({fc['n_runs']} overoptimizing "
-            f"runs): median relative error of the peak's d {fmt(fc['peak_d_rel_error'], 2)} "
-            f"({int(100 * fc['level'])}% interval coverage "
-            f"{_pct(fc['interval_coverage'])}), against "
+            f"**Forecast of the gold peak** ({split} seeds) from the gold budget on the "
+            f"evaluator's samples at the points seen up to the monitor's first alarm "
+            f"({fc['n_runs']} overoptimizing runs): median relative error of the peak's d "
+            f"{fmt(fc['peak_d_rel_error'], 2)}{_coverage(fc)}, against "
             f"{fmt(fc['gao_extrapolation_rel_error'], 2)} for Gao et al.'s RL law extrapolated "
             f"from the same points (which does not turn at all in "
             f"{_pct(fc.get('share_gao_no_turn'))} of them)." + _before_peak(fc.get("before_peak"))
         )
+    )
+
+
+def _coverage(fc: dict[str, Any]) -> str:
+    """How often the bootstrap and, where calibrated, the conformal interval hold the peak."""
+    level = int(100 * fc.get("level", 0.8))
+    text = f" ({level}% bootstrap interval coverage {_pct(fc['interval_coverage'])}"
+    if fc.get("conformal_coverage") is None:  # older runs: no conformal interval
+        return text + ")"
+    radius = fc.get("conformal_radius")
+    factor = "unbounded" if radius is None else f"forecast ×/÷ {math.exp(radius):.2f}"
+    return text + (
+        f"; conformal interval calibrated on the training seeds' runs, {factor}: coverage "
+        f"{_pct(fc['conformal_coverage'])})"
     )
 
 
@@ -157,7 +191,6 @@ def _before_peak(bp: dict[str, Any] | None) -> str:
         return ""
     return (
         f" Made one point before the peak ({bp['n_runs']} runs; the peak not yet seen): median "
-        f"relative error {fmt(bp['peak_d_rel_error'], 2)}, interval coverage "
-        f"{_pct(bp['interval_coverage'])}, against {fmt(bp['gao_extrapolation_rel_error'], 2)} "
-        f"for Gao et al.'s RL law."
+        f"relative error {fmt(bp['peak_d_rel_error'], 2)}{_coverage(bp)}, against "
+        f"{fmt(bp['gao_extrapolation_rel_error'], 2)} for Gao et al.'s RL law."
     )

@@ -103,6 +103,7 @@ def _run(ctx: StudyContext, cfg: DetectConfig, family: DetectFamily, seed: int) 
         ctx.policy, ctx.tokenizer, task=ctx.task, proxy=reward_fn, cfg=settings,
         gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "detect_eval"),
         members=monitor.standardised if monitor.n_members > 1 else None, embed=monitor.embed,
+        gold_budget_prompts=cfg.forecast_prompts,
     )  # fmt: skip
     torch.manual_seed(settings.seed)
     policy = copy.deepcopy(ctx.policy).train()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ import numpy as np
 from proxygap.config.detect import DetectConfig
 from proxygap.monitor.benchmark import BASELINES, choose_threshold, gold_se, judge, label_points
 from proxygap.monitor.detector import Detector, fit_detector
-from proxygap.monitor.forecast import forecast_peak, gao_rl_peak
+from proxygap.monitor.forecast import PeakForecast, conformal_radius, forecast_peak, gao_rl_peak
 from proxygap.monitor.signals import FEATURES, features
 
 __all__ = ["analyse_corpus"]
@@ -58,6 +59,34 @@ def _scores(detector: Detector, history: Rows) -> np.ndarray:
     return detector.probability(_features(history))
 
 
+BUDGETS = (0.1, 0.25, 0.5)
+"""False-alarm budgets of the operating points: the alarm threshold chosen on the training runs
+for each, so that the price of an earlier alarm in false ones is measured, not guessed."""
+
+
+def _judged(
+    histories: Mapping[RunKey, Rows],
+    scores: Mapping[RunKey, np.ndarray],
+    train: Sequence[RunKey],
+    scored_on: Mapping[str, Sequence[RunKey]],
+) -> tuple[dict[str, dict[str, Any]], float]:
+    """One detector's scores judged on each set of ``scored_on`` at the threshold with at most
+    10% false alarms on the training runs, each with its ``operating_points`` (one per
+    :data:`BUDGETS` budget), and that threshold."""
+
+    def runs(keys: Sequence[RunKey]) -> list[tuple[Rows, np.ndarray]]:
+        return [(histories[k], scores[k]) for k in keys]
+
+    thresholds = {b: choose_threshold(runs(train), max_false_alarms=b) for b in BUDGETS}
+    out: dict[str, dict[str, Any]] = {}
+    for name, keys in scored_on.items():
+        out[name] = judge(runs(keys), thresholds[0.1])
+        out[name]["operating_points"] = [
+            {"false_alarm_budget": b, **judge(runs(keys), t)} for b, t in thresholds.items()
+        ]
+    return out, thresholds[0.1]
+
+
 def _split(
     histories: Mapping[RunKey, Rows],
     train: Sequence[RunKey],
@@ -73,91 +102,134 @@ def _split(
             out[name]["proxygap"] = {"fitted": False}
     else:
         scored = {k: _scores(detector, histories[k]) for k in histories}
-        threshold = choose_threshold([(histories[k], scored[k]) for k in train])
+        judged, threshold = _judged(histories, scored, train, scored_on)
         detector = detector.with_threshold(float(np.clip(threshold, 1e-6, 1 - 1e-6)))
-        for name, runs in scored_on.items():
-            out[name]["proxygap"] = judge(
-                [(histories[k], scored[k]) for k in runs], detector.threshold
-            )
+        for name in scored_on:
+            out[name]["proxygap"] = judged[name]
     for base_name, baseline in BASELINES.items():
         base = {k: baseline(histories[k]) for k in histories}
-        t = choose_threshold([(histories[k], base[k]) for k in train])
-        for name, runs in scored_on.items():
-            out[name][base_name] = judge([(histories[k], base[k]) for k in runs], t)
+        judged, _ = _judged(histories, base, train, scored_on)
+        for name in scored_on:
+            out[name][base_name] = judged[name]
     return out, detector
+
+
+@dataclass(frozen=True)
+class _Case:
+    """The forecasts of one overoptimizing run: at the alarm (or the point before the drop)
+    and, when the peak is the fourth point or later, one point before the peak."""
+
+    key: RunKey
+    true_d: float
+    at_step: float
+    at_alarm: PeakForecast
+    gao: float
+    before: PeakForecast | None
+    before_gao: float
+
+
+def _case(key: RunKey, h: Rows, detector: Detector | None, cfg: DetectConfig) -> _Case | None:
+    """None for a benign run, a drop before the third point (nothing to fit) or a peak at
+    ``d = 0``."""
+    lab = label_points(h)
+    if lab.drop is None or lab.drop < 3 or not float(h[lab.peak]["d"]) > 0:
+        return None
+    alarms = (
+        np.flatnonzero(_scores(detector, h) >= detector.threshold)
+        if detector is not None
+        else np.zeros(0, dtype=np.int64)
+    )
+    cut = int(alarms[0]) if len(alarms) and 2 <= alarms[0] < lab.drop else lab.drop - 1
+
+    def predict(seen: Rows, with_steps: bool) -> tuple[PeakForecast, float]:
+        d, g, se = [r["d"] for r in seen], *_budget(seen)
+        steps = [r["step"] for r in seen] if with_steps else None
+        f = forecast_peak(
+            d, g, se, steps=steps, level=cfg.forecast_level, method=cfg.forecast_method
+        )
+        return f, gao_rl_peak(d, g, se)
+
+    at_alarm, gao = predict(h[: cut + 1], True)
+    before, before_gao = predict(h[: lab.peak], False) if lab.peak >= 3 else (None, math.nan)
+    true = float(h[lab.peak]["d"])
+    return _Case(key, true, float(h[cut]["step"]), at_alarm, gao, before, before_gao)
+
+
+def _budget(rows: Rows) -> tuple[list[float], list[float]]:
+    """Gold and its SE as the forecaster sees them: on the gold budget's samples
+    (``reward/gold_budget``) where the evaluator measured it, else on all samples."""
+    if all("reward/gold_budget" in r for r in rows):
+        return [r["reward/gold_budget"] for r in rows], [
+            r.get("reward/gold_budget_se", 0.0) for r in rows
+        ]
+    return [r["reward/gold"] for r in rows], [gold_se(r) for r in rows]
+
+
+def _scored(cases: Sequence[tuple[float, PeakForecast, float]], radius: float) -> dict[str, Any]:
+    """Median relative errors of ``(true d, forecast, Gao RL peak)`` triples and the coverage
+    of the bootstrap and of the conformal interval of ``radius``."""
+    if not cases:
+        return {"n_runs": 0, "peak_d_rel_error": None, "gao_extrapolation_rel_error": None,
+                "interval_coverage": None, "conformal_coverage": None}  # fmt: skip
+    err = [abs(f.d - t) / t for t, f, _ in cases]
+    gao = [abs(g - t) / t for t, _, g in cases]
+    conformal = [f.conformal(radius) for _, f, _ in cases]
+    return {  # relative errors: |forecast - observed| / observed; a law that does not turn: inf
+        "n_runs": len(cases),
+        "peak_d_rel_error": _median(err),
+        "gao_extrapolation_rel_error": _median(gao),
+        "share_gao_no_turn": float(np.mean(np.isinf(gao))),
+        "interval_coverage": float(np.mean([f.lo <= t <= f.hi for t, f, _ in cases])),
+        "conformal_coverage": float(
+            np.mean([lo <= t <= hi for (t, _, _), (lo, hi) in zip(cases, conformal, strict=True)])
+        ),
+    }
 
 
 def _forecast(
     histories: Mapping[RunKey, Rows],
     test: Sequence[RunKey],
+    calibration: Sequence[RunKey],
     detector: Detector | None,
     cfg: DetectConfig,
 ) -> dict[str, Any]:
-    level, method = cfg.forecast_level, cfg.forecast_method
-    errors, gao_errors, covered, rows = [], [], [], []
-    before: list[float] = []
-    before_gao: list[float] = []
-    before_cov: list[bool] = []
-    for key in test:
-        h = histories[key]
-        lab = label_points(h)
-        if lab.drop is None:
-            continue
-        if lab.drop < 3:  # fewer than three points before the drop: nothing to fit
-            continue
-        alarms = (
-            np.flatnonzero(_scores(detector, h) >= detector.threshold)
-            if detector is not None
-            else np.zeros(0, dtype=np.int64)
-        )
-        cut = int(alarms[0]) if len(alarms) and 2 <= alarms[0] < lab.drop else lab.drop - 1
-        seen = h[: cut + 1]
-        d = [r["d"] for r in seen]
-        g = [r["reward/gold"] for r in seen]
-        se = [gold_se(r) for r in seen]
-        f = forecast_peak(d, g, se, steps=[r["step"] for r in seen], level=level, method=method)
-        true = float(h[lab.peak]["d"])
-        gao = gao_rl_peak(d, g, se)
-        if not true > 0:
-            continue
-        err, gao_err = abs(f.d - true) / true, abs(gao - true) / true
-        errors.append(err)
-        gao_errors.append(gao_err)
-        covered.append(f.lo <= true <= f.hi)
-        rows.append(
-            {"family": key[0], "seed": key[1], "at_step": seen[-1]["step"], "true_d": true,
-             "forecast_d": _finite(f.d), "lo": _finite(f.lo), "hi": _finite(f.hi),
-             "gao_rl_d": _finite(gao)}
-        )  # fmt: skip
-        if lab.peak >= 3:  # the forecast one point before the peak
-            ahead = h[: lab.peak]
-            d, g = [r["d"] for r in ahead], [r["reward/gold"] for r in ahead]
-            se = [gold_se(r) for r in ahead]
-            early = forecast_peak(d, g, se, level=level, method=method)
-            before.append(abs(early.d - true) / true)
-            before_gao.append(abs(gao_rl_peak(d, g, se) - true) / true)
-            before_cov.append(early.lo <= true <= early.hi)
-    return {  # relative errors: |forecast - observed| / observed; a law that does not turn is inf
-        "n_runs": len(errors),
-        "peak_d_rel_error": _finite(float(np.median(errors))) if errors else None,
-        "gao_extrapolation_rel_error": _finite(float(np.median(gao_errors)))
-        if gao_errors
-        else None,
-        "share_gao_no_turn": float(np.mean(np.isinf(gao_errors))) if gao_errors else None,
-        "interval_coverage": float(np.mean(covered)) if covered else None,
+    """The forecast's scores on the ``test`` runs, its conformal intervals calibrated on the
+    ``calibration`` runs (the training seeds: never the runs scored)."""
+    cases = {k: _case(k, histories[k], detector, cfg) for k in {*test, *calibration}}
+    cal = [c for k in calibration if (c := cases[k]) is not None]
+    held = [c for k in test if (c := cases[k]) is not None]
+    level = cfg.forecast_level
+    radius = conformal_radius([c.at_alarm.d for c in cal], [c.true_d for c in cal], level)
+    cal_before = [c for c in cal if c.before is not None]
+    radius_before = conformal_radius(
+        [c.before.d for c in cal_before if c.before], [c.true_d for c in cal_before], level
+    )
+    at_alarm = _scored([(c.true_d, c.at_alarm, c.gao) for c in held], radius)
+    before = _scored([(c.true_d, c.before, c.before_gao) for c in held if c.before], radius_before)
+    return {
+        **at_alarm,
         "level": level,
-        "method": method,
-        "before_peak": {
-            "n_runs": len(before),
-            "peak_d_rel_error": _median(before),
-            "gao_extrapolation_rel_error": _median(before_gao),
-            "interval_coverage": float(np.mean(before_cov)) if before_cov else None,
-        },
-        "runs": rows,
+        "method": cfg.forecast_method,
+        "conformal_radius": _finite(radius),
+        "n_calibration_runs": len(cal),
+        "before_peak": {**before, "conformal_radius": _finite(radius_before)},
+        "runs": [
+            {
+                "family": c.key[0],
+                "seed": c.key[1],
+                "at_step": c.at_step,
+                "true_d": c.true_d,
+                "forecast_d": _finite(c.at_alarm.d),
+                "lo": _finite(c.at_alarm.lo),
+                "hi": _finite(c.at_alarm.hi),
+                "gao_rl_d": _finite(c.gao),
+            }
+            for c in held
+        ],  # fmt: skip
     }
 
 
-def _median(x: list[float]) -> float | None:
+def _median(x: Sequence[float]) -> float | None:
     return _finite(float(np.median(x))) if x else None
 
 
@@ -198,11 +270,11 @@ def analyse_corpus(
     if "validation" in sets:
         validation = {
             "detectors": results["validation"],
-            "forecast": _forecast(histories, sets["validation"], detector, cfg),
+            "forecast": _forecast(histories, sets["validation"], train, detector, cfg),
         }
     summary = {
         "detectors": results["test"],
-        "forecast": _forecast(histories, sets["test"], detector, cfg),
+        "forecast": _forecast(histories, sets["test"], train, detector, cfg),
         "validation": validation,
         "corpus": {
             "runs": len(keys),

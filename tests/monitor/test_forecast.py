@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from proxygap.monitor.forecast import forecast_peak, gao_rl_peak, plateau_end
+from proxygap.monitor.forecast import (
+    PeakForecast,
+    conformal_radius,
+    forecast_peak,
+    gao_rl_peak,
+    plateau_end,
+)
 
 
 def test_exact_quadratic_gives_its_peak_and_step():
@@ -94,3 +100,37 @@ def test_unknown_method_and_bad_shapes_are_refused():
         forecast_peak([0.0, 1.0], [0.0, 1.0], method="cubic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="d and gold"):
         forecast_peak([0.0, 1.0], [0.0])
+
+
+def test_conformal_radius_is_the_rank_ceil_n_plus_1_level_score():
+    f = np.array([1.0, 2.0, 0.5, 4.0])
+    scores = np.array([0.4, 0.1, 0.3, 0.2])  # |log(truth / forecast)| by construction
+    truth = f * np.exp(scores * np.array([1, -1, 1, -1]))
+    # n = 4, level 0.6: rank ceil(5 * 0.6) = 3, the third smallest score
+    assert conformal_radius(f, truth, 0.6) == pytest.approx(0.3, rel=1e-12)
+    # level 0.8 needs rank 4 = n: the largest; 0.85 needs rank 5 > n: no finite radius
+    assert conformal_radius(f, truth, 0.8) == pytest.approx(0.4, rel=1e-12)
+    assert math.isinf(conformal_radius(f, truth, 0.85))
+    # a forecast that is not finite scores inf: it takes the top rank
+    # (n = 5, level 0.6: rank ceil(3.6) = 4, the largest finite score)
+    assert conformal_radius([*f, math.inf], [*truth, 1.0], 0.6) == pytest.approx(0.4, rel=1e-12)
+    assert math.isinf(conformal_radius([*f, math.inf], [*truth, 1.0], 0.8))
+    with pytest.raises(ValueError, match="level"):
+        conformal_radius(f, truth, 1.0)
+
+
+def test_conformal_interval_covers_exchangeable_runs_at_its_level():
+    # forecasts off by a lognormal factor; calibrate on 200 runs, cover fresh ones
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(0.5, 2.0, size=4200)
+    forecast = truth * np.exp(rng.normal(0.2, 0.5, size=4200))
+    radius = conformal_radius(forecast[:200], truth[:200], 0.8)
+    hits = []
+    for f, t in zip(forecast[200:], truth[200:], strict=True):
+        lo, hi = PeakForecast(float(f), 0.0, 0.0, None).conformal(radius)
+        hits.append(lo <= t <= hi)
+    # marginal coverage >= 0.8 in expectation over calibration sets; its SD here is ~0.028
+    assert 0.74 <= np.mean(hits) <= 0.92
+    # the bootstrap-free interval around a forecast with no turn in sight is unbounded
+    assert PeakForecast(math.inf, 0.0, math.inf, None).conformal(radius) == (0.0, math.inf)
+    assert PeakForecast(1.0, 1.0, 1.0, None).conformal(math.inf) == (0.0, math.inf)

@@ -26,6 +26,7 @@ TINY = {
     "bon": None,
     "detect": {
         "monitor_proxy": "ens",
+        "forecast_prompts": 2,
         "seeds": [0, 1, 2],
         "test_seeds": [2],
         "test_families": ["gold"],
@@ -61,6 +62,11 @@ def test_every_run_has_its_history_with_the_monitor_signals(detect_run: Path) ->
             assert [r["step"] for r in h] == [0, 2, 4, 6]
             for key in ("signal/entropy", "signal/proxy_std", "signal/ensemble_std", "d"):
                 assert all(np.isfinite(r[key]) for r in h), key
+            # the forecaster's budget: gold on the first 2 of the 6 prompts' samples
+            assert all(np.isfinite(r["reward/gold_budget_se"]) for r in h)
+            assert h[0]["reward/gold_budget"] == h[0]["reward/gold"] == 0.0
+            if family == "hot":  # (the tiny gold runs do not move at all)
+                assert any(r["reward/gold_budget"] != r["reward/gold"] for r in h[1:])
             # at step 0 the policy's samples are the initial policy's own (same seed): of the 12,
             # only the farthest lies beyond their 95% quantile (interpolated below the maximum)
             assert h[0]["signal/outlier_rate"] == pytest.approx(1 / 12)
@@ -119,6 +125,7 @@ GOLD = {"name": "gold", "reward": "gold"}
         ({"test_seeds": [2, 5]}, "must be in detect.seeds"),
         ({"validation_seeds": [1, 2]}, "both validation and test"),
         ({"monitor_proxy": "nope"}, "monitor_proxy"),
+        ({"forecast_prompts": 99}, r"forecast_prompts \(99\) exceeds .*eval_prompts"),
         ({"families": [{"name": "a", "reward": "x"}, {"name": "gold", "reward": "rm"}]}, "rewards"),
         ({"families": [{"name": "a", "reward": "rm", "settings": {"lrr": 1}}, GOLD]}, "lrr"),
         ({"families": [{"name": "a", "reward": "rm", "bonus": 1.0}, GOLD]}, "bonus_words"),

@@ -60,6 +60,8 @@ def test_the_corpus_counts_and_the_split_sizes():
     ours = summary["detectors"]["proxygap"]
     assert ours["n_overoptimizing"] == 1 and ours["n_benign"] == 1  # seed 3 of each family
     assert detector is not None and detector.weights[FEATURE_OUTLIER] > 0
+    # the conformal intervals are calibrated on the training seeds' overoptimizing runs
+    assert summary["forecast"]["n_calibration_runs"] == 3  # 'hack' seeds 0-2
 
 
 FEATURE_OUTLIER = 7  # "outlier_excess" in FEATURES
@@ -109,3 +111,25 @@ def test_validation_and_test_seeds_are_scored_apart_and_neither_is_fitted_on():
     fam = summary["detectors"]["proxygap"]["by_family"]
     assert fam["n_benign"] == 1 and fam["n_overoptimizing"] == 0  # calm, seed 3
     assert "by_family" in summary["validation"]["detectors"]["length_drift"]
+
+
+def test_operating_points_trade_false_alarms_for_earlier_alarms_on_training_thresholds():
+    from proxygap.monitor.benchmark import BASELINES, choose_threshold, judge
+
+    corpus = _corpus(0)
+    summary, _ = analyse_corpus(CFG, corpus)
+    train = [k for k in corpus if k[1] in CFG.train_seeds]
+    test = [k for k in corpus if k[1] in CFG.test_seeds]
+    for name, scores in summary["detectors"].items():
+        points = scores["operating_points"]
+        assert [p["false_alarm_budget"] for p in points] == [0.1, 0.25, 0.5]
+        headline = {k: v for k, v in points[0].items() if k != "false_alarm_budget"}
+        assert headline == {k: v for k, v in scores.items() if k in headline}, name
+        # a larger budget never raises the threshold
+        assert points[0]["threshold"] >= points[1]["threshold"] >= points[2]["threshold"], name
+    # recomputed by hand for one baseline: threshold on the training runs, judged on the test
+    base = {k: BASELINES["length_drift"](corpus[k]) for k in corpus}
+    t = choose_threshold([(corpus[k], base[k]) for k in train], max_false_alarms=0.25)
+    expected = judge([(corpus[k], base[k]) for k in test], t)
+    got = summary["detectors"]["length_drift"]["operating_points"][1]
+    assert got == {"false_alarm_budget": 0.25, **expected}
