@@ -39,6 +39,7 @@ STUDY_STREAMS: dict[str, int] = {
     "scaling_rl": 600,  # + the scaling seed: its RL runs' sampling and prompt order
     "scaling_rl_prompts": 700,  # + the scaling seed: training prompts of its RL runs
     "scaling_rl_eval": 800,  # + the scaling seed: held-out prompts and samples of its RL runs
+    "detect_daa_labels": 900,  # + the run's seed: label flips of a detection DAA run's pairs
 }
 """Purpose -> offset of ``study_seed`` (``1000 * seed + offset``)."""
 

@@ -1,16 +1,42 @@
-"""The overoptimization-detection study's config: a corpus of labelled RL runs (section
+"""The overoptimization-detection study's config: a corpus of labelled runs (section
 ``detect``), built and scored by :mod:`proxygap.study.detect`."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from proxygap.optimize.rl import RLConfig
 from proxygap.schema import NonNegFloat, PosFloat, PosInt, Strict, safe_name
 
-__all__ = ["DetectConfig", "DetectFamily"]
+__all__ = ["DetectConfig", "DetectDAA", "DetectFamily"]
+
+
+class DetectDAA(Strict):
+    """A family of direct-alignment runs (:func:`proxygap.optimize.daa.train_daa`): the first
+    ``n_pairs`` of the study's preference pairs, their labels flipped with ``label_noise``, and
+    ``settings`` overriding :class:`~proxygap.optimize.daa.DAAConfig` (``loss``, ``beta``,
+    ``lr``, ``epochs``...); evaluated at ``eval_at`` of the run on the corpus's evaluation
+    prompts, its implicit reward's margins on the first ``heldout_pairs`` held-out pairs."""
+
+    n_pairs: PosInt = 2000
+    heldout_pairs: PosInt = 128
+    label_noise: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.25
+    settings: dict[str, Any] = Field(default_factory=lambda: {"loss": "dpo"})
+    eval_at: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [i / 10 for i in range(11)], min_length=3
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> DetectDAA:
+        from proxygap.optimize.daa import DAAConfig
+
+        bad = sorted(set(self.settings) - set(DAAConfig.model_fields))
+        if bad:
+            raise ValueError(f"daa.settings: unknown fields {bad}")
+        DAAConfig.model_validate(self.settings)
+        return self
 
 
 class DetectFamily(Strict):
@@ -24,6 +50,9 @@ class DetectFamily(Strict):
     proxy error, a different hack from the learned proxies'). ``transform`` applies a reward
     transform of the mitigation registry that needs no study inputs (e.g. ``length_penalty``);
     ``settings`` overrides fields of the study's RL settings (``algo``, ``kl_coef``, ``lr``...).
+    With ``daa`` the family's runs are direct alignment on preference pairs instead of RL
+    (:class:`DetectDAA`); ``reward`` then names the proxy its evaluations score, the reward
+    model a practitioner would watch.
     """
 
     name: str
@@ -34,6 +63,7 @@ class DetectFamily(Strict):
     bonus: float = 0.0
     transform: dict[str, Any] | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
+    daa: DetectDAA | None = None
 
     @field_validator("name")
     @classmethod
@@ -46,6 +76,14 @@ class DetectFamily(Strict):
             raise ValueError(f"family {self.name!r}: bonus needs bonus_words")
         if self.transform is not None and "method" not in self.transform:
             raise ValueError(f"family {self.name!r}: transform needs a 'method'")
+        if self.daa is not None and (
+            self.reward in ("gold", "gold_noisy") or self.transform or self.bonus
+            or self.aggregation or self.settings
+        ):  # fmt: skip
+            raise ValueError(
+                f"family {self.name!r}: a daa family trains on preference pairs; its reward "
+                "names a proxy to watch, without aggregation, bonus, transform or RL settings"
+            )
         return self
 
 

@@ -1,6 +1,6 @@
 """Gold-free signals of overoptimization, computed from what a practitioner has at an evaluation
 point: policy samples, their proxy (and ensemble member) scores, the reward model's hidden states
-and the policy's own log-probabilities (docs/methods.md §4, §5).
+and the policy's own log-probabilities (docs/methods.md §9).
 
 Sample-level functions (``(n,)`` or ``(n, K)`` arrays in, one number out):
 

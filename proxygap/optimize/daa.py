@@ -269,22 +269,17 @@ def daa_evaluator(
     seed: int = 0,
     members: ScoreFn | None = None,
     embed: ScoreFn | None = None,
+    gold_budget_prompts: int | None = None,
 ) -> PolicyEvaluator:
     """A :class:`PolicyEvaluator` on ``cfg.eval_prompts`` prompts of ``task`` (drawn with
     ``seed``; not the training prompts' seed), ``cfg.eval_samples_per_prompt`` samples each at
-    temperature 1, against samples of ``ref``; ``members``, ``embed``: the monitor's signals."""
+    temperature 1, against samples of ``ref``; ``members``, ``embed``: the monitor's signals;
+    ``gold_budget_prompts``: gold on the first prompts' samples only (``reward/gold_budget``)."""
     return PolicyEvaluator.for_task(
-        ref,
-        tokenizer,
-        task,
-        proxy=proxy,
-        n_prompts=cfg.eval_prompts,
-        n_per_prompt=cfg.eval_samples_per_prompt,
-        gold_scale=gold_scale,
-        seed=seed,
-        members=members,
-        embed=embed,
-    )
+        ref, tokenizer, task, proxy=proxy, n_prompts=cfg.eval_prompts,
+        n_per_prompt=cfg.eval_samples_per_prompt, gold_scale=gold_scale, seed=seed,
+        members=members, embed=embed, gold_budget_prompts=gold_budget_prompts,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the recipe

@@ -96,7 +96,7 @@ def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any)
     doc.add(Heading("Overoptimization monitor"))
     doc.add(
         Paragraph(
-            f"A corpus of {corpus['runs']} RL runs ({len(corpus['families'])} configuration "
+            f"A corpus of {corpus['runs']} runs ({len(corpus['families'])} configuration "
             f"families x {len(cfg.seeds)} seeds), {corpus['overoptimizing']} of which "
             "overoptimize: gold falls more than one standard error below its peak. The monitor "
             "reads no gold: the proxy, its spread, KL, length, distinct bigrams, the policy's "

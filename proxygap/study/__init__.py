@@ -90,7 +90,7 @@ def _stages(ctx: StudyContext, t_start: float) -> StudyResult:
     out.rl_runs = stage_rl(ctx)
     out.mitigations = stage_mitigations(ctx, train)
     out.daa = stage_daa(ctx, train)
-    out.detect = stage_detect(ctx)
+    out.detect = stage_detect(ctx, train)
     out.fdiv = stage_fdiv(ctx, train)
     out.daa_scale = stage_daa_scale(ctx, train)
     out.scaling = stage_scaling(ctx, train)

@@ -1,19 +1,21 @@
-"""Study stage: a labelled corpus of RL runs that overoptimize and runs that do not, and the
+"""Study stage: a labelled corpus of runs that overoptimize and runs that do not, and the
 gold-free monitor proved on it (:mod:`proxygap.monitor`).
 
 Every family of ``detect.families`` runs with every seed (stage ``detect:<family>:<seed>``):
 a fresh copy of the base policy optimised with :func:`proxygap.optimize.rl.train_rl` against
-the family's reward, evaluated every ``eval_every`` steps on held-out prompts against gold (the
-ground truth) and with the gold-free signals the monitor reads (``signal/*``: the policy's
-entropy, the proxy's spread, the disagreement of ``monitor_proxy``'s members and the outlier
-rate of the samples in its first member's hidden space, relative to the initial policy's). The
-runs go to ``runtime.workers`` forked processes. The analysis
+the family's reward (a ``daa`` family: with :func:`proxygap.optimize.daa.train_daa` on
+preference pairs, watched with the family's proxy), evaluated at regular points on held-out
+prompts against gold (the ground truth) and with the gold-free signals the monitor reads
+(``signal/*``: the policy's entropy, the proxy's spread, the disagreement of ``monitor_proxy``'s
+members and the outlier rate of the samples in its first member's hidden space, relative to the
+initial policy's). The runs go to ``runtime.workers`` forked processes. The analysis
 (:func:`proxygap.study.detect_analysis.analyse_corpus`) then fits and judges the detectors on
 the held-out splits and writes ``detect/summary.json``.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -21,10 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from proxygap.config.detect import DetectConfig, DetectFamily
+from proxygap.data.preferences import Pairs, relabel
 from proxygap.mitigations.registry import make_transform
+from proxygap.optimize.daa import DAAConfig, daa_evaluator, train_daa
 from proxygap.optimize.evaluate import ScoreFn
+from proxygap.optimize.loop import LoopResult
 from proxygap.optimize.rl import rl_evaluator, train_rl
 from proxygap.optimize.rl_hooks import RLHooks
 from proxygap.rewards.proxy import aggregate_members
@@ -86,12 +92,13 @@ def _folder(ctx: StudyContext, family: str, seed: int) -> Path:
     return ctx.run.dir / "detect" / family / f"seed-{seed}"
 
 
-def _run(ctx: StudyContext, cfg: DetectConfig, family: DetectFamily, seed: int) -> None:
+def _run(
+    ctx: StudyContext, cfg: DetectConfig, family: DetectFamily, seed: int, train: Pairs
+) -> None:
     """Train one run of the corpus and write its history and step metrics."""
-    import copy
-
-    import torch
-
+    if family.daa is not None:
+        _run_daa(ctx, cfg, family, seed, train)
+        return
     settings = cfg.run_settings(family, seed)
     monitor = proxy_scorer(ctx, cfg.monitor_proxy)
     reward_fn = reward_of(ctx, family)
@@ -113,13 +120,53 @@ def _run(ctx: StudyContext, cfg: DetectConfig, family: DetectFamily, seed: int) 
         join=ctx.task.join, reward_fn=reward_fn, evaluator=evaluator, hooks=hooks,
         log=lambda *_: None,
     )  # fmt: skip
+    _write(ctx, family, seed, result)
+
+
+def _run_daa(
+    ctx: StudyContext, cfg: DetectConfig, family: DetectFamily, seed: int, train: Pairs
+) -> None:
+    """One direct-alignment run of the corpus (:class:`~proxygap.config.detect.DetectDAA`),
+    evaluated on the RL runs' prompts with the same signals."""
+    spec = family.daa
+    assert spec is not None
+    settings = DAAConfig.model_validate(
+        spec.settings | {"eval_at": spec.eval_at, "eval_prompts": cfg.settings.eval_prompts,
+                         "eval_samples_per_prompt": cfg.settings.eval_samples_per_prompt,
+                         "seed": seed}
+    )  # fmt: skip
+    n = min(spec.n_pairs, len(train))
+    pairs = relabel(
+        train.subset(np.arange(n)),
+        noise=spec.label_noise,
+        seed=study_seed(ctx.cfg.seed, "detect_daa_labels", seed),
+    )
+    held = ctx.heldout.subset(np.arange(min(spec.heldout_pairs, len(ctx.heldout))))
+    monitor = proxy_scorer(ctx, cfg.monitor_proxy)
+    evaluator = daa_evaluator(
+        ctx.policy, ctx.tokenizer, task=ctx.task, proxy=proxy_scorer(ctx, family.reward).reward,
+        cfg=settings, gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "detect_eval"),
+        members=monitor.standardised if monitor.n_members > 1 else None, embed=monitor.embed,
+        gold_budget_prompts=cfg.forecast_prompts,
+    )  # fmt: skip
+    ref = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
+    torch.manual_seed(seed)
+    policy = copy.deepcopy(ctx.policy).train().requires_grad_(True)
+    result = train_daa(
+        policy, ref, ctx.tokenizer, pairs, held, cfg=settings, evaluator=evaluator,
+        log=lambda *_: None,
+    )  # fmt: skip
+    _write(ctx, family, seed, result)
+
+
+def _write(ctx: StudyContext, family: DetectFamily, seed: int, result: LoopResult) -> None:
     folder = _folder(ctx, family.name, seed)
     atomic_write_json(folder / "history.json", result.history)
     lines = "".join(json.dumps(row) + "\n" for row in result.steps)
     atomic_write_text(folder / "steps.jsonl", lines)
 
 
-def stage_detect(ctx: StudyContext) -> DetectResult | None:
+def stage_detect(ctx: StudyContext, train: Pairs) -> DetectResult | None:
     """Build (or read back) the corpus, then fit and judge the detectors on it."""
     cfg = ctx.cfg.detect
     if cfg is None:
@@ -131,7 +178,7 @@ def stage_detect(ctx: StudyContext) -> DetectResult | None:
     todo = [(f, s) for f, s in runs if not ctx.run.done(f"detect:{f.name}:{s}")]
 
     def job(family: DetectFamily, seed: int) -> Callable[[], None]:
-        return lambda: _run(ctx, cfg, family, seed)
+        return lambda: _run(ctx, cfg, family, seed, train)
 
     def finished(i: int) -> None:
         family, seed = todo[i]

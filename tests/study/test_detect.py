@@ -33,6 +33,9 @@ TINY = {
         "families": [
             {"name": "hot", "reward": "rm", "settings": {"lr": 3.0e-3}},
             {"name": "gold", "reward": "gold_noisy", "noise": 0.3},
+            {"name": "dpo", "reward": "rm", "daa": {
+                "n_pairs": 64, "eval_at": [0.0, 0.5, 1.0],
+                "settings": {"loss": "dpo", "beta": 0.1, "batch_size": 16, "lr": 1.0e-3}}},
         ],
         "settings": {
             "steps": 6, "prompts_per_step": 4, "group_size": 2, "eval_every": 2,
@@ -72,11 +75,25 @@ def test_every_run_has_its_history_with_the_monitor_signals(detect_run: Path) ->
             assert h[0]["signal/outlier_rate"] == pytest.approx(1 / 12)
 
 
+def test_daa_runs_are_evaluated_like_the_rl_runs(detect_run: Path) -> None:
+    histories = [_history(detect_run, "dpo", seed) for seed in (0, 1, 2)]
+    for h in histories:
+        # 64 pairs in micro-batches of 16: 4 optimiser steps, evaluated at 0, 1/2 and 1
+        assert [r["step"] for r in h] == [0, 2, 4]
+        for key in ("signal/entropy", "signal/proxy_std", "signal/ensemble_std",
+                    "signal/outlier_rate", "reward/proxy", "reward/gold_budget", "d"):  # fmt: skip
+            assert all(np.isfinite(r[key]) for r in h), key
+        assert h[0]["d"] == pytest.approx(0.0, abs=1e-3) and h[-1]["d"] > 0.05
+    # each seed flips other labels and orders the data otherwise: three different runs
+    ends = {round(h[-1]["d"], 9) for h in histories}
+    assert len(ends) == 3
+
+
 def test_summary_counts_the_corpus_from_the_histories(detect_run: Path) -> None:
     summary = json.loads((detect_run / "detect" / "summary.json").read_text())
-    assert summary["corpus"]["runs"] == 6
+    assert summary["corpus"]["runs"] == 9
     over = 0
-    for family in ("hot", "gold"):
+    for family in ("hot", "gold", "dpo"):
         for seed in (0, 1, 2):
             h = json.loads(
                 (detect_run / "detect" / family / f"seed-{seed}" / "history.json").read_text()
@@ -91,11 +108,11 @@ def test_summary_counts_the_corpus_from_the_histories(detect_run: Path) -> None:
         "length_drift",
     }
     for name, scores in summary["detectors"].items():
-        # by seed: 2 test runs (seed 2 of both families); by family: the held-out family on
-        # the test seed, 'gold' seed 2 (fitted on 'hot' seeds 0-1); the proxygap detector is
-        # fitted only when its training runs hold both labels
+        # by seed: 3 test runs (seed 2 of every family); by family: the held-out family on
+        # the test seed, 'gold' seed 2 (fitted on the others' seeds 0-1); the proxygap detector
+        # is fitted only when its training runs hold both labels
         if scores.get("fitted", True):
-            assert scores["n_overoptimizing"] + scores["n_benign"] == 2, name
+            assert scores["n_overoptimizing"] + scores["n_benign"] == 3, name
         else:
             assert name == "proxygap" and summary["detector"] is None
         by_family = scores["by_family"]
@@ -129,6 +146,15 @@ GOLD = {"name": "gold", "reward": "gold"}
         ({"families": [{"name": "a", "reward": "x"}, {"name": "gold", "reward": "rm"}]}, "rewards"),
         ({"families": [{"name": "a", "reward": "rm", "settings": {"lrr": 1}}, GOLD]}, "lrr"),
         ({"families": [{"name": "a", "reward": "rm", "bonus": 1.0}, GOLD]}, "bonus_words"),
+        (
+            {"families": [{"name": "a", "reward": "rm", "daa": {"settings": {"bta": 1}}}, GOLD]},
+            r"daa.settings: unknown fields \['bta'\]",
+        ),
+        ({"families": [{"name": "a", "reward": "gold", "daa": {}}, GOLD]}, "a daa family"),
+        (
+            {"families": [{"name": "a", "reward": "rm", "aggregation": "mean", "daa": {}}, GOLD]},
+            "without aggregation",
+        ),
     ],
 )
 def test_bad_detect_sections_are_refused_naming_the_field(change, message) -> None:
