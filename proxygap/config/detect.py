@@ -7,10 +7,22 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from proxygap.optimize.daa import DAAConfig
 from proxygap.optimize.rl import RLConfig
 from proxygap.schema import NonNegFloat, PosFloat, PosInt, Strict, safe_name
 
 __all__ = ["DetectConfig", "DetectDAA", "DetectFamily"]
+
+_CORPUS_SETS = ("eval_at", "eval_prompts", "eval_samples_per_prompt", "seed")
+"""DAA settings the corpus sets itself, the same for every family (see
+:meth:`DetectConfig.daa_settings`)."""
+
+
+def _check_overrides(model: type[Strict], overrides: dict[str, Any], where: str) -> None:
+    """A ValueError naming ``where`` for override keys that are not fields of ``model``."""
+    bad = sorted(set(overrides) - set(model.model_fields))
+    if bad:
+        raise ValueError(f"{where}: unknown fields {bad}")
 
 
 class DetectDAA(Strict):
@@ -30,11 +42,13 @@ class DetectDAA(Strict):
 
     @model_validator(mode="after")
     def _known(self) -> DetectDAA:
-        from proxygap.optimize.daa import DAAConfig
-
-        bad = sorted(set(self.settings) - set(DAAConfig.model_fields))
-        if bad:
-            raise ValueError(f"daa.settings: unknown fields {bad}")
+        _check_overrides(DAAConfig, self.settings, "daa.settings")
+        fixed = sorted(set(self.settings) & set(_CORPUS_SETS))
+        if fixed:
+            raise ValueError(
+                f"daa.settings: {fixed} are set by the corpus (daa.eval_at, "
+                "detect.settings.eval_prompts and eval_samples_per_prompt, the run's seed)"
+            )
         DAAConfig.model_validate(self.settings)
         return self
 
@@ -146,9 +160,7 @@ class DetectConfig(Strict):
         if set(self.test_families) == set(names):
             raise ValueError("detect.test_families must leave at least one family to train on")
         for f in self.families:
-            bad = sorted(set(f.settings) - set(RLConfig.model_fields))
-            if bad:
-                raise ValueError(f"detect.families[{f.name}].settings: unknown fields {bad}")
+            _check_overrides(RLConfig, f.settings, f"detect.families[{f.name}].settings")
             RLConfig.model_validate(self.settings.model_dump() | f.settings)
         return self
 
@@ -163,3 +175,13 @@ class DetectConfig(Strict):
         return RLConfig.model_validate(
             self.settings.model_dump() | family.settings | {"seed": seed}
         )
+
+    def daa_settings(self, family: DetectFamily, seed: int) -> DAAConfig:
+        """The DAA settings of one run of a ``daa`` family: its overrides, its evaluation
+        points, the corpus's evaluation prompts and samples, the seed."""
+        assert family.daa is not None
+        return DAAConfig.model_validate(
+            family.daa.settings
+            | {"eval_at": family.daa.eval_at, "eval_prompts": self.settings.eval_prompts,
+               "eval_samples_per_prompt": self.settings.eval_samples_per_prompt, "seed": seed}
+        )  # fmt: skip

@@ -28,7 +28,7 @@ import torch
 from proxygap.config.detect import DetectConfig, DetectFamily
 from proxygap.data.preferences import Pairs, relabel
 from proxygap.mitigations.registry import make_transform
-from proxygap.optimize.daa import DAAConfig, daa_evaluator, train_daa
+from proxygap.optimize.daa import daa_evaluator, train_daa
 from proxygap.optimize.evaluate import ScoreFn
 from proxygap.optimize.loop import LoopResult
 from proxygap.optimize.rl import rl_evaluator, train_rl
@@ -130,11 +130,7 @@ def _run_daa(
     evaluated on the RL runs' prompts with the same signals."""
     spec = family.daa
     assert spec is not None
-    settings = DAAConfig.model_validate(
-        spec.settings | {"eval_at": spec.eval_at, "eval_prompts": cfg.settings.eval_prompts,
-                         "eval_samples_per_prompt": cfg.settings.eval_samples_per_prompt,
-                         "seed": seed}
-    )  # fmt: skip
+    settings = cfg.daa_settings(family, seed)
     n = min(spec.n_pairs, len(train))
     pairs = relabel(
         train.subset(np.arange(n)),

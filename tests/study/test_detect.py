@@ -152,6 +152,10 @@ GOLD = {"name": "gold", "reward": "gold"}
         ),
         ({"families": [{"name": "a", "reward": "gold", "daa": {}}, GOLD]}, "a daa family"),
         (
+            {"families": [{"name": "a", "reward": "rm", "daa": {"settings": {"seed": 3}}}, GOLD]},
+            r"\['seed'\] are set by the corpus",
+        ),
+        (
             {"families": [{"name": "a", "reward": "rm", "aggregation": "mean", "daa": {}}, GOLD]},
             "without aggregation",
         ),

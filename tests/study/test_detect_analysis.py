@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from proxygap.config.detect import DetectConfig
+from proxygap.monitor.benchmark import BASELINES, choose_threshold, judge
 from proxygap.monitor.forecast import forecast_peak
 from proxygap.study.detect_analysis import analyse_corpus
 
@@ -114,8 +115,6 @@ def test_validation_and_test_seeds_are_scored_apart_and_neither_is_fitted_on():
 
 
 def test_operating_points_trade_false_alarms_for_earlier_alarms_on_training_thresholds():
-    from proxygap.monitor.benchmark import BASELINES, choose_threshold, judge
-
     corpus = _corpus(0)
     summary, _ = analyse_corpus(CFG, corpus)
     train = [k for k in corpus if k[1] in CFG.train_seeds]
