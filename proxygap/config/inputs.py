@@ -152,7 +152,20 @@ class RuntimeConfig(Strict):
     sample_batch_size: PosInt = 1024
     score_batch_size: PosInt = 2048
     workers: PosInt = Field(
-        default=1, description="processes for independent runs (mitigation arms x seeds; Linux)"
+        default=1,
+        description="independent runs at a time (mitigation arms x seeds, corpus runs): forked "
+        "processes (Linux), or Ray tasks with backend: ray",
+    )
+    backend: Literal["processes", "ray"] = Field(
+        default="processes",
+        description="where the detection corpus's runs go: forked processes, or Ray tasks on a "
+        "local Ray or the cluster at `address` (CPU; optional extra: pip install "
+        "'proxygap[ray]'); the other stages' runs use forked processes",
+    )
+    address: str | None = Field(
+        default=None,
+        description="the Ray cluster of backend: ray (every node needs proxygap, the inputs "
+        "and the runs folder at the same paths); None: a local Ray",
     )
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
         default_factory=list,
@@ -176,6 +189,15 @@ class RuntimeConfig(Strict):
         if not DEVICE_PATTERN.match(self.device):
             raise ValueError(
                 f"device {self.device!r} is not a device: use auto, cpu, cuda or cuda:N"
+            )
+        if self.address is not None and (self.backend != "ray" or not self.address.strip()):
+            raise ValueError(
+                f"address {self.address!r} is for backend: ray, and names a Ray cluster"
+            )
+        if self.backend == "ray" and self.device != "cpu":
+            raise ValueError(
+                f"backend: ray runs on CPUs: use device: cpu (got {self.device!r}), or "
+                "backend: processes"
             )
         # worker processes are forked: torch's thread pools and CUDA do not survive a fork
         if self.workers > 1 and (self.threads != 1 or self.device != "cpu"):

@@ -9,7 +9,10 @@ it: finished stages are read back, not recomputed, and the temporary files of an
 write are removed. Once a stage finished, a folder made by a different config, or from inputs
 whose content changed since, is refused (the message names the changed fields or inputs) unless
 the caller asks to start over; a folder without a finished stage is taken over. While a run
-uses its folder it holds the folder's lock (:mod:`proxygap.store.lock`).
+uses its folder it holds the folder's lock (:mod:`proxygap.store.lock`); a worker of that run on
+another process or machine (a Ray task) attaches to the folder without the lock
+(:meth:`RunFolder.attach`), reads what the run's finished stages wrote and writes only its own
+run's files, while the holder records which stages are done.
 
 The folder takes the config as plain data: its name and its fully resolved form as a JSON-like
 dict (``StudyConfig.model_dump(mode="json")``), written out as YAML in field order.
@@ -43,10 +46,17 @@ __all__ = [
     "result_config",
 ]
 
-RESULT_INDEPENDENT = ("runtime.workers", "runtime.threads", "runtime.report_to", "report")
-"""Dotted config paths that change how a run goes, not what it finds: worker processes run
-independent, self-seeded runs; torch's thread count; the trackers runs log to; how the report is
-rendered."""
+RESULT_INDEPENDENT = (
+    "runtime.workers",
+    "runtime.backend",
+    "runtime.address",
+    "runtime.threads",
+    "runtime.report_to",
+    "report",
+)
+"""Dotted config paths that change how a run goes, not what it finds: worker processes or Ray
+tasks run independent, self-seeded runs; torch's thread count; the trackers runs log to; how the
+report is rendered."""
 
 
 class RunFolderError(RuntimeError):
@@ -125,6 +135,8 @@ class RunFolder:
     ``path(name)`` locates a stage output inside it. Holds the folder's lock until
     :meth:`close` (or the process ends)."""
 
+    _lock: RunLock | None
+
     def __init__(
         self,
         root: Path,
@@ -173,6 +185,20 @@ class RunFolder:
             self.close()
             raise RunFolderError(f"cannot write the run folder {str(self.dir)!r}: {err}") from err
         self.resumed = (self.dir / "stages.json").exists()
+
+    @classmethod
+    def attach(cls, folder: str | Path) -> RunFolder:
+        """The existing run folder ``folder``, as a worker of the process holding its lock sees
+        it: nothing is checked or rewritten, no lock is taken, and :meth:`mark_done` is refused
+        (the holder marks stages done)."""
+        self = cls.__new__(cls)
+        self.dir = Path(folder).resolve()
+        if not (self.dir / "config.digest").is_file():
+            raise RunFolderError(f"{str(self.dir)!r} is not a run folder (no config.digest)")
+        self._lock = None
+        self.removed_tmp = []
+        self.resumed = True
+        return self
 
     def _mismatch(
         self,
@@ -231,8 +257,9 @@ class RunFolder:
         return data if isinstance(data, dict) else {}
 
     def close(self) -> None:
-        """Release the folder's lock."""
-        self._lock.release()
+        """Release the folder's lock (an attached folder holds none)."""
+        if self._lock is not None:
+            self._lock.release()
 
     def path(self, *parts: str) -> Path:
         p = self.dir.joinpath(*parts)
@@ -243,6 +270,8 @@ class RunFolder:
         return stage in self._stages()
 
     def mark_done(self, stage: str, info: dict[str, Any] | None = None) -> None:
+        if self._lock is None:
+            raise RunFolderError(f"an attached run folder cannot mark stage {stage!r} done")
         stages = self._stages()
         stages[stage] = info or {}
         atomic_write_json(self.dir / "stages.json", stages)

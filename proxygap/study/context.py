@@ -9,6 +9,7 @@ field or value, and leaves the runs folder as it was.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SetupError",
     "StudyContext",
+    "attach",
     "check_measurements",
     "gold_scale_of",
     "input_paths",
@@ -217,21 +219,13 @@ def setup(
     cfg: StudyConfig, runs_root: Path, *, restart: bool = False, log: Any = print
 ) -> StudyContext:
     """Check the inputs, load the task's models, then open (or resume) the run folder."""
-    device = resolve_device(cfg.runtime.device)
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    t, trust = cfg.task, cfg.task.trust_remote_code
-    task = resolve_task(
-        name=t.name, device=device, prompts=t.prompts, policy=t.policy,
-        policy_size=t.policy_size, tokenizer=t.tokenizer,
-        gold=t.gold, chat_template=t.chat_template, separator=t.separator,
-        max_new_tokens=t.max_new_tokens, heldout_prompts=t.heldout_prompts,
-        seed=study_seed(cfg.seed, "prompt_split"), score_batch_size=cfg.runtime.score_batch_size,
-        trust_remote_code=trust, search=[Path.cwd()],
-    )  # fmt: skip
-    policy = load_policy(task.policy_path, trust_remote_code=trust)
-    policy = policy.to(device)  # type: ignore[arg-type]  # wrapped .to: see models.loading
-    tokenizer = load_tokenizer(task.tokenizer_path, trust_remote_code=trust)
+    if cfg.runtime.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise SetupError(
+            "runtime.backend: ray needs Ray, which is not installed: pip install "
+            "'proxygap[ray]', or use backend: processes"
+        )
+    device, task, policy, tokenizer = _load_task(cfg)
+    trust = cfg.task.trust_remote_code
     check_vocab_match(policy, tokenizer, f"policy {str(task.policy_path)!r}")
     _check_prompt_counts(cfg, task)
     for proxy in cfg.proxies:
@@ -253,6 +247,40 @@ def setup(
     return StudyContext(
         cfg, run, task, tokenizer, policy, task.gold, log, file_pairs=file_pairs, device=device
     )
+
+
+def _load_task(cfg: StudyConfig) -> tuple[torch.device, Task, PreTrainedModel, Tokenizer]:
+    """The device, the task and its policy and tokenizer (a gold ``module:function`` is also
+    looked for in the working folder)."""
+    device = resolve_device(cfg.runtime.device)
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    t, trust = cfg.task, cfg.task.trust_remote_code
+    task = resolve_task(
+        name=t.name, device=device, prompts=t.prompts, policy=t.policy,
+        policy_size=t.policy_size, tokenizer=t.tokenizer,
+        gold=t.gold, chat_template=t.chat_template, separator=t.separator,
+        max_new_tokens=t.max_new_tokens, heldout_prompts=t.heldout_prompts,
+        seed=study_seed(cfg.seed, "prompt_split"), score_batch_size=cfg.runtime.score_batch_size,
+        trust_remote_code=trust, search=[Path.cwd()],
+    )  # fmt: skip
+    policy = load_policy(task.policy_path, trust_remote_code=trust)
+    policy = policy.to(device)  # type: ignore[arg-type]  # wrapped .to: see models.loading
+    tokenizer = load_tokenizer(task.tokenizer_path, trust_remote_code=trust)
+    return device, task, policy, tokenizer
+
+
+def attach(cfg: StudyConfig, folder: Path) -> StudyContext:
+    """A worker's context for the run folder ``folder`` of ``cfg``, which another process holds
+    (:meth:`RunFolder.attach`): the task's models loaded afresh, the inputs not checked again
+    (the holder checked them), nothing logged."""
+    device, task, policy, tokenizer = _load_task(cfg)
+    file_pairs = _read_file_pairs(cfg, task)
+    run = RunFolder.attach(folder)
+    return StudyContext(
+        cfg, run, task, tokenizer, policy, task.gold, lambda *_: None, file_pairs=file_pairs,
+        device=device,
+    )  # fmt: skip
 
 
 MEASURED = ("d", "kl/k1", "kl/k2", "kl/k3", "reward/gold", "reward/proxy")

@@ -8,7 +8,8 @@ preference pairs, watched with the family's proxy), evaluated at regular points 
 prompts against gold (the ground truth) and with the gold-free signals the monitor reads
 (``signal/*``: the policy's entropy, the proxy's spread, the disagreement of ``monitor_proxy``'s
 members and the outlier rate of the samples in its first member's hidden space, relative to the
-initial policy's). The runs go to ``runtime.workers`` forked processes. The analysis
+initial policy's). The runs go to ``runtime.workers`` forked processes, or run as Ray tasks
+(``runtime.backend: ray``, :mod:`proxygap.study.remote`). The analysis
 (:func:`proxygap.study.detect_analysis.analyse_corpus`) then fits and judges the detectors on
 the held-out splits and writes ``detect/summary.json``.
 """
@@ -19,7 +20,6 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +38,12 @@ from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
 from proxygap.study.context import StudyContext, reference_texts
 from proxygap.study.detect_analysis import analyse_corpus
+from proxygap.study.remote import remote_call
 from proxygap.study.results import DetectResult
 from proxygap.study.scoring import proxy_scorer
-from proxygap.study.workers import run_jobs
+from proxygap.study.workers import Job, ray_runtime, run_jobs
 
-__all__ = ["stage_detect"]
+__all__ = ["run_remote_job", "stage_detect"]
 
 
 def _text_noise(texts: list[str]) -> np.ndarray:
@@ -155,6 +156,15 @@ def _run_daa(
     _write(ctx, family, seed, result)
 
 
+def run_remote_job(ctx: StudyContext, train: Pairs, family: str, seed: int) -> None:
+    """One run of the corpus as a Ray task runs it (:mod:`proxygap.study.remote`)."""
+    cfg = ctx.cfg.detect
+    found = [f for f in cfg.families if f.name == family] if cfg is not None else []
+    if cfg is None or not found:
+        raise ValueError(f"the study {ctx.cfg.name!r} has no detection family {family!r}")
+    _run(ctx, cfg, found[0], seed, train)
+
+
 def _write(ctx: StudyContext, family: DetectFamily, seed: int, result: LoopResult) -> None:
     folder = _folder(ctx, family.name, seed)
     atomic_write_json(folder / "history.json", result.history)
@@ -173,18 +183,23 @@ def stage_detect(ctx: StudyContext, train: Pairs) -> DetectResult | None:
     runs = [(f, s) for f in cfg.families for s in cfg.seeds]
     todo = [(f, s) for f, s in runs if not ctx.run.done(f"detect:{f.name}:{s}")]
 
-    def job(family: DetectFamily, seed: int) -> Callable[[], None]:
-        return lambda: _run(ctx, cfg, family, seed, train)
+    def job(family: DetectFamily, seed: int) -> Job:
+        return Job(
+            f"detect {family.name}, seed {seed}",
+            lambda: _run(ctx, cfg, family, seed, train),
+            remote_call(run_remote_job, family.name, seed),
+        )
 
     def finished(i: int) -> None:
         family, seed = todo[i]
         ctx.run.mark_done(f"detect:{family.name}:{seed}", {"family": family.name, "seed": seed})
 
     run_jobs(
-        [(f"detect {f.name}, seed {s}", job(f, s)) for f, s in todo],
+        [job(f, s) for f, s in todo],
         workers=ctx.cfg.runtime.workers,
         finished=finished,
         log=ctx.log,
+        ray=ray_runtime(ctx),
     )
     histories = {
         (f.name, s): json.loads((_folder(ctx, f.name, s) / "history.json").read_text())

@@ -80,6 +80,16 @@ def test_judge_counts_alarms_before_the_drop_leads_and_false_alarms():
     assert r["alarm_before_drop"] == 0.5 and r["median_lead_steps"] == 20.0
     assert r["false_alarm_rate"] == 0.5
     assert r["n_overoptimizing"] == 2 and r["n_benign"] == 2
+    # the checkpoint kept before the alarm: index 1 (gold 0.5) and index 3 (0.9, within one SE
+    # of the peak 1.0: not fallen) -> losses 0.5 and 0.1; without a monitor both runs end at
+    # 0.2, past the peak (loss 0.8); the quiet benign run loses nothing, the noisy one stops
+    # at its start (0.9 given up)
+    assert r["kept_fallen"] == 0.0 and r["kept_gold_loss"] == pytest.approx(0.3)
+    assert r["end_fallen"] == 1.0 and r["end_gold_loss"] == pytest.approx(0.8)
+    assert r["benign_gold_loss"] == pytest.approx(0.45)
+    # an alarm at the start keeps the start; a run that never alarms keeps its end
+    r = judge([(over, np.full(6, 0.9)), (over, np.zeros(6))], 0.6)
+    assert r["kept_fallen"] == 0.5 and r["kept_gold_loss"] == pytest.approx((1.0 + 0.8) / 2)
 
 
 def test_choose_threshold_takes_the_lowest_within_the_false_alarm_budget():

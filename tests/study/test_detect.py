@@ -13,6 +13,7 @@ from proxygap.cli import run_and_report
 from proxygap.config import ConfigError, parse_config
 from proxygap.monitor.benchmark import label_points
 from proxygap.monitor.detector import Detector
+from proxygap.report.format import fmt
 
 TINY = {
     "name": "detect-tiny",
@@ -129,6 +130,25 @@ def test_rerun_resumes_without_training_and_writes_the_same_summary(detect_run: 
     before = (detect_run / "detect" / "summary.json").read_bytes()
     again = run_and_report(parse_config(TINY), detect_run.parent, log=lambda *_: None)
     assert (again / "detect" / "summary.json").read_bytes() == before
+
+
+def test_report_shows_what_the_kept_checkpoint_saves(detect_run: Path) -> None:
+    summary = json.loads((detect_run / "detect" / "summary.json").read_text())
+    report = (detect_run / "report.md").read_text()
+    assert "checkpoint kept before the first alarm" in report
+    names = {"proxygap": "proxygap monitor", "cusum_slope": "CUSUM on the reward slope"}
+    end = summary["detectors"]["cusum_slope"]
+    assert end["n_overoptimizing"] > 0  # else the table has nothing to show
+    for name, shown in names.items():
+        scores = summary["detectors"][name]
+        if not scores.get("fitted", True):  # no proxygap detector without both labels
+            continue
+        # the last point of each run, what a user without a monitor keeps, is the same for all
+        assert scores["end_fallen"] == end["end_fallen"], name
+        kept, given_up = fmt(scores["kept_gold_loss"]), fmt(scores["benign_gold_loss"])
+        row = f"| {shown} | {100 * scores['kept_fallen']:.0f}% | {kept} | {given_up} |"
+        assert row in report, row
+    assert f"| none (the last point) | {100 * end['end_fallen']:.0f}% | " in report
 
 
 GOLD = {"name": "gold", "reward": "gold"}
