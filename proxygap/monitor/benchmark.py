@@ -45,6 +45,7 @@ __all__ = [
     "cusum_slope",
     "gold_se",
     "judge",
+    "kept_index",
     "label_points",
     "length_drift",
     "variance_collapse",
@@ -134,7 +135,7 @@ def judge(
         all_y.append(lab.labels)
         alarms = np.flatnonzero(s >= threshold)
         first = int(alarms[0]) if len(alarms) else None
-        kept = len(history) - 1 if first is None else max(first - 1, 0)
+        kept = kept_index(s, threshold)
         if lab.drop is None:
             n_benign += 1
             false_alarms += first is not None
@@ -167,6 +168,13 @@ def judge(
         "n_overoptimizing": n_over,
         "n_benign": n_benign,
     }
+
+
+def kept_index(scores: np.ndarray, threshold: float) -> int:
+    """The evaluation point a user keeps: the one before the first alarm (the first point when
+    the alarm comes there), or the last point when nothing alarms."""
+    alarms = np.flatnonzero(np.asarray(scores, dtype=np.float64) >= threshold)
+    return len(scores) - 1 if not len(alarms) else max(int(alarms[0]) - 1, 0)
 
 
 def choose_threshold(

@@ -29,13 +29,21 @@ from typing import Any
 
 import numpy as np
 
+from proxygap.analysis.bootstrap import percentile_interval
 from proxygap.config.detect import DetectConfig
-from proxygap.monitor.benchmark import BASELINES, choose_threshold, gold_se, judge, label_points
+from proxygap.monitor.benchmark import (
+    BASELINES,
+    choose_threshold,
+    gold_se,
+    judge,
+    kept_index,
+    label_points,
+)
 from proxygap.monitor.detector import Detector, fit_detector
 from proxygap.monitor.forecast import PeakForecast, conformal_radius, forecast_peak, gao_rl_peak
 from proxygap.monitor.signals import FEATURES, features
 
-__all__ = ["analyse_corpus"]
+__all__ = ["analyse_corpus", "kept_saving"]
 
 RunKey = tuple[str, int]
 Rows = list[dict[str, float]]
@@ -81,10 +89,45 @@ def _judged(
     out: dict[str, dict[str, Any]] = {}
     for name, keys in scored_on.items():
         out[name] = judge(runs(keys), thresholds[0.1])
+        out[name]["kept_saving"] = kept_saving(histories, scores, keys, thresholds[0.1])
         out[name]["operating_points"] = [
             {"false_alarm_budget": b, **judge(runs(keys), t)} for b, t in thresholds.items()
         ]
     return out, thresholds[0.1]
+
+
+def kept_saving(
+    histories: Mapping[RunKey, Rows],
+    scores: Mapping[RunKey, np.ndarray],
+    keys: Sequence[RunKey],
+    threshold: float,
+    *,
+    level: float = 0.95,
+    n_boot: int = 2000,
+) -> dict[str, Any] | None:
+    """The gold a user saves by keeping the checkpoint before the first alarm instead of the
+    last one, ``g_kept - g_last``, averaged over the overoptimizing runs of ``keys``, with a
+    ``level`` interval from a bootstrap that resamples families (runs of one family share their
+    configuration, so they are not independent) and then runs within each; None without
+    overoptimizing runs."""
+    by_family: dict[str, list[float]] = {}
+    for k in keys:
+        h = histories[k]
+        if label_points(h).drop is None:
+            continue
+        gold = [float(r["reward/gold"]) for r in h]
+        by_family.setdefault(k[0], []).append(gold[kept_index(scores[k], threshold)] - gold[-1])
+    if not by_family:
+        return None
+    groups = [np.array(v) for v in by_family.values()]
+    rng = np.random.default_rng(0)
+    reps = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = [groups[i] for i in rng.integers(len(groups), size=len(groups))]
+        reps[b] = np.concatenate([rng.choice(g, size=len(g)) for g in picked]).mean()
+    lo, hi = percentile_interval(reps, level)
+    return {"mean": float(np.concatenate(groups).mean()), "lo": lo, "hi": hi, "level": level,
+            "n_runs": int(sum(map(len, groups))), "n_families": len(groups)}  # fmt: skip
 
 
 def _split(

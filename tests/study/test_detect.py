@@ -149,6 +149,10 @@ def test_report_shows_what_the_kept_checkpoint_saves(detect_run: Path) -> None:
         row = f"| {shown} | {100 * scores['kept_fallen']:.0f}% | {kept} | {given_up} |"
         assert row in report, row
     assert f"| none (the last point) | {100 * end['end_fallen']:.0f}% | " in report
+    saving = summary["detectors"]["proxygap"].get("kept_saving")
+    if saving is not None:  # the proxygap detector was fitted
+        assert f"saves a mean {fmt(saving['mean'])} of gold per overoptimizing run" in report
+        assert saving["lo"] <= saving["mean"] <= saving["hi"]
 
 
 GOLD = {"name": "gold", "reward": "gold"}

@@ -5,6 +5,7 @@ detector or any threshold, and the two splits are scored apart
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from proxygap.config.detect import DetectConfig
 from proxygap.monitor.benchmark import BASELINES, choose_threshold, judge
@@ -132,3 +133,32 @@ def test_operating_points_trade_false_alarms_for_earlier_alarms_on_training_thre
     expected = judge([(corpus[k], base[k]) for k in test], t)
     got = summary["detectors"]["length_drift"]["operating_points"][1]
     assert got == {"false_alarm_budget": 0.25, **expected}
+
+
+def _gold_run(gold: list[float]) -> list[dict[str, float]]:
+    return [{"step": 5.0 * i, "reward/gold": g, "reward/gold_se": 0.05} for i, g in enumerate(gold)]
+
+
+def test_kept_saving_averages_runs_and_resamples_whole_families():
+    from proxygap.monitor.benchmark import kept_index
+    from proxygap.study.detect_analysis import kept_saving
+
+    # the point before the first alarm, the start for an alarm there, the end without one
+    assert kept_index(np.array([0.1, 0.2, 0.9, 0.1]), 0.5) == 1
+    assert kept_index(np.array([0.9, 0.2]), 0.5) == 0
+    assert kept_index(np.array([0.1, 0.2, 0.3]), 0.5) == 2
+    over = _gold_run([0.0, 0.5, 1.0, 0.2])  # peak at 2, fallen at 3
+    histories = {("a", 0): over, ("a", 1): over, ("b", 0): over, ("c", 0): _gold_run([0, 1, 2])}
+    scores = {
+        ("a", 0): np.array([0.0, 0.0, 0.0, 0.9]),  # kept point 2: saves 1.0 - 0.2 = 0.8
+        ("a", 1): np.array([0.0, 0.0, 0.9, 0.9]),  # kept point 1: saves 0.5 - 0.2 = 0.3
+        ("b", 0): np.zeros(4),  # never alarms: keeps the end, saves 0
+        ("c", 0): np.array([0.0, 0.9, 0.9]),  # benign: not counted
+    }
+    out = kept_saving(histories, scores, list(histories), 0.5)
+    assert out is not None and (out["n_runs"], out["n_families"]) == (3, 2)
+    assert out["mean"] == pytest.approx((0.8 + 0.3 + 0.0) / 3)
+    # a replicate draws families a and b with replacement, then runs within them: its mean lies
+    # between 0 (b only) and 0.8 (a's best run only), and a family's runs move together
+    assert 0.0 <= out["lo"] < out["mean"] < out["hi"] <= 0.8
+    assert kept_saving(histories, scores, [("c", 0)], 0.5) is None
