@@ -36,7 +36,7 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from scipy.linalg import solve_triangular
+import torch
 from torch import Tensor
 
 __all__ = [
@@ -121,21 +121,26 @@ class OutlierReference:
             raise ValueError(
                 f"need at least 4 reference rows (2 to fit, 2 to calibrate), got {ref.shape}"
             )
-        fit, calibrate = ref[0::2], ref[1::2]
-        self.mean = fit.mean(axis=0)  # (H,)
-        cov = np.cov(fit, rowvar=False).reshape(ref.shape[1], ref.shape[1])
-        scale = np.trace(cov) / cov.shape[0] or 1.0
-        cov = (1 - shrinkage) * cov + shrinkage * scale * np.eye(cov.shape[0])
-        self.chol = np.linalg.cholesky(cov)  # (H, H) lower, cov = L L^T
+        fit, calibrate = torch.from_numpy(ref[0::2]), ref[1::2]
+        self.mean = fit.mean(dim=0)  # (H,)
+        cov = torch.cov(fit.T).reshape(ref.shape[1], ref.shape[1])
+        scale = float(torch.trace(cov)) / cov.shape[0] or 1.0
+        cov = (1 - shrinkage) * cov + shrinkage * scale * torch.eye(cov.shape[0], dtype=cov.dtype)
+        self.chol = torch.linalg.cholesky(cov)  # (H, H) lower, cov = L L^T
         self.cutoff = float(np.quantile(self.distance(calibrate), quantile))
 
     def distance(self, x: np.ndarray) -> np.ndarray:
-        """Mahalanobis distance ``(n,)`` of the rows of ``x`` ``(n, H)``: ``|L^-1 (x - mu)|``."""
+        """Mahalanobis distance ``(n,)`` of the rows of ``x`` ``(n, H)``: ``|L^-1 (x - mu)|``.
+
+        The linear algebra runs in torch, on torch's threads: numpy's BLAS would start a pool
+        of its own threads, whose busy-waiting after each call showed as CPU time the run
+        spent on nothing (``benchmarks/bench_monitor.py``)."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.mean):
             raise ValueError(f"need x (n, {len(self.mean)}), got {x.shape}")
-        z = solve_triangular(self.chol, (x - self.mean).T, lower=True)  # (H, n)
-        return np.sqrt(np.einsum("hn,hn->n", z, z))
+        diff = (torch.from_numpy(x) - self.mean).T  # (H, n)
+        z = torch.linalg.solve_triangular(self.chol, diff, upper=False)
+        return torch.sqrt((z * z).sum(dim=0)).numpy()
 
     def rate(self, x: np.ndarray) -> float:
         """Share of the rows of ``x`` beyond the cutoff."""
