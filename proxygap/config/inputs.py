@@ -143,9 +143,9 @@ class TaskConfig(Strict):
 
 
 class RuntimeConfig(Strict):
-    """Where and how the study runs. ``threads`` and ``workers`` change no result (a run folder
-    resumes when they change); ``device`` is checked against this machine before anything is
-    written."""
+    """Where and how the study runs. ``threads``, ``workers``, ``backend`` and ``address`` change
+    no result (a run folder resumes when they change); ``device`` is checked against this machine
+    before anything is written."""
 
     device: str = Field(default="cpu", description="auto | cpu | cuda | cuda:N")
     threads: PosInt | None = Field(default=None, description="torch threads; None: its default")
@@ -154,7 +154,7 @@ class RuntimeConfig(Strict):
     workers: PosInt = Field(
         default=1,
         description="independent runs at a time (mitigation arms x seeds, corpus runs): forked "
-        "processes (Linux), or Ray tasks with backend: ray",
+        "processes (Linux), or, for the detection corpus, Ray tasks with backend: ray",
     )
     backend: Literal["processes", "ray"] = Field(
         default="processes",
@@ -190,10 +190,10 @@ class RuntimeConfig(Strict):
             raise ValueError(
                 f"device {self.device!r} is not a device: use auto, cpu, cuda or cuda:N"
             )
-        if self.address is not None and (self.backend != "ray" or not self.address.strip()):
-            raise ValueError(
-                f"address {self.address!r} is for backend: ray, and names a Ray cluster"
-            )
+        if self.address is not None and self.backend != "ray":
+            raise ValueError(f"address {self.address!r} is for backend: ray (backend is processes)")
+        if self.address is not None and not self.address.strip():
+            raise ValueError("address must name a Ray cluster (omit it for a local Ray)")
         if self.backend == "ray" and self.device != "cpu":
             raise ValueError(
                 f"backend: ray runs on CPUs: use device: cpu (got {self.device!r}), or "
@@ -201,10 +201,11 @@ class RuntimeConfig(Strict):
             )
         # worker processes are forked: torch's thread pools and CUDA do not survive a fork
         if self.workers > 1 and (self.threads != 1 or self.device != "cpu"):
+            also = " (with backend: ray the other stages' runs are still forked)"
             raise ValueError(
                 f"workers: {self.workers} needs threads: 1 and device: cpu (got threads: "
                 f"{self.threads}, device: {self.device!r}); forked processes cannot share "
-                "torch thread pools or a GPU"
+                f"torch thread pools or a GPU{also if self.backend == 'ray' else ''}"
             )
         return self
 

@@ -21,12 +21,13 @@ drop among the runs where that is possible (the drop comes at the second evaluat
 start or later; a run whose gold falls by the first one leaves a gold-free detector, whose
 features are all 0 at the start, no point to warn at).
 
-What the alarm saves a user who keeps the checkpoint of the last evaluation point before it (or
-the last point when nothing alarms): over the overoptimizing runs, ``kept_fallen`` is the share
-whose kept point is past the peak and ``kept_gold_loss`` the median gold below the peak there
-(gold's units); ``end_fallen`` and ``end_gold_loss`` are the same for the run's last point, what
-a user without a monitor keeps; over the benign runs, ``benign_gold_loss`` is the median gold
-given up by stopping early (0 without a false alarm).
+What the alarm saves a user who keeps the checkpoint of the last evaluation point before it (the
+first point when the alarm comes there, the last point when nothing alarms: :func:`kept_index`):
+over the overoptimizing runs, ``kept_fallen`` is the share whose kept point is past the peak and
+``kept_gold_loss`` the median gold below the peak there (gold's units); ``end_fallen`` and
+``end_gold_loss`` are the same for the run's last point, what a user without a monitor keeps;
+over the benign runs, ``benign_gold_loss`` is the median gold given up by stopping early (0
+without a false alarm).
 """
 
 from __future__ import annotations

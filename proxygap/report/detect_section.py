@@ -137,6 +137,9 @@ def _tables(doc: Document, detectors: dict[str, Any], title: str, families: list
         )  # fmt: skip
     _operating_points(doc, dets, title)
     _kept(doc, dets, title)
+    if families:
+        held = {n: v["by_family"] for n, v in dets.items() if "by_family" in v}
+        _kept(doc, held, f"{title}, families held out")
 
 
 def _kept(doc: Document, detectors: dict[str, Any], title: str) -> None:

@@ -76,14 +76,12 @@ def _context(config: dict[str, Any], folder: str) -> tuple[StudyContext, Pairs]:
 
 def run_remote(config: dict[str, Any], folder: str, search: str, call: RemoteCall) -> None:
     """What a Ray task runs: ``call`` in the context of the run folder ``folder`` of the study
-    ``config``, in the study's working folder ``search`` (its relative input paths are relative
-    to it: on a cluster, every node needs the inputs and the runs folder at the same paths), on
-    ``runtime.threads`` threads (1 when unset)."""
+    ``config``, in the study's working folder ``search`` where this node has it (its relative
+    input paths are relative to it: on a cluster, every node needs the inputs and the runs folder
+    at the same paths), on ``runtime.threads`` threads (1 when unset)."""
     torch.set_num_threads(int(config.get("runtime", {}).get("threads") or 1))
-    try:
+    if Path(search).is_dir():  # else the inputs' paths must be absolute on this node
         os.chdir(search)
-    except OSError as err:
-        raise RunFolderError(f"the study's working folder is not on this node: {err}") from None
     ctx, train = _context(config, folder)
     module, _, name = call.target.partition(":")
     getattr(importlib.import_module(module), name)(ctx, train, *call.args)

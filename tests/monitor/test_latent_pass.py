@@ -107,6 +107,7 @@ def test_outlier_reference_equals_the_per_call_outlier_rate():
     x = np.vstack([rng.normal(size=(40, 16)) @ rng.normal(size=(16, 16)), ref[:8] + 5.0])
     fitted = OutlierReference(ref)
     np.testing.assert_allclose(fitted.distance(x), mahalanobis(x, ref_fit), rtol=1e-9)
+    assert fitted.chol.dtype == torch.float64 and fitted.distance(x).dtype == np.float64
     # the per-call definition written out: fit on even rows, cutoff from the odd rows' distances
     cut = np.quantile(mahalanobis(ref[1::2], ref_fit), 0.95)
     expected = float((mahalanobis(x, ref_fit) > cut).mean())

@@ -162,3 +162,12 @@ def test_kept_saving_averages_runs_and_resamples_whole_families():
     # between 0 (b only) and 0.8 (a's best run only), and a family's runs move together
     assert 0.0 <= out["lo"] < out["mean"] < out["hi"] <= 0.8
     assert kept_saving(histories, scores, [("c", 0)], 0.5) is None
+    # family a: nine runs saving 0.8 each; family b: one run saving 0. Resampling families draws
+    # b twice in a quarter of the replicates (mean 0), so the interval starts at 0; resampling
+    # runs alone would almost never draw b ten times
+    many = {("a", s): over for s in range(9)} | {("b", 0): over}
+    alarm = {k: np.array([0.0, 0.0, 0.0, 0.9]) for k in many}
+    alarm[("b", 0)] = np.zeros(4)
+    out = kept_saving(many, alarm, list(many), 0.5)
+    assert out is not None and out["mean"] == pytest.approx(0.72)
+    assert out["lo"] == 0.0 and out["hi"] == pytest.approx(0.8)

@@ -110,8 +110,12 @@ def test_a_remote_call_names_an_importable_function() -> None:
 @pytest.mark.parametrize(
     ("runtime", "message"),
     [
-        ({"address": "ray://head:10001"}, "address 'ray://head:10001' is for backend: ray"),
-        ({"backend": "ray", "address": " "}, "names a Ray cluster"),
+        (
+            {"address": "ray://head:10001"},
+            r"address 'ray://head:10001' is for backend: ray \(backend is processes\)",
+        ),
+        ({"backend": "ray", "address": " "}, "address must name a Ray cluster"),
+        ({"backend": "ray", "workers": 2, "threads": None}, "other stages' runs are still forked"),
         ({"backend": "threads"}, "runtime.backend"),
         ({"backend": "ray", "device": "cuda"}, "backend: ray runs on CPUs: use device: cpu"),
     ],
