@@ -154,13 +154,14 @@ class RuntimeConfig(Strict):
     workers: PosInt = Field(
         default=1,
         description="independent runs at a time (mitigation arms x seeds, corpus runs): forked "
-        "processes (Linux), or, for the detection corpus, Ray tasks with backend: ray",
+        "processes (Linux), or Ray tasks with backend: ray where a stage supports it",
     )
     backend: Literal["processes", "ray"] = Field(
         default="processes",
-        description="where the detection corpus's runs go: forked processes, or Ray tasks on a "
-        "local Ray or the cluster at `address` (CPU; optional extra: pip install "
-        "'proxygap[ray]'); the other stages' runs use forked processes",
+        description="where independent runs go: forked processes, or Ray tasks on a local Ray "
+        "or the cluster at `address` (CPU; optional extra: pip install 'proxygap[ray]') for the "
+        "detection corpus, the f-divergence comparison and the scaling study; the mitigation "
+        "arms and the DAA scale study's runs use forked processes",
     )
     address: str | None = Field(
         default=None,
@@ -201,7 +202,7 @@ class RuntimeConfig(Strict):
             )
         # worker processes are forked: torch's thread pools and CUDA do not survive a fork
         if self.workers > 1 and (self.threads != 1 or self.device != "cpu"):
-            also = " (with backend: ray the other stages' runs are still forked)"
+            also = " (with backend: ray, mitigation arms and DAA scale runs are still forked)"
             raise ValueError(
                 f"workers: {self.workers} needs threads: 1 and device: cpu (got threads: "
                 f"{self.threads}, device: {self.device!r}); forked processes cannot share "

@@ -15,8 +15,9 @@ study), so ``beta`` is a tilt per SD: if the reward were Gaussian under ``pi0`` 
 would lie ``1 / (2 beta^2)`` nats from it. Every run is evaluated by the same kind of evaluator
 on the same held-out prompts (drawn with the study seed's ``fdiv_eval`` stream): gold (SD
 units, relative to the base policy), the proxy, ``d`` and distinct-n. With ``runtime.workers >
-1`` the runs go to forked worker processes (:func:`proxygap.study.workers.run_jobs`); each run
-seeds itself, so results do not depend on the number of workers. The numbers are
+1`` the runs go to forked worker processes, or to Ray tasks with ``runtime.backend: ray``
+(:func:`proxygap.study.workers.run_jobs`); each run seeds itself, so results do not depend on
+the number of workers or where they run. The numbers are
 :func:`proxygap.study.fdiv_stats.summarise_arms`, written to ``fdiv/summary.json``.
 """
 
@@ -46,15 +47,16 @@ from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
 from proxygap.study.context import StudyContext, check_measurements
 from proxygap.study.fdiv_stats import summarise_arms
+from proxygap.study.remote import remote_call
 from proxygap.study.results import FDivResult
 from proxygap.study.rl import train_from_base
 from proxygap.study.scoring import proxy_scorer
 from proxygap.study.watch import watchers
-from proxygap.study.workers import run_jobs
+from proxygap.study.workers import Job, ray_runtime, run_jobs
 
-__all__ = ["stage_fdiv"]
+__all__ = ["remote_run", "stage_fdiv"]
 
-Job = tuple[str, str, Callable[[], Any]]  # stage, label, run
+FDivJob = tuple[str, str, Callable[[], Any]]  # stage, label, run
 BT_LOSSES = frozenset({"dpo", "fdpo_rkl", "fdpo_fkl", "fdpo_js", "fdpo_alpha"})
 """The DAA losses that are ``-log sigma(margin)`` of their implicit rewards."""
 
@@ -77,7 +79,7 @@ def _standardised_reward(proxy: ProxyScorer) -> Callable[[Sequence[str]], np.nda
     )
 
 
-def _rl_jobs(ctx: StudyContext, spec: FDivStudyConfig) -> list[Job]:
+def _rl_jobs(ctx: StudyContext, spec: FDivStudyConfig) -> list[FDivJob]:
     rl = spec.rl
     todo = [
         (div, seed)
@@ -94,7 +96,7 @@ def _rl_jobs(ctx: StudyContext, spec: FDivStudyConfig) -> list[Job]:
         s.steps * s.prompts_per_step, seed=study_seed(ctx.cfg.seed, "fdiv_train_prompts")
     )
 
-    def job(div: str, seed: int) -> Job:
+    def job(div: str, seed: int) -> FDivJob:
         stage, name = f"fdiv:rl:{div}:{seed}", f"fdiv/rl/{div}/seed-{seed}"
 
         def go() -> None:
@@ -110,7 +112,7 @@ def _rl_jobs(ctx: StudyContext, spec: FDivStudyConfig) -> list[Job]:
     return [job(div, seed) for div, seed in todo]
 
 
-def _daa_jobs(ctx: StudyContext, spec: FDivStudyConfig, train: Pairs) -> list[Job]:
+def _daa_jobs(ctx: StudyContext, spec: FDivStudyConfig, train: Pairs) -> list[FDivJob]:
     daa = spec.daa
     todo = [
         (loss, seed)
@@ -135,7 +137,7 @@ def _daa_jobs(ctx: StudyContext, spec: FDivStudyConfig, train: Pairs) -> list[Jo
         members=scorer.standardised if scorer.n_members > 1 else None, embed=scorer.embed,
     )  # fmt: skip
 
-    def job(loss: str, seed: int) -> Job:
+    def job(loss: str, seed: int) -> FDivJob:
         stage, cfg = f"fdiv:daa:{loss}:{seed}", daa.row(loss, seed)
 
         def go() -> None:
@@ -185,6 +187,27 @@ def _histories(
     }
 
 
+_BUILT: dict[str, Callable[[], Any]] = {}
+_BUILT_FOR: list[StudyContext] = []  # the context the runs of _BUILT belong to
+
+
+def remote_run(ctx: StudyContext, train: Pairs, stage: str) -> None:
+    """The run of stage ``stage`` (``fdiv:rl:...`` or ``fdiv:daa:...``) as a Ray task runs it
+    (:mod:`proxygap.study.remote`): the runs of its kind are prepared once per worker process
+    (the DAA rows' reference log-probs with them), then the one asked for runs."""
+    spec = ctx.cfg.fdiv
+    assert spec is not None
+    if not _BUILT_FOR or _BUILT_FOR[0] is not ctx:
+        _BUILT.clear()
+        _BUILT_FOR[:] = [ctx]
+    if stage not in _BUILT:
+        jobs = _rl_jobs(ctx, spec) if stage.startswith("fdiv:rl:") else _daa_jobs(ctx, spec, train)
+        _BUILT.update({name: fn for name, _, fn in jobs})
+    if stage not in _BUILT:
+        raise ValueError(f"the study {ctx.cfg.name!r} has no f-divergence run {stage!r} to do")
+    _BUILT[stage]()
+
+
 def stage_fdiv(ctx: StudyContext, train: Pairs) -> FDivResult | None:
     """Run (or read back) every RL arm and DAA row of ``fdiv`` for every seed; None if the
     study has no ``fdiv``."""
@@ -195,10 +218,11 @@ def stage_fdiv(ctx: StudyContext, train: Pairs) -> FDivResult | None:
     if jobs:
         ctx.log(f"f-divergence comparison: {len(jobs)} runs")
         run_jobs(
-            [(label, fn) for _, label, fn in jobs],
+            [Job(label, fn, remote_call(remote_run, stage)) for stage, label, fn in jobs],
             workers=ctx.cfg.runtime.workers,
             finished=lambda i: ctx.run.mark_done(jobs[i][0]),
             log=ctx.log,
+            ray=ray_runtime(ctx),
         )
     out = FDivResult(spec)
     if spec.rl is not None:

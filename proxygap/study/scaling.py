@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -29,12 +28,13 @@ from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json, atomic_write_npz
 from proxygap.study.context import StudyContext, reference_texts, sample_responses
 from proxygap.study.data import train_members
+from proxygap.study.remote import remote_call
 from proxygap.study.results import ScalingResult
 from proxygap.study.scaling_analysis import analyse_scaling, cell_dir, pool_path
 from proxygap.study.scaling_rl import scaling_rl
-from proxygap.study.workers import run_jobs
+from proxygap.study.workers import Job, ray_runtime, run_jobs
 
-__all__ = ["stage_scaling"]
+__all__ = ["remote_cell", "remote_pool", "stage_scaling"]
 
 
 def _pool(ctx: StudyContext, cfg: ScalingConfig, seed: int) -> None:
@@ -77,6 +77,17 @@ def _cell(ctx: StudyContext, proxy: ProxyConfig, n: int, seed: int, train: Pairs
     atomic_write_json(folder / "info.json", info)
 
 
+def remote_pool(ctx: StudyContext, train: Pairs, seed: int) -> None:
+    """One pool as a Ray task runs it (:mod:`proxygap.study.remote`)."""
+    assert ctx.cfg.scaling is not None
+    _pool(ctx, ctx.cfg.scaling, seed)
+
+
+def remote_cell(ctx: StudyContext, train: Pairs, proxy: str, n: int, seed: int) -> None:
+    """One cell as a Ray task runs it (:mod:`proxygap.study.remote`)."""
+    _cell(ctx, next(p for p in ctx.cfg.proxies if p.name == proxy), n, seed, train)
+
+
 def _n_params(ctx: StudyContext, proxy: ProxyConfig) -> int:
     model = new_reward_model(
         ctx.tokenizer, n_embd=proxy.n_embd, n_layer=proxy.n_layer, n_head=proxy.n_head,
@@ -94,22 +105,29 @@ def stage_scaling(ctx: StudyContext, train: Pairs) -> ScalingResult | None:
     workers = ctx.cfg.runtime.workers
     pools = [s for s in cfg.seeds if not ctx.run.done(f"scaling:pool:{s}")]
 
-    def pool_job(s: int) -> Callable[[], None]:
-        return lambda: _pool(ctx, cfg, s)
+    def pool_job(s: int) -> Job:
+        return Job(
+            f"scaling pool, seed {s}", lambda: _pool(ctx, cfg, s), remote_call(remote_pool, s)
+        )
 
     run_jobs(
-        [(f"scaling pool, seed {s}", pool_job(s)) for s in pools],
+        [pool_job(s) for s in pools],
         workers=workers,
         finished=lambda i: ctx.run.mark_done(f"scaling:pool:{pools[i]}"),
         log=ctx.log,
+        ray=ray_runtime(ctx),
     )
     params = {p.name: _n_params(ctx, p) for p in ctx.cfg.proxies}
     cells = [(p, n, s) for p in ctx.cfg.proxies for n in cfg.n_pairs for s in cfg.seeds]
     todo = [c for c in cells if not ctx.run.done(_stage(*c))]
     todo.sort(key=lambda c: -params[c[0].name] * c[1])  # the longest first: fewer idle workers
 
-    def cell_job(p: ProxyConfig, n: int, s: int) -> Callable[[], None]:
-        return lambda: _cell(ctx, p, n, s, train)
+    def cell_job(p: ProxyConfig, n: int, s: int) -> Job:
+        return Job(
+            f"scaling {p.name}, {n} pairs, seed {s}",
+            lambda: _cell(ctx, p, n, s, train),
+            remote_call(remote_cell, p.name, n, s),
+        )
 
     def finished(i: int) -> None:
         p, n, s = todo[i]
@@ -117,10 +135,11 @@ def stage_scaling(ctx: StudyContext, train: Pairs) -> ScalingResult | None:
         ctx.run.mark_done(_stage(p, n, s), info)
 
     run_jobs(
-        [(f"scaling {p.name}, {n} pairs, seed {s}", cell_job(p, n, s)) for p, n, s in todo],
+        [cell_job(p, n, s) for p, n, s in todo],
         workers=workers,
         finished=finished,
         log=ctx.log,
+        ray=ray_runtime(ctx),
     )
     summary = analyse_scaling(ctx, cfg, params)
     summary["rl"] = scaling_rl(ctx, cfg, params)

@@ -16,23 +16,24 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from proxygap.analysis.scaling_rl import rl_scaling
 from proxygap.config.scaling import ScalingConfig, ScalingRLConfig
+from proxygap.data.preferences import Pairs
 from proxygap.models.loading import load_reward_model
 from proxygap.rewards.proxy import ProxyScorer
 from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
 from proxygap.study.context import StudyContext, reference_texts
+from proxygap.study.remote import remote_call
 from proxygap.study.rl import train_from_base
 from proxygap.study.scaling_analysis import cell_dir
-from proxygap.study.workers import run_jobs
+from proxygap.study.workers import Job, ray_runtime, run_jobs
 
-__all__ = ["scaling_rl"]
+__all__ = ["remote_run", "scaling_rl"]
 
 
 def _n_pairs(cfg: ScalingConfig, rl: ScalingRLConfig) -> int:
@@ -64,6 +65,13 @@ def _run(ctx: StudyContext, rl: ScalingRLConfig, size: str, n: int, seed: int) -
     atomic_write_json(folder / "info.json", {"proxy_scale": scale, "rl_seed": cfg.seed})
 
 
+def remote_run(ctx: StudyContext, train: Pairs, size: str, seed: int) -> None:
+    """One RL run as a Ray task runs it (:mod:`proxygap.study.remote`)."""
+    cfg = ctx.cfg.scaling
+    assert cfg is not None and cfg.rl is not None
+    _run(ctx, cfg.rl, size, _n_pairs(cfg, cfg.rl), seed)
+
+
 def scaling_rl(
     ctx: StudyContext, cfg: ScalingConfig, params: dict[str, int]
 ) -> dict[str, Any] | None:
@@ -77,8 +85,12 @@ def scaling_rl(
     todo = [r for r in runs if not ctx.run.done(_stage(*r))]
     todo.sort(key=lambda r: -params[r[0]])  # the largest proxies first
 
-    def job(size: str, s: int) -> Callable[[], None]:
-        return lambda: _run(ctx, rl, size, n, s)
+    def job(size: str, s: int) -> Job:
+        return Job(
+            f"scaling RL against {size} ({n} pairs), seed {s}",
+            lambda: _run(ctx, rl, size, n, s),
+            remote_call(remote_run, size, s),
+        )
 
     def finished(i: int) -> None:
         size, s = todo[i]
@@ -86,10 +98,11 @@ def scaling_rl(
         ctx.run.mark_done(_stage(size, s), {"n_pairs": n})
 
     run_jobs(
-        [(f"scaling RL against {size} ({n} pairs), seed {s}", job(size, s)) for size, s in todo],
+        [job(size, s) for size, s in todo],
         workers=ctx.cfg.runtime.workers,
         finished=finished,
         log=ctx.log,
+        ray=ray_runtime(ctx),
     )
     histories = {
         size: [

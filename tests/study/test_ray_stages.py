@@ -1,0 +1,73 @@
+"""The f-divergence and scaling studies' runs as Ray tasks (``runtime.backend: ray``): the same
+runs as in one process, number for number."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from proxygap.config import parse_config
+from proxygap.study import run_study
+
+from .test_fdiv_study import TINY as FDIV
+from .test_scaling import TINY as SCALING
+
+SCALING_RL = {
+    "sizes": ["a", "b"], "seeds": [0, 1],
+    "settings": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "eval_every": 1,
+                 "eval_prompts": 2, "eval_samples_per_prompt": 2},
+}  # fmt: skip
+
+
+def _untimed(x: Any) -> Any:
+    """``x`` without how it ran: every ``time/*`` key and every ``seconds`` and ``workers``
+    field, at any depth."""
+    if isinstance(x, dict):
+        ran = {"seconds", "workers"}
+        return {k: _untimed(v) for k, v in x.items() if not k.startswith("time/") and k not in ran}
+    if isinstance(x, list):
+        return [_untimed(v) for v in x]
+    return x
+
+
+def _outputs(run: Path, part: str) -> dict[str, Any]:
+    """Every JSON, JSON-lines and array file the stage wrote under ``run/part``."""
+    out: dict[str, Any] = {}
+    for p in sorted((run / part).rglob("*")):
+        name = str(p.relative_to(run))
+        if p.suffix == ".json" and "checkpoints" not in p.parts:
+            out[name] = _untimed(json.loads(p.read_text()))
+        elif p.suffix == ".jsonl":
+            out[name] = [_untimed(json.loads(line)) for line in p.read_text().splitlines()]
+        elif p.suffix == ".npz":
+            with np.load(p) as z:
+                out[name] = {k: z[k].tolist() for k in z.files}
+    return out
+
+
+@pytest.mark.parametrize("study", ["fdiv", "scaling"])
+def test_ray_tasks_give_the_runs_of_one_process(tmp_path: Path, study: str) -> None:
+    pytest.importorskip("ray")
+    base = copy.deepcopy(FDIV if study == "fdiv" else SCALING)
+    if study == "scaling":
+        base["scaling"]["rl"] = SCALING_RL  # type: ignore[index]
+    said: list[str] = []
+    runs = {}
+    for backend, workers in (("processes", 1), ("ray", 2)):
+        cfg = base | {"runtime": {"threads": 1, "workers": workers, "backend": backend}}
+        log = said.append if backend == "ray" else (lambda *_: None)
+        runs[backend] = run_study(parse_config(cfg), tmp_path / backend, log=log).dir
+    assert any("as Ray tasks on a local Ray, 2 at a time" in s for s in said)
+    ref, got = _outputs(runs["processes"], study), _outputs(runs["ray"], study)
+    n_runs = {"fdiv": 2 * 2 + 2 * 2, "scaling": 3 * 2 * 2 + 2 * 2}[study]
+    assert sum(name.endswith("history.json") or name.endswith("scores.npz") for name in ref) == (
+        n_runs
+    )
+    assert got.keys() == ref.keys()
+    for name in ref:
+        assert got[name] == ref[name], name
