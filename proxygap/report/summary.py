@@ -152,9 +152,15 @@ def _detect_line(summary: dict) -> str:
     def pct(x: float | None) -> str:
         return "–" if x is None else f"{100 * x:.0f}%"
 
-    return (
+    line = (
         f"Monitor on held-out runs: AUROC {fmt(ours['auroc'], 2)} against "
         f"{fmt(base['auroc'], 2)} for the best reward-only baseline; alarms before gold's drop in "
         f"{pct(ours['alarm_before_drop'])} of {ours['n_overoptimizing']} overoptimizing runs, "
         f"false alarms in {pct(ours['false_alarm_rate'])} of {ours['n_benign']} benign runs."
     )
+    if ours.get("kept_gold_loss") is not None:  # absent in older runs
+        line += (
+            f" The checkpoint before its alarm holds gold a median {fmt(ours['kept_gold_loss'], 2)}"
+            f" SD below the peak, against {fmt(ours['end_gold_loss'], 2)} for the last one."
+        )
+    return line
