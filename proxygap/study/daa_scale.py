@@ -19,6 +19,7 @@ gradual decline and collapse (responses that never end, ``length/unfinished``;
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -37,11 +38,12 @@ from proxygap.optimize.evaluate import PolicyEvaluator
 from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json
 from proxygap.study.context import StudyContext, check_measurements
+from proxygap.study.remote import remote_call
 from proxygap.study.results import DAAScaleResult, ScaleCurve
 from proxygap.study.watch import watchers
-from proxygap.study.workers import run_jobs
+from proxygap.study.workers import Job, ray_runtime, run_jobs
 
-__all__ = ["stage_daa_scale", "summarise_curve"]
+__all__ = ["remote_run", "stage_daa_scale", "summarise_curve"]
 
 Run = tuple[str, str, float, int]  # size, loss, beta, seed
 
@@ -147,10 +149,62 @@ def _job(
     spec: DAAScaleConfig,
     run: Run,
     start: PreTrainedModel,
-    prepared: tuple[PairTokens, PairTokens],
+    prepared: Callable[[], tuple[PairTokens, PairTokens]],
     evaluator: PolicyEvaluator,
-) -> Callable[[], None]:
-    return lambda: _run(ctx, spec, run, start, prepared, evaluator)
+) -> Job:
+    size, loss, beta, seed = run
+    return Job(
+        f"DAA {size} {loss} beta {beta:g} seed {seed}",
+        lambda: _run(ctx, spec, run, start, prepared(), evaluator),
+        remote_call(remote_run, size, loss, beta, seed),
+    )
+
+
+def _start(
+    ctx: StudyContext, spec: DAAScaleConfig, size: str
+) -> tuple[PreTrainedModel, PolicyEvaluator]:
+    """The base policy of ``size`` (frozen) and its evaluator."""
+    folder = ctx.task.policy_sizes[size]
+    start = load_policy(folder)
+    start = start.to(ctx.device)  # type: ignore[arg-type]  # wrapped .to: see models.loading
+    start.eval().requires_grad_(False)
+    check_vocab_match(start, ctx.tokenizer, f"policy size {size!r} ({folder})")
+    evaluator = daa_evaluator(
+        start, ctx.tokenizer, task=ctx.task, proxy=None, cfg=spec.settings,
+        gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "policy_eval"),
+    )  # fmt: skip
+    return start, evaluator
+
+
+def _prepared(
+    ctx: StudyContext, spec: DAAScaleConfig, start: PreTrainedModel, train: Pairs
+) -> tuple[PairTokens, PairTokens]:
+    """The training and held-out pairs with ``start``'s reference log-probs."""
+    pairs = train.subset(np.arange(spec.n_pairs or len(train)))
+    return prepare_pairs(start, ctx.tokenizer, pairs), prepare_pairs(
+        start, ctx.tokenizer, ctx.heldout
+    )
+
+
+_SIZES: dict[str, tuple[PreTrainedModel, PolicyEvaluator, tuple[PairTokens, PairTokens]]] = {}
+_SIZES_FOR: list[StudyContext] = []  # the context the sizes of _SIZES belong to
+
+
+def remote_run(
+    ctx: StudyContext, train: Pairs, size: str, loss: str, beta: float, seed: int
+) -> None:
+    """One run as a Ray task runs it (:mod:`proxygap.study.remote`); a worker process prepares
+    each size once (its policy, evaluator and reference log-probs)."""
+    spec = ctx.cfg.daa_scale
+    assert spec is not None
+    if not _SIZES_FOR or _SIZES_FOR[0] is not ctx:
+        _SIZES.clear()
+        _SIZES_FOR[:] = [ctx]
+    if size not in _SIZES:
+        start, evaluator = _start(ctx, spec, size)
+        _SIZES[size] = start, evaluator, _prepared(ctx, spec, start, train)
+    start, evaluator, prepared = _SIZES[size]
+    _run(ctx, spec, (size, loss, beta, seed), start, prepared, evaluator)
 
 
 def stage_daa_scale(ctx: StudyContext, train: Pairs) -> DAAScaleResult | None:
@@ -159,7 +213,6 @@ def stage_daa_scale(ctx: StudyContext, train: Pairs) -> DAAScaleResult | None:
     spec = ctx.cfg.daa_scale
     if spec is None:
         return None
-    pairs = train.subset(np.arange(spec.n_pairs or len(train)))
     runs: list[Run] = [
         (size, loss, beta, seed)
         for size in spec.sizes
@@ -170,14 +223,11 @@ def stage_daa_scale(ctx: StudyContext, train: Pairs) -> DAAScaleResult | None:
     todo = [r for r in runs if not ctx.run.done(_name(r))]
     params: dict[str, int] = {}
     inits: dict[str, dict[str, float]] = {}
-    jobs: list[tuple[str, Callable[[], None]]] = []
+    jobs: list[Job] = []
     job_runs: list[Run] = []
+    ray = ray_runtime(ctx)
     for size in spec.sizes:
-        folder = ctx.task.policy_sizes[size]
-        start = load_policy(folder)
-        start = start.to(ctx.device)  # type: ignore[arg-type]  # wrapped .to: see models.loading
-        start.eval().requires_grad_(False)
-        check_vocab_match(start, ctx.tokenizer, f"policy size {size!r} ({folder})")
+        start, evaluator = _start(ctx, spec, size)
         params[size] = sum(p.numel() for p in start.parameters())
         init_file = ctx.run.path("daa_scale", size, "init.json")
         mine = [r for r in todo if r[0] == size]
@@ -185,33 +235,22 @@ def stage_daa_scale(ctx: StudyContext, train: Pairs) -> DAAScaleResult | None:
             inits[size] = json.loads(init_file.read_text())
             continue
         ctx.log(f"DAA scale: preparing size {size} ({params[size]:,} parameters)")
-        evaluator = daa_evaluator(
-            start, ctx.tokenizer, task=ctx.task, proxy=None, cfg=spec.settings,
-            gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "policy_eval"),
-        )  # fmt: skip
         inits[size] = evaluator(start)[0]
         atomic_write_json(init_file, inits[size])
         if not mine:
             continue
-        prepared = (
-            prepare_pairs(start, ctx.tokenizer, pairs),
-            prepare_pairs(start, ctx.tokenizer, ctx.heldout),
-        )
-        for r in mine:
-            jobs.append(
-                (
-                    f"DAA {r[0]} {r[1]} beta {r[2]:g} seed {r[3]}",
-                    _job(ctx, spec, r, start, prepared, evaluator),
-                )
-            )
-            job_runs.append(r)
+        prepared = functools.cache(functools.partial(_prepared, ctx, spec, start, train))
+        if ray is None:  # once here, before the workers fork; Ray tasks prepare their own
+            prepared()
+        jobs += [_job(ctx, spec, r, start, prepared, evaluator) for r in mine]
+        job_runs += mine
 
     def finished(i: int) -> None:
         size, loss, beta, seed = job_runs[i]
         info = {"size": size, "loss": loss, "beta": beta, "seed": seed}
         ctx.run.mark_done(_name(job_runs[i]), info)
 
-    run_jobs(jobs, workers=ctx.cfg.runtime.workers, finished=finished, log=ctx.log)
+    run_jobs(jobs, workers=ctx.cfg.runtime.workers, finished=finished, log=ctx.log, ray=ray)
     histories = {
         r: json.loads((_folder(ctx, r) / "result.json").read_text())["history"] for r in runs
     }

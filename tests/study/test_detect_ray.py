@@ -115,7 +115,10 @@ def test_a_remote_call_names_an_importable_function() -> None:
             r"address 'ray://head:10001' is for backend: ray \(backend is processes\)",
         ),
         ({"backend": "ray", "address": " "}, "address must name a Ray cluster"),
-        ({"backend": "ray", "workers": 2, "threads": None}, "DAA scale runs are still forked"),
+        (
+            {"backend": "ray", "workers": 2, "threads": None},
+            "mitigation study's runs are still forked",
+        ),
         ({"backend": "threads"}, "runtime.backend"),
         ({"backend": "ray", "device": "cuda"}, "backend: ray runs on CPUs: use device: cpu"),
     ],

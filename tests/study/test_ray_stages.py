@@ -1,5 +1,5 @@
-"""The f-divergence and scaling studies' runs as Ray tasks (``runtime.backend: ray``): the same
-runs as in one process, number for number."""
+"""The f-divergence, scaling and DAA scale studies' runs as Ray tasks (``runtime.backend: ray``):
+the same runs as in one process, number for number."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from proxygap.config import parse_config
 from proxygap.study import run_study
 
+from .test_daa_scale import TINY as DAA_SCALE
 from .test_fdiv_study import TINY as FDIV
 from .test_scaling import TINY as SCALING
 
@@ -50,10 +51,10 @@ def _outputs(run: Path, part: str) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("study", ["fdiv", "scaling"])
+@pytest.mark.parametrize("study", ["fdiv", "scaling", "daa_scale"])
 def test_ray_tasks_give_the_runs_of_one_process(tmp_path: Path, study: str) -> None:
     pytest.importorskip("ray")
-    base = copy.deepcopy(FDIV if study == "fdiv" else SCALING)
+    base = copy.deepcopy({"fdiv": FDIV, "scaling": SCALING, "daa_scale": DAA_SCALE}[study])
     if study == "scaling":
         base["scaling"]["rl"] = SCALING_RL  # type: ignore[index]
     said: list[str] = []
@@ -64,10 +65,9 @@ def test_ray_tasks_give_the_runs_of_one_process(tmp_path: Path, study: str) -> N
         runs[backend] = run_study(parse_config(cfg), tmp_path / backend, log=log).dir
     assert any("as Ray tasks on a local Ray, 2 at a time" in s for s in said)
     ref, got = _outputs(runs["processes"], study), _outputs(runs["ray"], study)
-    n_runs = {"fdiv": 2 * 2 + 2 * 2, "scaling": 3 * 2 * 2 + 2 * 2}[study]
-    assert sum(name.endswith("history.json") or name.endswith("scores.npz") for name in ref) == (
-        n_runs
-    )
+    n_runs = {"fdiv": 2 * 2 + 2 * 2, "scaling": 3 * 2 * 2 + 2 * 2, "daa_scale": 2 * 4 * 2}[study]
+    ends = ("history.json", "scores.npz", "result.json")
+    assert sum(name.endswith(ends) for name in ref) == n_runs
     assert got.keys() == ref.keys()
     for name in ref:
         assert got[name] == ref[name], name
