@@ -160,8 +160,8 @@ class RuntimeConfig(Strict):
         default="processes",
         description="where independent runs go: forked processes, or Ray tasks on a local Ray "
         "or the cluster at `address` (CPU; optional extra: pip install 'proxygap[ray]') for the "
-        "detection corpus, the f-divergence comparison and the scaling and DAA scale studies; "
-        "the mitigation study's runs use forked processes",
+        "runs of the detection, mitigation, f-divergence, scaling and DAA scale studies; the "
+        "mitigation study's ensembles train on forked processes",
     )
     address: str | None = Field(
         default=None,
@@ -202,7 +202,7 @@ class RuntimeConfig(Strict):
             )
         # worker processes are forked: torch's thread pools and CUDA do not survive a fork
         if self.workers > 1 and (self.threads != 1 or self.device != "cpu"):
-            also = " (with backend: ray, the mitigation study's runs are still forked)"
+            also = " (with backend: ray, the mitigation study's ensembles still train forked)"
             raise ValueError(
                 f"workers: {self.workers} needs threads: 1 and device: cpu (got threads: "
                 f"{self.threads}, device: {self.device!r}); forked processes cannot share "

@@ -5,7 +5,8 @@ Every ``(size, loss, beta, seed)`` is one run (stage ``daa_scale:<size>:<loss>-<
 a fresh copy of that size's base policy, trained with :func:`proxygap.optimize.daa.train_daa` on
 the study's first ``n_pairs`` gold-labelled training pairs against itself as the reference, and
 evaluated on held-out prompts against itself (gold relative to its own samples, in the study's
-gold units; ``d`` from it). The runs go to ``runtime.workers`` forked processes. Each size's
+gold units; ``d`` from it). The runs go to ``runtime.workers`` forked processes (or Ray tasks:
+``runtime.backend``). Each size's
 initial policy is evaluated once (``daa_scale/<size>/init.json``): it is the ``d = 0`` point of
 every curve of that size.
 

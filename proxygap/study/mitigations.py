@@ -16,8 +16,9 @@ draw per seed.
   writing ``mitigations/<name>/seed-<s>/history.json``; a run killed midway continues from its
   newest checkpoint (``seed-<s>/checkpoints/``, deleted once the stage is done). Intervals
   are over seeds. Arms with a constraint run after the arm their proxy points come from. With
-  ``runtime.workers > 1`` the runs go to that many forked processes (Linux); each run seeds
-  itself, so the results do not depend on the number of workers.
+  ``runtime.workers > 1`` the runs go to that many forked processes (Linux), or to Ray tasks
+  with ``runtime.backend: ray`` (:func:`remote_arm`); each run seeds itself, so the results do
+  not depend on the number of workers or where they run.
 
 Units. Gold is in units of its standard deviation over base-policy samples (the held-out pair
 responses), relative to the base policy (RL) or to n = 1 (best-of-n). The proxy reported is the
@@ -34,9 +35,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -55,11 +54,12 @@ from proxygap.study.mitigation_stats import (
     rl_run_quantities,
     summarise_runs,
 )
+from proxygap.study.remote import remote_call
 from proxygap.study.results import MitigationResult
 from proxygap.study.sft import stage_sft
-from proxygap.study.workers import run_jobs
+from proxygap.study.workers import Job, ray_runtime, run_jobs
 
-__all__ = ["stage_mitigations"]
+__all__ = ["remote_arm", "stage_mitigations"]
 
 ArmRun = tuple[MitigationRunConfig, int, np.ndarray | None]  # arm, seed, proxy points
 
@@ -96,12 +96,16 @@ def _stage(arm: MitigationRunConfig, seed: int) -> str:
 
 
 def _run(arms: ArmContext, runs: list[ArmRun]) -> None:
-    """Run the runs (none of them done yet) on ``runtime.workers`` processes, marking each stage
-    done as it finishes (:func:`proxygap.study.workers.run_jobs`)."""
+    """Run the runs (none of them done yet) on ``runtime.workers`` processes or Ray tasks,
+    marking each stage done as it finishes (:func:`proxygap.study.workers.run_jobs`)."""
     ctx = arms.study
 
-    def job(arm: MitigationRunConfig, seed: int, points: np.ndarray | None) -> Callable[[], Any]:
-        return lambda: run_arm(arms, arm, seed, points=points)
+    def job(arm: MitigationRunConfig, seed: int, points: np.ndarray | None) -> Job:
+        return Job(
+            f"mitigation {arm.name}, seed {seed}",
+            lambda: run_arm(arms, arm, seed, points=points),
+            remote_call(remote_arm, arm.name, seed, None if points is None else points.tolist()),
+        )
 
     def finished(i: int) -> None:
         arm, seed, _ = runs[i]
@@ -109,11 +113,45 @@ def _run(arms: ArmContext, runs: list[ArmRun]) -> None:
         shutil.rmtree(_folder(ctx, arm) / f"seed-{seed}" / "checkpoints", ignore_errors=True)
 
     run_jobs(
-        [(f"mitigation {arm.name}, seed {seed}", job(arm, seed, p)) for arm, seed, p in runs],
+        [job(arm, seed, p) for arm, seed, p in runs],
         workers=ctx.cfg.runtime.workers,
         finished=finished,
         log=ctx.log,
+        ray=ray_runtime(ctx),
     )
+
+
+def _arm_context(ctx: StudyContext, train: Pairs, ensembles: dict[int, ProxyScorer]) -> ArmContext:
+    """What the arms share, but the references: the start policies and the training prompts."""
+    m = ctx.cfg.mitigations
+    assert m is not None
+    policies = {"base": ctx.policy}
+    if ctx.cfg.sft is not None:
+        policies |= stage_sft(ctx, train, ctx.cfg.sft)
+    s = m.settings
+    prompt_seed = study_seed(ctx.cfg.seed, "mitigation_train_prompts")
+    prompts = ctx.task.prompts(s.steps * s.prompts_per_step, seed=prompt_seed)
+    return ArmContext(ctx, ensembles, prompts, policies)
+
+
+_ARMS: list[ArmContext] = []  # the arms' context this worker process built (one study's)
+
+
+def remote_arm(
+    ctx: StudyContext, train: Pairs, arm: str, seed: int, points: list[float] | None
+) -> None:
+    """One arm's run as a Ray task runs it (:mod:`proxygap.study.remote`): the arms' context
+    (ensembles, start policies, prompts and, where an arm needs them, the references) is read
+    back or rebuilt once per worker process."""
+    m = ctx.cfg.mitigations
+    assert m is not None
+    if not _ARMS or _ARMS[0].study is not ctx:
+        _ARMS[:] = [_arm_context(ctx, train, stage_ensembles(ctx, train))]
+    arms = _ARMS[0]
+    spec = next(a for a in m.rl if a.name == arm)
+    if needs_references(spec) and arms.refs is None:
+        arms.refs = _references(ctx, arms.ensembles, arms.prompts)
+    run_arm(arms, spec, seed, points=None if points is None else np.asarray(points))
 
 
 def _folder(ctx: StudyContext, arm: MitigationRunConfig) -> Path:
@@ -136,16 +174,10 @@ def stage_mitigations(ctx: StudyContext, train: Pairs) -> MitigationResult | Non
     ensembles = stage_ensembles(ctx, train)
     out.bon, out.diagnostics = stage_mitigation_bon(ctx, ensembles, m)
     if m.rl:
-        policies = {"base": ctx.policy}
-        if ctx.cfg.sft is not None:
-            policies |= stage_sft(ctx, train, ctx.cfg.sft)
-        s = m.settings
-        prompt_seed = study_seed(ctx.cfg.seed, "mitigation_train_prompts")
-        prompts = ctx.task.prompts(s.steps * s.prompts_per_step, seed=prompt_seed)
-        arms = ArmContext(ctx, ensembles, prompts, policies)
+        arms = _arm_context(ctx, train, ensembles)
         todo = [(a, seed) for a in m.rl for seed in m.seeds if not ctx.run.done(_stage(a, seed))]
         if any(needs_references(a) for a, _ in todo):
-            arms.refs = _references(ctx, ensembles, prompts)
+            arms.refs = _references(ctx, ensembles, arms.prompts)
         # constrained arms need the proxy points of an arm of the first wave
         for wave in ([a for a in m.rl if a.constraint is None], [a for a in m.rl if a.constraint]):
             pending: list[ArmRun] = []

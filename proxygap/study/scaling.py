@@ -5,7 +5,8 @@ of its own is sampled (stage ``scaling:pool:<seed>``); then every (size, data si
 trains one reward model on the first ``n`` pairs of that seed's shuffle of the training pairs,
 with that seed's label noise and initialisation, and scores the seed's pool, the base-policy
 reference samples and the held-out pairs (stage ``scaling:<size>:<n>:<seed>``). Pools and cells
-run on ``runtime.workers`` forked processes, largest models first. The analysis
+run on ``runtime.workers`` forked processes (or Ray tasks: ``runtime.backend``), largest models
+first. The analysis
 (:mod:`proxygap.study.scaling_analysis`) fits the best-of-n law per cell and per size with
 bootstrap intervals over prompts, the trends against log parameters, and writes
 ``scaling/summary.json``. With ``scaling.rl`` set, RL runs against some of the trained proxies

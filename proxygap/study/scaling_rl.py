@@ -8,8 +8,9 @@ cell, not retrained). The reward is the proxy standardised on the base-policy re
 samples (centred and divided by its standard deviation there), so proxies whose scores spread
 differently move the policy with the same step size; the evaluation reports it in the same
 units, next to gold in its SD units. All sizes of one seed share the training prompts, the
-held-out evaluation prompts and the RL seed. Runs go to ``runtime.workers`` forked processes,
-largest proxy first; a run killed midway continues from its newest checkpoint.
+held-out evaluation prompts and the RL seed. Runs go to ``runtime.workers`` forked processes
+(or Ray tasks: ``runtime.backend``), largest proxy first; a run killed midway continues from
+its newest checkpoint.
 """
 
 from __future__ import annotations

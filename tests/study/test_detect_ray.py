@@ -117,7 +117,7 @@ def test_a_remote_call_names_an_importable_function() -> None:
         ({"backend": "ray", "address": " "}, "address must name a Ray cluster"),
         (
             {"backend": "ray", "workers": 2, "threads": None},
-            "mitigation study's runs are still forked",
+            "ensembles still train forked",
         ),
         ({"backend": "threads"}, "runtime.backend"),
         ({"backend": "ray", "device": "cuda"}, "backend: ray runs on CPUs: use device: cpu"),

@@ -1,5 +1,5 @@
-"""The f-divergence, scaling and DAA scale studies' runs as Ray tasks (``runtime.backend: ray``):
-the same runs as in one process, number for number."""
+"""The mitigation, f-divergence, scaling and DAA scale studies' runs as Ray tasks
+(``runtime.backend: ray``): the same runs as in one process, number for number."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from proxygap.study import run_study
 
 from .test_daa_scale import TINY as DAA_SCALE
 from .test_fdiv_study import TINY as FDIV
+from .test_mitigation_study import TINY as MITIGATIONS
 from .test_scaling import TINY as SCALING
 
 SCALING_RL = {
@@ -51,12 +52,17 @@ def _outputs(run: Path, part: str) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("study", ["fdiv", "scaling", "daa_scale"])
+@pytest.mark.parametrize("study", ["mitigations", "fdiv", "scaling", "daa_scale"])
 def test_ray_tasks_give_the_runs_of_one_process(tmp_path: Path, study: str) -> None:
     pytest.importorskip("ray")
-    base = copy.deepcopy({"fdiv": FDIV, "scaling": SCALING, "daa_scale": DAA_SCALE}[study])
+    studies = {"mitigations": MITIGATIONS, "fdiv": FDIV, "scaling": SCALING, "daa_scale": DAA_SCALE}
+    base = copy.deepcopy(studies[study])
     if study == "scaling":
         base["scaling"]["rl"] = SCALING_RL  # type: ignore[index]
+    if study == "mitigations":  # arms that read references, a soup, SFT, Quark and a constraint
+        keep = {"par", "sft", "salsa", "quark", "composite", "constrained"}
+        m = base["mitigations"]
+        m |= {"rl": [a for a in m["rl"] if a["name"] in keep]}  # type: ignore[index]
     said: list[str] = []
     runs = {}
     for backend, workers in (("processes", 1), ("ray", 2)):
@@ -65,8 +71,9 @@ def test_ray_tasks_give_the_runs_of_one_process(tmp_path: Path, study: str) -> N
         runs[backend] = run_study(parse_config(cfg), tmp_path / backend, log=log).dir
     assert any("as Ray tasks on a local Ray, 2 at a time" in s for s in said)
     ref, got = _outputs(runs["processes"], study), _outputs(runs["ray"], study)
-    n_runs = {"fdiv": 2 * 2 + 2 * 2, "scaling": 3 * 2 * 2 + 2 * 2, "daa_scale": 2 * 4 * 2}[study]
-    ends = ("history.json", "scores.npz", "result.json")
+    n_runs = {"mitigations": 6 * 3, "fdiv": 2 * 2 + 2 * 2, "scaling": 3 * 2 * 2 + 2 * 2,
+              "daa_scale": 2 * 4 * 2}[study]  # fmt: skip
+    ends = ("/history.json", "/scores.npz", "/result.json")
     assert sum(name.endswith(ends) for name in ref) == n_runs
     assert got.keys() == ref.keys()
     for name in ref:
