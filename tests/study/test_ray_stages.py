@@ -38,11 +38,15 @@ def _untimed(x: Any) -> Any:
 
 
 def _outputs(run: Path, part: str) -> dict[str, Any]:
-    """Every JSON, JSON-lines and array file the stage wrote under ``run/part``."""
+    """Every JSON, JSON-lines and array file the stage wrote under ``run/part``, but inside
+    checkpoints and model folders (whose configs record how the files were loaded; the scores
+    and histories made with the models are compared)."""
     out: dict[str, Any] = {}
     for p in sorted((run / part).rglob("*")):
         name = str(p.relative_to(run))
-        if p.suffix == ".json" and "checkpoints" not in p.parts:
+        if "checkpoints" in p.parts or any(q.startswith(("member-", "policy")) for q in p.parts):
+            continue
+        if p.suffix == ".json":
             out[name] = _untimed(json.loads(p.read_text()))
         elif p.suffix == ".jsonl":
             out[name] = [_untimed(json.loads(line)) for line in p.read_text().splitlines()]
