@@ -39,7 +39,7 @@ from proxygap.optimize.evaluate import PolicyEvaluator
 from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json
 from proxygap.study.context import StudyContext, check_measurements
-from proxygap.study.remote import remote_call
+from proxygap.study.remote import remote_call, shared
 from proxygap.study.results import DAAScaleResult, ScaleCurve
 from proxygap.study.watch import watchers
 from proxygap.study.workers import Job, ray_runtime, run_jobs
@@ -187,10 +187,6 @@ def _prepared(
     )
 
 
-_SIZES: dict[str, tuple[PreTrainedModel, PolicyEvaluator, tuple[PairTokens, PairTokens]]] = {}
-_SIZES_FOR: list[StudyContext] = []  # the context the sizes of _SIZES belong to
-
-
 def remote_run(
     ctx: StudyContext, train: Pairs, size: str, loss: str, beta: float, seed: int
 ) -> None:
@@ -198,13 +194,12 @@ def remote_run(
     each size once (its policy, evaluator and reference log-probs)."""
     spec = ctx.cfg.daa_scale
     assert spec is not None
-    if not _SIZES_FOR or _SIZES_FOR[0] is not ctx:
-        _SIZES.clear()
-        _SIZES_FOR[:] = [ctx]
-    if size not in _SIZES:
+
+    def prepare() -> tuple[PreTrainedModel, PolicyEvaluator, tuple[PairTokens, PairTokens]]:
         start, evaluator = _start(ctx, spec, size)
-        _SIZES[size] = start, evaluator, _prepared(ctx, spec, start, train)
-    start, evaluator, prepared = _SIZES[size]
+        return start, evaluator, _prepared(ctx, spec, start, train)
+
+    start, evaluator, prepared = shared(ctx, f"daa_scale:{size}", prepare)
     _run(ctx, spec, (size, loss, beta, seed), start, prepared, evaluator)
 
 

@@ -47,7 +47,7 @@ from proxygap.seeds import study_seed
 from proxygap.store.atomic import atomic_write_json, atomic_write_text
 from proxygap.study.context import StudyContext, check_measurements
 from proxygap.study.fdiv_stats import summarise_arms
-from proxygap.study.remote import remote_call
+from proxygap.study.remote import remote_call, shared
 from proxygap.study.results import FDivResult
 from proxygap.study.rl import train_from_base
 from proxygap.study.scoring import proxy_scorer
@@ -187,25 +187,22 @@ def _histories(
     }
 
 
-_BUILT: dict[str, Callable[[], Any]] = {}
-_BUILT_FOR: list[StudyContext] = []  # the context the runs of _BUILT belong to
-
-
 def remote_run(ctx: StudyContext, train: Pairs, stage: str) -> None:
     """The run of stage ``stage`` (``fdiv:rl:...`` or ``fdiv:daa:...``) as a Ray task runs it
     (:mod:`proxygap.study.remote`): the runs of its kind are prepared once per worker process
     (the DAA rows' reference log-probs with them), then the one asked for runs."""
     spec = ctx.cfg.fdiv
     assert spec is not None
-    if not _BUILT_FOR or _BUILT_FOR[0] is not ctx:
-        _BUILT.clear()
-        _BUILT_FOR[:] = [ctx]
-    if stage not in _BUILT:
-        jobs = _rl_jobs(ctx, spec) if stage.startswith("fdiv:rl:") else _daa_jobs(ctx, spec, train)
-        _BUILT.update({name: fn for name, _, fn in jobs})
-    if stage not in _BUILT:
+    kind = "rl" if stage.startswith("fdiv:rl:") else "daa"
+
+    def prepare() -> dict[str, Callable[[], Any]]:
+        jobs = _rl_jobs(ctx, spec) if kind == "rl" else _daa_jobs(ctx, spec, train)
+        return {name: fn for name, _, fn in jobs}
+
+    runs = shared(ctx, f"fdiv:{kind}", prepare)
+    if stage not in runs:
         raise ValueError(f"the study {ctx.cfg.name!r} has no f-divergence run {stage!r} to do")
-    _BUILT[stage]()
+    runs[stage]()
 
 
 def stage_fdiv(ctx: StudyContext, train: Pairs) -> FDivResult | None:

@@ -54,7 +54,7 @@ from proxygap.study.mitigation_stats import (
     rl_run_quantities,
     summarise_runs,
 )
-from proxygap.study.remote import remote_call
+from proxygap.study.remote import remote_call, shared
 from proxygap.study.results import MitigationResult
 from proxygap.study.sft import stage_sft
 from proxygap.study.workers import Job, ray_runtime, run_jobs
@@ -134,9 +134,6 @@ def _arm_context(ctx: StudyContext, train: Pairs, ensembles: dict[int, ProxyScor
     return ArmContext(ctx, ensembles, prompts, policies)
 
 
-_ARMS: list[ArmContext] = []  # the arms' context this worker process built (one study's)
-
-
 def remote_arm(
     ctx: StudyContext, train: Pairs, arm: str, seed: int, points: list[float] | None
 ) -> None:
@@ -145,9 +142,9 @@ def remote_arm(
     back or rebuilt once per worker process."""
     m = ctx.cfg.mitigations
     assert m is not None
-    if not _ARMS or _ARMS[0].study is not ctx:
-        _ARMS[:] = [_arm_context(ctx, train, stage_ensembles(ctx, train))]
-    arms = _ARMS[0]
+    arms = shared(
+        ctx, "mitigations:arms", lambda: _arm_context(ctx, train, stage_ensembles(ctx, train))
+    )
     spec = next(a for a in m.rl if a.name == arm)
     if needs_references(spec) and arms.refs is None:
         arms.refs = _references(ctx, arms.ensembles, arms.prompts)

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -29,7 +29,9 @@ from proxygap.store.run import RunFolderError
 from proxygap.study.context import StudyContext, attach
 from proxygap.study.data import stage_preferences
 
-__all__ = ["RemoteCall", "remote_call", "run_remote"]
+__all__ = ["RemoteCall", "remote_call", "run_remote", "shared"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,21 @@ def _context(config: dict[str, Any], folder: str) -> tuple[StudyContext, Pairs]:
         _OPEN.clear()  # one study at a time: a new one's models replace the last one's
         _OPEN[key] = ctx, train
     return _OPEN[key]
+
+
+_SHARED: list[tuple[StudyContext, dict[str, Any]]] = []
+"""What the runs of the study this worker process holds share, built once (:func:`shared`)."""
+
+
+def shared(ctx: StudyContext, name: str, make: Callable[[], T]) -> T:
+    """``make()``, built once per worker process and study ``ctx``: what several runs of a study
+    share (references, prepared pairs, start policies), kept while the worker holds ``ctx``."""
+    if not _SHARED or _SHARED[0][0] is not ctx:
+        _SHARED[:] = [(ctx, {})]
+    store = _SHARED[0][1]
+    if name not in store:
+        store[name] = make()
+    return cast(T, store[name])
 
 
 def run_remote(config: dict[str, Any], folder: str, search: str, call: RemoteCall) -> None:
