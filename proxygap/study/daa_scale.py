@@ -161,20 +161,22 @@ def _job(
     )
 
 
-def _start(
-    ctx: StudyContext, spec: DAAScaleConfig, size: str
-) -> tuple[PreTrainedModel, PolicyEvaluator]:
-    """The base policy of ``size`` (frozen) and its evaluator."""
+def _start(ctx: StudyContext, size: str) -> PreTrainedModel:
+    """The base policy of ``size``, frozen."""
     folder = ctx.task.policy_sizes[size]
     start = load_policy(folder)
     start = start.to(ctx.device)  # type: ignore[arg-type]  # wrapped .to: see models.loading
     start.eval().requires_grad_(False)
     check_vocab_match(start, ctx.tokenizer, f"policy size {size!r} ({folder})")
-    evaluator = daa_evaluator(
+    return start
+
+
+def _evaluator(ctx: StudyContext, spec: DAAScaleConfig, start: PreTrainedModel) -> PolicyEvaluator:
+    """The evaluator of the runs that start from ``start``."""
+    return daa_evaluator(
         start, ctx.tokenizer, task=ctx.task, proxy=None, cfg=spec.settings,
         gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "policy_eval"),
     )  # fmt: skip
-    return start, evaluator
 
 
 def _prepared(
@@ -196,8 +198,8 @@ def remote_run(
     assert spec is not None
 
     def prepare() -> tuple[PreTrainedModel, PolicyEvaluator, tuple[PairTokens, PairTokens]]:
-        start, evaluator = _start(ctx, spec, size)
-        return start, evaluator, _prepared(ctx, spec, start, train)
+        start = _start(ctx, size)
+        return start, _evaluator(ctx, spec, start), _prepared(ctx, spec, start, train)
 
     start, evaluator, prepared = shared(ctx, f"daa_scale:{size}", prepare)
     _run(ctx, spec, (size, loss, beta, seed), start, prepared, evaluator)
@@ -223,7 +225,7 @@ def stage_daa_scale(ctx: StudyContext, train: Pairs) -> DAAScaleResult | None:
     job_runs: list[Run] = []
     ray = ray_runtime(ctx)
     for size in spec.sizes:
-        start, evaluator = _start(ctx, spec, size)
+        start = _start(ctx, size)
         params[size] = sum(p.numel() for p in start.parameters())
         init_file = ctx.run.path("daa_scale", size, "init.json")
         mine = [r for r in todo if r[0] == size]
@@ -231,6 +233,7 @@ def stage_daa_scale(ctx: StudyContext, train: Pairs) -> DAAScaleResult | None:
             inits[size] = json.loads(init_file.read_text())
             continue
         ctx.log(f"DAA scale: preparing size {size} ({params[size]:,} parameters)")
+        evaluator = _evaluator(ctx, spec, start)
         inits[size] = evaluator(start)[0]
         atomic_write_json(init_file, inits[size])
         if not mine:

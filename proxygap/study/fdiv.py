@@ -24,6 +24,7 @@ the number of workers or where they run. The numbers are
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -112,7 +113,12 @@ def _rl_jobs(ctx: StudyContext, spec: FDivStudyConfig) -> list[FDivJob]:
     return [job(div, seed) for div, seed in todo]
 
 
-def _daa_jobs(ctx: StudyContext, spec: FDivStudyConfig, train: Pairs) -> list[FDivJob]:
+def _daa_jobs(
+    ctx: StudyContext, spec: FDivStudyConfig, train: Pairs, *, warm: bool
+) -> list[FDivJob]:
+    """The DAA rows not done yet; what they share (the reference policy, its log-probs on the
+    pairs, the evaluator) is prepared on the first run, or here when ``warm`` (before the
+    workers fork, so that they inherit it)."""
     daa = spec.daa
     todo = [
         (loss, seed)
@@ -124,23 +130,32 @@ def _daa_jobs(ctx: StudyContext, spec: FDivStudyConfig, train: Pairs) -> list[FD
         return []
     n = daa.n_pairs or len(train)
     pairs = relabel(train.subset(np.arange(n)), noise=daa.label_noise, seed=ctx.cfg.seed + 11)
-    ref = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
-    prepared = (
-        prepare_pairs(ref, ctx.tokenizer, pairs),
-        prepare_pairs(ref, ctx.tokenizer, ctx.heldout),
-    )
-    scorer = proxy_scorer(ctx, spec.proxy)
-    evaluator: PolicyEvaluator = daa_evaluator(
-        ctx.policy, ctx.tokenizer, task=ctx.task, proxy=_standardised_reward(scorer),
-        cfg=daa.settings, gold_scale=ctx.gold_scale, seed=study_seed(ctx.cfg.seed, "fdiv_eval"),
-        # the monitor's ensemble and latent signals, as in the RL arms
-        members=scorer.standardised if scorer.n_members > 1 else None, embed=scorer.embed,
-    )  # fmt: skip
+
+    @functools.cache
+    def parts() -> tuple[PreTrainedModel, tuple[PairTokens, PairTokens], PolicyEvaluator]:
+        ref = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
+        prepared = (
+            prepare_pairs(ref, ctx.tokenizer, pairs),
+            prepare_pairs(ref, ctx.tokenizer, ctx.heldout),
+        )
+        scorer = proxy_scorer(ctx, spec.proxy)
+        evaluator = daa_evaluator(
+            ctx.policy, ctx.tokenizer, task=ctx.task, proxy=_standardised_reward(scorer),
+            cfg=daa.settings, gold_scale=ctx.gold_scale,
+            seed=study_seed(ctx.cfg.seed, "fdiv_eval"),
+            # the monitor's ensemble and latent signals, as in the RL arms
+            members=scorer.standardised if scorer.n_members > 1 else None, embed=scorer.embed,
+        )  # fmt: skip
+        return ref, prepared, evaluator
+
+    if warm:
+        parts()
 
     def job(loss: str, seed: int) -> FDivJob:
         stage, cfg = f"fdiv:daa:{loss}:{seed}", daa.row(loss, seed)
 
         def go() -> None:
+            ref, prepared, evaluator = parts()
             policy = copy.deepcopy(ctx.policy).requires_grad_(True)
             result = train_daa(
                 policy, ref, ctx.tokenizer, *prepared, cfg=cfg, evaluator=evaluator,
@@ -196,10 +211,12 @@ def remote_run(ctx: StudyContext, train: Pairs, stage: str) -> None:
     kind = "rl" if stage.startswith("fdiv:rl:") else "daa"
 
     def prepare() -> dict[str, Callable[[], Any]]:
-        jobs = _rl_jobs(ctx, spec) if kind == "rl" else _daa_jobs(ctx, spec, train)
+        jobs = _rl_jobs(ctx, spec) if kind == "rl" else _daa_jobs(ctx, spec, train, warm=False)
         return {name: fn for name, _, fn in jobs}
 
     runs = shared(ctx, f"fdiv:{kind}", prepare)
+    if stage not in runs:  # prepared while this run was done (a study since started over)
+        runs.update(prepare())
     if stage not in runs:
         raise ValueError(f"the study {ctx.cfg.name!r} has no f-divergence run {stage!r} to do")
     runs[stage]()
@@ -211,7 +228,8 @@ def stage_fdiv(ctx: StudyContext, train: Pairs) -> FDivResult | None:
     spec = ctx.cfg.fdiv
     if spec is None:
         return None
-    jobs = _rl_jobs(ctx, spec) + _daa_jobs(ctx, spec, train)
+    ray = ray_runtime(ctx)
+    jobs = _rl_jobs(ctx, spec) + _daa_jobs(ctx, spec, train, warm=ray is None)
     if jobs:
         ctx.log(f"f-divergence comparison: {len(jobs)} runs")
         run_jobs(
@@ -219,7 +237,7 @@ def stage_fdiv(ctx: StudyContext, train: Pairs) -> FDivResult | None:
             workers=ctx.cfg.runtime.workers,
             finished=lambda i: ctx.run.mark_done(jobs[i][0]),
             log=ctx.log,
-            ray=ray_runtime(ctx),
+            ray=ray,
         )
     out = FDivResult(spec)
     if spec.rl is not None:

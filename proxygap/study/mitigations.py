@@ -173,7 +173,8 @@ def stage_mitigations(ctx: StudyContext, train: Pairs) -> MitigationResult | Non
     if m.rl:
         arms = _arm_context(ctx, train, ensembles)
         todo = [(a, seed) for a in m.rl for seed in m.seeds if not ctx.run.done(_stage(a, seed))]
-        if any(needs_references(a) for a, _ in todo):
+        # Ray tasks build their own references (remote_arm)
+        if ray_runtime(ctx) is None and any(needs_references(a) for a, _ in todo):
             arms.refs = _references(ctx, ensembles, arms.prompts)
         # constrained arms need the proxy points of an arm of the first wave
         for wave in ([a for a in m.rl if a.constraint is None], [a for a in m.rl if a.constraint]):

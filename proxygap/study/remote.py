@@ -72,6 +72,7 @@ def _context(config: dict[str, Any], folder: str) -> tuple[StudyContext, Pairs]:
             raise RunFolderError(f"{str(path)!r} has no preference pairs yet")
         train, _ = stage_preferences(ctx)  # read back: the study finished this stage
         _OPEN.clear()  # one study at a time: a new one's models replace the last one's
+        _SHARED.clear()
         _OPEN[key] = ctx, train
     return _OPEN[key]
 
