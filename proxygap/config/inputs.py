@@ -159,9 +159,9 @@ class RuntimeConfig(Strict):
     backend: Literal["processes", "ray"] = Field(
         default="processes",
         description="where independent runs go: forked processes, or Ray tasks on a local Ray "
-        "or the cluster at `address` (CPU; optional extra: pip install 'proxygap[ray]') for the "
-        "runs of the detection, mitigation, f-divergence, scaling and DAA scale studies; the "
-        "mitigation study's ensembles train on forked processes",
+        "or the cluster at `address` (CPU; optional extra: pip install 'proxygap[ray]'): the "
+        "runs of the detection, mitigation (ensembles and arms), f-divergence, scaling and DAA "
+        "scale studies",
     )
     address: str | None = Field(
         default=None,
@@ -201,12 +201,12 @@ class RuntimeConfig(Strict):
                 "backend: processes"
             )
         # worker processes are forked: torch's thread pools and CUDA do not survive a fork
-        if self.workers > 1 and (self.threads != 1 or self.device != "cpu"):
-            also = " (with backend: ray, the mitigation study's ensembles still train forked)"
+        forked = self.backend == "processes" and self.workers > 1
+        if forked and (self.threads != 1 or self.device != "cpu"):
             raise ValueError(
                 f"workers: {self.workers} needs threads: 1 and device: cpu (got threads: "
                 f"{self.threads}, device: {self.device!r}); forked processes cannot share "
-                f"torch thread pools or a GPU{also if self.backend == 'ray' else ''}"
+                "torch thread pools or a GPU"
             )
         return self
 

@@ -21,10 +21,11 @@ from proxygap.rewards.proxy import ProxyScorer
 from proxygap.seeds import mix, study_seed
 from proxygap.study.context import StudyContext, reference_texts
 from proxygap.study.data import train_members
+from proxygap.study.remote import remote_call
 from proxygap.study.scoring import proxy_config, proxy_scorer
-from proxygap.study.workers import run_jobs
+from proxygap.study.workers import Job, ray_runtime, run_jobs
 
-__all__ = ["member_seeds", "stage_ensembles"]
+__all__ = ["member_seeds", "remote_ensemble", "stage_ensembles"]
 
 
 def member_seeds(study: int, seed: int, k: int) -> list[int]:
@@ -57,6 +58,25 @@ def _scorer(ctx: StudyContext, name: str, seed: int) -> ProxyScorer:
     return ctx.proxies[key]
 
 
+def _train(ctx: StudyContext, train: Pairs, seed: int) -> dict[str, Any]:
+    """Train the members of seed ``seed``'s ensemble into its folder."""
+    m = ctx.cfg.mitigations
+    assert m is not None
+    proxy = proxy_config(ctx, m.proxy)
+    return train_members(
+        ctx,
+        proxy,
+        train,
+        seeds=member_seeds(ctx.cfg.seed, seed, proxy.ensemble),
+        folder=ctx.run.path("proxies", proxy.name, f"seed-{seed}"),
+    )
+
+
+def remote_ensemble(ctx: StudyContext, train: Pairs, seed: int) -> None:
+    """One seed's ensemble as a Ray task trains it (:mod:`proxygap.study.remote`)."""
+    _train(ctx, train, seed)
+
+
 def stage_ensembles(ctx: StudyContext, train: Pairs) -> dict[int, ProxyScorer]:
     """The ensemble of every mitigation seed, trained where not done yet; seed -> scorer."""
     m = ctx.cfg.mitigations
@@ -68,17 +88,12 @@ def stage_ensembles(ctx: StudyContext, train: Pairs) -> dict[int, ProxyScorer]:
     todo = [s for s in m.seeds if not ctx.run.done(_stage(proxy.name, s))]
     infos: dict[int, Any] = {}
 
-    def job(seed: int) -> Any:
+    def job(seed: int) -> Job:
         def train_one() -> None:
-            infos[seed] = train_members(
-                ctx,
-                proxy,
-                train,
-                seeds=member_seeds(ctx.cfg.seed, seed, proxy.ensemble),
-                folder=ctx.run.path("proxies", proxy.name, f"seed-{seed}"),
-            )
+            infos[seed] = _train(ctx, train, seed)
 
-        return train_one
+        label = f"train the ensemble {proxy.name} of seed {seed}"
+        return Job(label, train_one, remote_call(remote_ensemble, seed))
 
     def finished(i: int) -> None:
         seed = todo[i]
@@ -87,9 +102,10 @@ def stage_ensembles(ctx: StudyContext, train: Pairs) -> dict[int, ProxyScorer]:
         ctx.run.mark_done(_stage(proxy.name, seed), {"member_seeds": seeds} | info)
 
     run_jobs(
-        [(f"train the ensemble {proxy.name} of seed {s}", job(s)) for s in todo],
+        [job(s) for s in todo],
         workers=ctx.cfg.runtime.workers,
         finished=finished,
         log=ctx.log,
+        ray=ray_runtime(ctx),
     )
     return {seed: _scorer(ctx, proxy.name, seed) for seed in m.seeds}

@@ -5,10 +5,10 @@ Every job seeds itself, so results do not depend on the number of workers or whe
 With ``workers <= 1`` (or off Linux, where ``fork`` is missing) the jobs run one after another in
 this process. With a :class:`RayRuntime` (``runtime.backend: ray``) and a
 :class:`~proxygap.study.remote.RemoteCall` for every job, each job is a Ray task instead
-(:mod:`proxygap.study.remote`): on a local Ray of ``workers`` CPUs, or on the cluster at
-``runtime.address``, ``workers`` of them at a time. A job that fails stops new ones from
-starting; the runs under way finish and are kept (marked done), and the error names the failed
-job, so a new invocation resumes from the finished ones.
+(:mod:`proxygap.study.remote`) holding ``runtime.threads`` CPUs: on a local Ray of ``workers``
+such tasks, or on the cluster at ``runtime.address``, ``workers`` of them at a time. A job that
+fails stops new ones from starting; the runs under way finish and are kept (marked done), and the
+error names the failed job, so a new invocation resumes from the finished ones.
 """
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ class RayRuntime:
     search: str
     address: str | None = None
 
+    @property
+    def threads(self) -> int:
+        """The torch threads (and Ray CPUs) of one task: ``runtime.threads``, 1 when unset."""
+        return int(self.config.get("runtime", {}).get("threads") or 1)
+
 
 def ray_runtime(ctx: StudyContext) -> RayRuntime | None:
     """The study's :class:`RayRuntime` when ``runtime.backend`` is ``ray``, else None."""
@@ -87,7 +92,7 @@ def run_jobs(
     all_jobs = [Job(*j) for j in jobs]
     if ray is not None and all_jobs and all(j.remote is not None for j in all_jobs):
         n = min(max(workers, 1), len(all_jobs))
-        with ray_session(ray.address, n) as (module, where):
+        with ray_session(ray.address, n * ray.threads) as (module, where):
             log(f"{len(all_jobs)} runs as Ray tasks on {where}, {n} at a time")
             _drive(all_jobs, _RayPool(module, ray, n, all_jobs), finished, log)
         return
@@ -161,7 +166,7 @@ class _RayPool:
 
     def __init__(self, ray: Any, runtime: RayRuntime, workers: int, jobs: Sequence[Job]) -> None:
         self.ray, self.runtime, self.workers, self.jobs = ray, runtime, workers, list(jobs)
-        self.task = ray.remote(num_cpus=1, max_retries=0)(run_remote)
+        self.task = ray.remote(num_cpus=runtime.threads, max_retries=0)(run_remote)
 
     def submit(self, i: int) -> Any:
         rt, call = self.runtime, self.jobs[i].remote

@@ -115,10 +115,6 @@ def test_a_remote_call_names_an_importable_function() -> None:
             r"address 'ray://head:10001' is for backend: ray \(backend is processes\)",
         ),
         ({"backend": "ray", "address": " "}, "address must name a Ray cluster"),
-        (
-            {"backend": "ray", "workers": 2, "threads": None},
-            "ensembles still train forked",
-        ),
         ({"backend": "threads"}, "runtime.backend"),
         ({"backend": "ray", "device": "cuda"}, "backend: ray runs on CPUs: use device: cpu"),
     ],
@@ -126,6 +122,16 @@ def test_a_remote_call_names_an_importable_function() -> None:
 def test_bad_runtime_sections_are_refused(runtime: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(_tiny(**runtime))
+
+
+def test_ray_tasks_may_hold_several_threads_where_forked_workers_may_not() -> None:
+    cfg = parse_config(_tiny(backend="ray", workers=2, threads=2))
+    assert RayRuntime(cfg.model_dump(mode="json"), "f", "s").threads == 2
+    one = parse_config(_tiny(backend="ray")).model_dump(mode="json")
+    one["runtime"]["threads"] = None
+    assert RayRuntime(one, "f", "s").threads == 1
+    with pytest.raises(ConfigError, match="workers: 2 needs threads: 1"):
+        parse_config(_tiny(workers=2, threads=2))
 
 
 def test_backend_ray_without_ray_stops_before_the_run_folder(

@@ -73,9 +73,9 @@ def test_ray_tasks_give_the_runs_of_one_process(tmp_path: Path, study: str) -> N
         cfg = base | {"runtime": {"threads": 1, "workers": workers, "backend": backend}}
         log = said.append if backend == "ray" else (lambda *_: None)
         runs[backend] = run_study(parse_config(cfg), tmp_path / backend, log=log).dir
-    # every call that hands out runs went to Ray: pools, cells and RL for scaling; the arms
-    # without and with a constraint for the mitigations
-    calls = {"mitigations": 2, "fdiv": 1, "scaling": 3, "daa_scale": 1}[study]
+    # every call that hands out runs went to Ray: pools, cells and RL for scaling; the ensembles
+    # and the arms without and with a constraint for the mitigations
+    calls = {"mitigations": 3, "fdiv": 1, "scaling": 3, "daa_scale": 1}[study]
     assert sum("runs as Ray tasks on a local Ray" in s for s in said) == calls
     ref, got = _outputs(runs["processes"], study), _outputs(runs["ray"], study)
     n_runs = {"mitigations": 6 * 3, "fdiv": 2 * 2 + 2 * 2, "scaling": 3 * 2 * 2 + 2 * 2,
