@@ -29,7 +29,7 @@ from proxygap.store.run import RunFolderError
 from proxygap.study.context import StudyContext, attach
 from proxygap.study.data import stage_preferences
 
-__all__ = ["RemoteCall", "remote_call", "run_remote", "shared"]
+__all__ = ["RemoteCall", "remote_call", "run_remote", "shared", "task_threads"]
 
 T = TypeVar("T")
 
@@ -92,12 +92,18 @@ def shared(ctx: StudyContext, name: str, make: Callable[[], T]) -> T:
     return cast(T, store[name])
 
 
+def task_threads(config: dict[str, Any]) -> int:
+    """The torch threads (and Ray CPUs) of one task of the study ``config``:
+    ``runtime.threads``, 1 when unset."""
+    return int(config.get("runtime", {}).get("threads") or 1)
+
+
 def run_remote(config: dict[str, Any], folder: str, search: str, call: RemoteCall) -> None:
     """What a Ray task runs: ``call`` in the context of the run folder ``folder`` of the study
     ``config``, in the study's working folder ``search`` where this node has it (its relative
     input paths are relative to it: on a cluster, every node needs the inputs and the runs folder
     at the same paths), on ``runtime.threads`` threads (1 when unset)."""
-    torch.set_num_threads(int(config.get("runtime", {}).get("threads") or 1))
+    torch.set_num_threads(task_threads(config))
     if Path(search).is_dir():  # else the inputs' paths must be absolute on this node
         os.chdir(search)
     ctx, train = _context(config, folder)

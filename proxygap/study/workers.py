@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from proxygap.study.remote import RemoteCall, run_remote
+from proxygap.study.remote import RemoteCall, run_remote, task_threads
 
 if TYPE_CHECKING:
     from proxygap.study.context import StudyContext
@@ -56,7 +56,7 @@ class RayRuntime:
     @property
     def threads(self) -> int:
         """The torch threads (and Ray CPUs) of one task: ``runtime.threads``, 1 when unset."""
-        return int(self.config.get("runtime", {}).get("threads") or 1)
+        return task_threads(self.config)
 
 
 def ray_runtime(ctx: StudyContext) -> RayRuntime | None:
