@@ -6,7 +6,8 @@ policy with identical settings and seeds, one after the other in this process, r
 ``--repeats`` times alternately after one discarded warm-up run:
 
 - **without**: the evaluator measures proxy, gold, KL, length and diversity every
-  ``--eval-every`` steps (what every run measures anyway);
+  ``--eval-every`` steps (what every run measures anyway; the entropy and the unlikely-sample
+  share come with them, from log-probs the KL needs anyway);
 - **with**: the same, plus the monitor's signals (a 3-member reward-model ensemble's disagreement
   and the first member's hidden states for the outlier rate, the entropy of the policy's own
   samples) and the :class:`~proxygap.monitor.detector.Monitor` updating its score and alarm.

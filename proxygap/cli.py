@@ -56,8 +56,8 @@ def run(
     Exits 2 with a message naming the file, field or value for a mistake in the config or the
     inputs (found before the run folder is made or touched), for a run that stops on NaN, and
     for a full disk or an unwritable folder mid-run (naming the stage and the path)."""
-    from proxygap.commands.configs import with_overrides
-    from proxygap.config import ConfigError, builtin_config_path, load_config
+    from proxygap.commands.configs import load_study_config
+    from proxygap.config import ConfigError
     from proxygap.data.jsonl import DataFileError
     from proxygap.models.device import DeviceError
     from proxygap.models.loading import ModelLoadError
@@ -72,11 +72,8 @@ def run(
     )  # fmt: skip
     cfg = None
     try:
-        name = config or "demo"
-        # a name with a folder or a YAML suffix is a file; a bare name may be a shipped config
-        is_file = Path(name).exists() or Path(name).suffix in (".yaml", ".yml") or "/" in name
-        cfg = load_config(Path(name) if is_file else builtin_config_path(name))
-        cfg = with_overrides(cfg, set_, source=name)
+        # a file, or the name of a shipped config (also where a folder of that name is here)
+        cfg = load_study_config(config or "demo", set_)
         out = run_and_report(cfg, runs_dir, restart=restart, log=console.print)
     except user_errors as err:
         console.print(f"[red]error:[/red] {escape(str(err))}")

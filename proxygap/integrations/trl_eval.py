@@ -50,6 +50,7 @@ from proxygap.integrations.trl_callback import calling_trainer, gather_objects
 from proxygap.integrations.trl_kl import kl_metrics
 from proxygap.integrations.trl_rewards import TRLReward
 from proxygap.models.logprobs import response_logprobs
+from proxygap.monitor.signals import UNLIKELY_QUANTILE, token_nll, unlikely_rate
 from proxygap.sampling.generate import decode_responses, sample
 
 __all__ = ["EvalSamples", "ProxygapEvalCallback", "gather_parts", "merge_parts"]
@@ -61,8 +62,9 @@ PREFIX = "proxygap/"
 @dataclass
 class EvalSamples:
     """One process's share of an evaluation: per sample its prompt's index in the full prompt
-    list, prompt and completion text, length in tokens, proxy, members ``(B, K)``, gold; and the
-    KL of its samples (:func:`kl_metrics` with the sample and token counts it averages over)."""
+    list, prompt and completion text, length in tokens, proxy, members ``(B, K)``, gold, the
+    reference's per-token NLL (for ``signal/unlikely_rate``); and the KL of its samples
+    (:func:`kl_metrics` with the sample and token counts it averages over)."""
 
     prompt_index: np.ndarray
     prompts: list[str]
@@ -73,6 +75,7 @@ class EvalSamples:
     gold: np.ndarray | None
     kl: dict[str, float]
     tokens: float
+    ref_nll: np.ndarray | None = None
 
 
 def gather_parts(part: EvalSamples) -> list[EvalSamples]:
@@ -106,7 +109,7 @@ def merge_parts(parts: Sequence[EvalSamples]) -> tuple[EvalSamples, dict[str, fl
         completions=[x for p in parts for x in p.completions],
         lengths=np.concatenate([p.lengths for p in parts]),
         proxy=cat("proxy"), members=cat("members"), gold=cat("gold"), kl=kl,
-        tokens=float(sum(p.tokens for p in parts)),
+        tokens=float(sum(p.tokens for p in parts)), ref_nll=cat("ref_nll"),
     )  # fmt: skip
     return merged, kl
 
@@ -189,6 +192,7 @@ class ProxygapEvalCallback(TrainerCallback):
         self.alarm_step: int | None = None
         self.kl_status = "no evaluation yet"
         self._last_step: int | None = None
+        self.unlikely_cutoff: float | None = None
 
     def attach(self, trainer: Any) -> ProxygapEvalCallback:
         """Bind to ``trainer`` (done automatically in ``on_init_end``)."""
@@ -225,6 +229,7 @@ class ProxygapEvalCallback(TrainerCallback):
         if self.gold is not None:
             gold, _ = _score(self.gold, rows, completions)
         kl: dict[str, float] = {}
+        ref_nll = None
         ref = self._reference()
         if ref is not None:
             ref_logp = response_logprobs(
@@ -232,11 +237,13 @@ class ProxygapEvalCallback(TrainerCallback):
                 batch_size=self.sampling["batch_size"],
             )  # fmt: skip
             kl = kl_metrics(s.logprobs.to(ref_logp.device), ref_logp, s.mask.to(ref_logp.device))
+            ref_nll = token_nll(ref_logp, s.mask.to(ref_logp.device))
             self.kl_status = "measured"
         return EvalSamples(
             prompt_index=np.array([index[i] for i in s.prompt_index.tolist()], dtype=np.int64),
             prompts=rows, completions=completions, lengths=s.lengths.cpu().numpy().astype(float),
             proxy=proxy, members=members, gold=gold, kl=kl, tokens=float(s.mask.sum()),
+            ref_nll=ref_nll,
         )  # fmt: skip
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -261,6 +268,12 @@ class ProxygapEvalCallback(TrainerCallback):
             gold=merged.gold, lengths=merged.lengths, groups=merged.prompt_index,
         )  # fmt: skip
         row.update(kl)
+        if merged.ref_nll is not None and len(merged.ref_nll):
+            # the first evaluation with the reference's NLLs (step 0: the initial policy's own
+            # samples) sets the cutoff, as the package's evaluator does
+            if self.unlikely_cutoff is None:
+                self.unlikely_cutoff = float(np.quantile(merged.ref_nll, UNLIKELY_QUANTILE))
+            row["signal/unlikely_rate"] = unlikely_rate(merged.ref_nll, self.unlikely_cutoff)
         if "kl/k1" in kl:
             row["d"] = math.sqrt(max(kl["kl/k1"], 0.0))
         row["step"] = float(step)

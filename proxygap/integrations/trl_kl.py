@@ -14,6 +14,10 @@ Two sources, in order:
    policy's from TRL's ``old``/``sampling`` log-probs or one forward pass without gradients,
    every ``every``-th batch.
 
+With the KL, every measured batch gives the monitor ``signal/unlikely_rate``: the share of its
+completions whose per-token NLL under the reference exceeds the 99% quantile of the first
+measured batch's, the policy's start (:func:`proxygap.monitor.signals.unlikely_rate`).
+
 Without a reference (GRPO's default ``beta = 0`` and no ``ref_model``) there is no KL, and
 :attr:`KLProbe.status` says so. The probe wraps those methods on the one trainer instance.
 """
@@ -23,9 +27,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from proxygap.estimators.kl import K3_CLAMP, sequence_kl
+from proxygap.monitor.signals import UNLIKELY_QUANTILE, token_nll, unlikely_rate
 
 __all__ = ["KLProbe", "kl_metrics"]
 
@@ -66,6 +72,7 @@ class KLProbe:
         self._capture: list[torch.Tensor] | None = None
         self._generations = 0
         self._warned: set[str] = set()
+        self.unlikely_cutoff: float | None = None
 
     def attach(self, trainer: Any) -> None:
         """Wrap the trainer's loss and generation methods (those it has) to measure KL."""
@@ -109,7 +116,15 @@ class KLProbe:
             self.ref_model.to(trainer.accelerator.device).eval()
 
     def _add(self, logp: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> None:
-        self._pending.append((int(mask.shape[0]), kl_metrics(logp, ref, mask)))
+        metrics = kl_metrics(logp, ref, mask)
+        # signal/unlikely_rate: the reference's per-token NLL of the batch's completions against
+        # the UNLIKELY_QUANTILE of the first measured batch's, the policy's start (as the
+        # monitor takes its first row as the baseline)
+        nll = token_nll(ref.float(), mask.float())
+        if self.unlikely_cutoff is None:
+            self.unlikely_cutoff = float(np.quantile(nll, UNLIKELY_QUANTILE))
+        metrics["signal/unlikely_rate"] = unlikely_rate(nll, self.unlikely_cutoff)
+        self._pending.append((int(mask.shape[0]), metrics))
         self.status = "measured"
 
     def _measure(self, out: dict[str, Any]) -> None:

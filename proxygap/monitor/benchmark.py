@@ -28,6 +28,12 @@ over the overoptimizing runs, ``kept_fallen`` is the share whose kept point is p
 ``end_gold_loss`` are the same for the run's last point, what a user without a monitor keeps;
 over the benign runs, ``benign_gold_loss`` is the median gold given up by stopping early (0
 without a false alarm).
+
+A benign run is one whose gold never fell below its *final* peak, not one whose gold never fell:
+gold may collapse mid-run and recover to a new peak by the end. ``n_benign_dipped`` counts the
+benign runs whose gold fell more than one standard error below the start at some point
+(``g_t < g_0 - sqrt(s_t^2 + s_0^2)``: worse than the initial policy), and
+``false_alarms_dipped`` the alarmed ones among them; an alarm there may be a true one.
 """
 
 from __future__ import annotations
@@ -128,6 +134,7 @@ def judge(
     alarmed_before, leads, n_over, false_alarms, n_benign = 0, [], 0, 0, 0
     warnable, warned = 0, 0  # runs with a point between the start and the drop
     kept_fallen, kept_loss, end_fallen, end_loss, benign_loss = 0, [], 0, [], []
+    dipped, dipped_alarmed = 0, 0
     for history, scores in runs:
         lab = label_points(history)
         gold = np.array([float(h["reward/gold"]) for h in history])
@@ -141,6 +148,10 @@ def judge(
             n_benign += 1
             false_alarms += first is not None
             benign_loss.append(gold[-1] - gold[kept])
+            se = np.nan_to_num(np.array([gold_se(h) for h in history]))
+            if (gold < gold[0] - np.sqrt(se**2 + se[0] ** 2)).any():
+                dipped += 1
+                dipped_alarmed += first is not None
             continue
         n_over += 1
         kept_fallen += int(lab.labels[kept])
@@ -168,6 +179,8 @@ def judge(
         "threshold": float(threshold),
         "n_overoptimizing": n_over,
         "n_benign": n_benign,
+        "n_benign_dipped": dipped,
+        "false_alarms_dipped": dipped_alarmed,
     }
 
 

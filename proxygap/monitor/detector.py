@@ -42,6 +42,7 @@ SIGNALS = (
     "signal/entropy",
     "signal/ensemble_std",
     "signal/outlier_rate",
+    "signal/unlikely_rate",
 )
 """The row keys the monitor's features read."""
 

@@ -12,7 +12,12 @@ Sample-level functions (``(n,)`` or ``(n, K)`` arrays in, one number out):
   members disagree off the training distribution);
 - :func:`outlier_rate`: the share of policy samples whose Mahalanobis distance in the reward
   model's final hidden layer exceeds the ``q``-quantile of the initial policy's samples (InfoRM's
-  outlier proportion, Miao et al. 2024: hacked samples sit apart from the SFT distribution).
+  outlier proportion, Miao et al. 2024: hacked samples sit apart from the SFT distribution);
+- :func:`token_nll` and :func:`unlikely_rate`: the share of policy samples that the initial
+  policy itself finds less likely, per token, than the ``q``-quantile of its own samples: the
+  outlier rate read in the initial policy's likelihood instead of the reward model's latent
+  space (a sample the reference would almost never write, such as a broken sentence the proxy
+  still scores well).
 
 Run-level features (:func:`features`) compare an evaluation row with the run's first row, so that
 every feature is 0 at the start and grows as the policy drifts:
@@ -27,7 +32,8 @@ every feature is 0 at the start and grows as the policy drifts:
 - ``entropy_drop``: fall of :func:`mc_entropy`;
 - ``ensemble_growth``: ``log`` of the disagreement's ratio to its initial value (0 without an
   ensemble);
-- ``outlier_excess``: :func:`outlier_rate` above its initial value (0 without hidden states).
+- ``outlier_excess``: :func:`outlier_rate` above its initial value (0 without hidden states);
+- ``unlikely_excess``: :func:`unlikely_rate` above its initial value (0 when not measured).
 """
 
 from __future__ import annotations
@@ -41,12 +47,15 @@ from torch import Tensor
 
 __all__ = [
     "FEATURES",
+    "UNLIKELY_QUANTILE",
     "OutlierReference",
     "ensemble_disagreement",
     "features",
     "mahalanobis",
     "mc_entropy",
     "outlier_rate",
+    "token_nll",
+    "unlikely_rate",
 ]
 
 FEATURES = (
@@ -58,8 +67,13 @@ FEATURES = (
     "entropy_drop",
     "ensemble_growth",
     "outlier_excess",
+    "unlikely_excess",
 )
 """The monitor's features, in the order the detector's weights use."""
+
+UNLIKELY_QUANTILE = 0.99
+"""``signal/unlikely_rate`` counts samples less likely under the initial policy than this
+quantile of its own samples (so 1% of them at the start; :func:`unlikely_rate`)."""
 
 
 def mc_entropy(logprobs: Tensor, mask: Tensor) -> float:
@@ -160,6 +174,30 @@ def outlier_rate(
     return OutlierReference(ref, quantile=quantile, shrinkage=shrinkage).rate(x)
 
 
+def token_nll(logprobs: Tensor, mask: Tensor) -> np.ndarray:
+    """Per-sample negative log-likelihood per response token, ``(B,)`` from ``(B, T)``
+    log-probabilities of the sampled tokens (under any model) and the response mask; a sample
+    without response tokens gets 0."""
+    if logprobs.shape != mask.shape:
+        raise ValueError(f"logprobs {tuple(logprobs.shape)} and mask {tuple(mask.shape)} differ")
+    m = mask.detach().double()
+    lp = logprobs.detach().double()
+    total = -torch.where(m > 0, lp, torch.zeros_like(lp)).sum(dim=-1)  # padding may hold -inf
+    return (total / m.sum(dim=-1).clamp(min=1.0)).cpu().numpy()
+
+
+def unlikely_rate(nll: np.ndarray, cutoff: float) -> float:
+    """Share of samples whose per-token NLL under the initial policy (:func:`token_nll`)
+    exceeds ``cutoff``, the ``q``-quantile of the same NLL over the initial policy's own
+    samples (``np.quantile(token_nll(...), q)``, fixed once per run): ``1 - q`` for samples
+    drawn like the initial policy's, more as the policy writes what the initial policy would
+    not."""
+    x = np.asarray(nll, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"need a non-empty (n,) array of NLLs, got shape {x.shape}")
+    return float((x > cutoff).mean())
+
+
 def _log_ratio(row: Mapping[str, float], first: Mapping[str, float], key: str) -> float:
     """``log(row[key] / first[key])``; 0 when either is missing or not positive."""
     now, then = row.get(key), first.get(key)
@@ -190,4 +228,5 @@ def features(row: Mapping[str, float], first: Mapping[str, float]) -> dict[str, 
         "entropy_drop": drop("signal/entropy"),
         "ensemble_growth": _log_ratio(row, first, "signal/ensemble_std"),
         "outlier_excess": -drop("signal/outlier_rate"),
+        "unlikely_excess": -drop("signal/unlikely_rate"),
     }

@@ -20,7 +20,14 @@ from proxygap.analysis.diversity import distinct_n
 from proxygap.analysis.hump import collapse_share
 from proxygap.estimators.kl import sequence_kl
 from proxygap.models.logprobs import response_logprobs
-from proxygap.monitor.signals import OutlierReference, ensemble_disagreement, mc_entropy
+from proxygap.monitor.signals import (
+    UNLIKELY_QUANTILE,
+    OutlierReference,
+    ensemble_disagreement,
+    mc_entropy,
+    token_nll,
+    unlikely_rate,
+)
 from proxygap.sampling.generate import (
     Samples,
     condition_prompts,
@@ -73,7 +80,9 @@ class PolicyEvaluator:
     ``signal/proxy_std`` (the proxy's spread over the samples, with a proxy), and, when given,
     ``signal/ensemble_std`` from ``members`` (texts -> ``(n, K)`` standardised member scores)
     and ``signal/outlier_rate`` from ``embed`` (texts -> ``(n, H)`` reward-model hidden states,
-    compared with the initial policy's samples).
+    compared with the initial policy's samples), and ``signal/unlikely_rate``, the share of
+    samples the initial policy finds less likely per token than 99% of its own
+    (``UNLIKELY_QUANTILE``; :func:`~proxygap.monitor.signals.unlikely_rate`).
 
     With ``gold_budget_prompts = k``, ``reward/gold_budget`` (and ``reward/gold_budget_se``)
     is gold on the samples of the first ``k`` prompts only: what a team with a small labelling
@@ -143,7 +152,12 @@ class PolicyEvaluator:
         if k is not None and not 1 <= k <= len(self.prompts):
             raise ValueError(f"gold_budget_prompts must lie in [1, {len(self.prompts)}], got {k}")
         self._init: dict[str, np.ndarray] | None = None
-        self._init = self._score(self._sample(self.ref))
+        s0 = self._sample(self.ref)
+        self._init = self._score(s0)
+        # the initial policy's per-token NLL of its own samples, exactly (not the tempered
+        # sampling log-probs): the cutoff of signal/unlikely_rate
+        nll0 = token_nll(self._ref_logprobs(s0), s0.mask)
+        self._unlikely_cutoff = float(np.quantile(nll0, UNLIKELY_QUANTILE))
         self._outliers: OutlierReference | None = None  # fitted once: the initial samples
         if "embedding" in self._init and len(self._init["embedding"]) >= 4:
             # fewer than 4 initial samples cannot both fit and calibrate: no outlier rate
@@ -171,6 +185,19 @@ class PolicyEvaluator:
             vocab_size=vocab_size,
         )
 
+    @torch.no_grad()
+    def _ref_logprobs(self, s: Samples) -> torch.Tensor:
+        """``(B, T)`` log-probs of the sampled responses under the initial policy, on the plain
+        prompts."""
+        return response_logprobs(
+            self.ref,
+            [self.prompt_ids[i] for i in s.prompt_index.tolist()],
+            s.response_ids,
+            s.mask,
+            pad_id=self.tokenizer.pad_token_id,
+            batch_size=self.batch_size,
+        )
+
     def _score(self, s: Samples) -> dict[str, np.ndarray]:
         responses = decode_responses(s, self.tokenizer)
         prompts = [self.prompts[i] for i in s.prompt_index.tolist()]
@@ -185,11 +212,16 @@ class PolicyEvaluator:
         out["full_texts"] = np.array(texts, dtype=object)
         return out
 
-    def _signals(self, s: Samples, scores: dict[str, np.ndarray]) -> dict[str, float]:
+    def _signals(
+        self, s: Samples, scores: dict[str, np.ndarray], ref_lp: torch.Tensor
+    ) -> dict[str, float]:
         """``signal/*``: what the monitor reads besides the metrics (see the class docstring)."""
         assert self._init is not None
         texts = list(scores["full_texts"])
-        out = {"signal/entropy": mc_entropy(s.logprobs, s.mask)}
+        out = {
+            "signal/entropy": mc_entropy(s.logprobs, s.mask),
+            "signal/unlikely_rate": unlikely_rate(token_nll(ref_lp, s.mask), self._unlikely_cutoff),
+        }
         if "proxy" in scores:
             out["signal/proxy_std"] = float(np.std(scores["proxy"]))
         if self.members is not None:
@@ -221,14 +253,7 @@ class PolicyEvaluator:
         was_training = policy.training
         policy.eval()
         s = self._sample(policy, prefix, vocab_size)
-        ref_lp = response_logprobs(
-            self.ref,
-            [self.prompt_ids[i] for i in s.prompt_index.tolist()],
-            s.response_ids,
-            s.mask,
-            pad_id=self.tokenizer.pad_token_id,
-            batch_size=self.batch_size,
-        )
+        ref_lp = self._ref_logprobs(s)
         kl, kl_metrics = sequence_kl(s.logprobs - ref_lp, s.mask)
         scores = self._score(s)
         init = self._init
@@ -259,7 +284,7 @@ class PolicyEvaluator:
         if "proxy" in scores:
             metrics["reward/proxy"] = float(scores["proxy"].mean() - init["proxy"].mean())
             metrics["reward/proxy_se"] = _se(scores["proxy"] - init["proxy"])
-        metrics |= self._signals(s, scores)
+        metrics |= self._signals(s, scores, ref_lp)
         examples = [
             {
                 "prompt": self.prompts[int(s.prompt_index[i])],

@@ -41,9 +41,24 @@ def _row(name: str, s: dict[str, Any]) -> list[str]:
         fmt(s.get("auroc")),
         _pct(s.get("alarm_before_drop")),
         fmt(s.get("median_lead_steps"), 0),
-        _pct(s.get("false_alarm_rate")),
+        _false_alarms(s),
         f"{s['n_overoptimizing']} / {s['n_benign']}",
     ]
+
+
+def _dips(s: dict[str, Any]) -> str:
+    """A caption's note on the benign runs whose gold fell below its start and recovered."""
+    k = s.get("n_benign_dipped")
+    if not k:
+        return ""
+    return (f" {k} of the {s['n_benign']} benign runs fell more than one SE below their start "
+            "mid-run and recovered to a new peak by the end.")  # fmt: skip
+
+
+def _false_alarms(s: dict[str, Any]) -> str:
+    """The false-alarm share, and how many of those runs' gold fell below its start mid-run."""
+    share, dipped = _pct(s.get("false_alarm_rate")), s.get("false_alarms_dipped")
+    return f"{share} ({dipped} where gold fell below its start)" if dipped else share
 
 
 HEADER = ["detector", "AUROC", "alarm before drop", "median lead (steps)", "false alarms",
@@ -100,8 +115,9 @@ def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any)
             f"families x {len(cfg.seeds)} seeds), {corpus['overoptimizing']} of which "
             "overoptimize: gold falls more than one standard error below its peak. The monitor "
             "reads no gold: the proxy, its spread, KL, length, distinct bigrams, the policy's "
-            "entropy, the disagreement of a reward-model ensemble and the outlier rate of the "
-            "samples in a reward model's hidden space. Its weights and every detector's "
+            "entropy, the disagreement of a reward-model ensemble, the outlier rate of the "
+            "samples in a reward model's hidden space and the share of samples the initial "
+            "policy finds unlikely. Its weights and every detector's "
             "threshold are fitted on the training seeds "
             f"({', '.join(map(str, corpus.get('train_seeds', [])))}); the tables score the "
             "test seeds, never used to choose a setting, and the validation seeds, used to."
@@ -128,12 +144,15 @@ def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any)
 def _tables(doc: Document, detectors: dict[str, Any], title: str, families: list[str]) -> None:
     """The by-seed table and, with held-out families, the by-family table of one split."""
     dets = {k: v for k, v in detectors.items() if v.get("fitted", True)}
-    doc.add(Table(HEADER, [_row(n, v) for n, v in dets.items()], caption=f"{title}."))
+    first = next(iter(dets.values()), {})
+    doc.add(Table(HEADER, [_row(n, v) for n, v in dets.items()],
+                  caption=f"{title}.{_dips(first)}"))  # fmt: skip
     if families:
         doc.add(
             Table(HEADER, [_row(n, v["by_family"]) for n, v in dets.items()
                            if v.get("by_family", {}).get("fitted", True)],
-                  caption=f"{title}, families held out: " + ", ".join(families) + "."),
+                  caption=f"{title}, families held out: " + ", ".join(families) + "."
+                  + _dips(first.get("by_family", {}))),
         )  # fmt: skip
     _operating_points(doc, dets, title)
     _kept(doc, dets, title)

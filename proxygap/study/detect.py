@@ -7,9 +7,10 @@ the family's reward (a ``daa`` family: with :func:`proxygap.optimize.daa.train_d
 preference pairs, watched with the family's proxy), evaluated at regular points on held-out
 prompts against gold (the ground truth) and with the gold-free signals the monitor reads
 (``signal/*``: the policy's entropy, the proxy's spread, the disagreement of ``monitor_proxy``'s
-members and the outlier rate of the samples in its first member's hidden space, relative to the
-initial policy's). The runs go to ``runtime.workers`` forked processes, or run as Ray tasks
-(``runtime.backend: ray``, :mod:`proxygap.study.remote`). The analysis
+members, the outlier rate of the samples in its first member's hidden space and the share of
+samples the initial policy finds unlikely, relative to the initial policy's). The runs go to
+``runtime.workers`` forked processes, or run as Ray tasks (``runtime.backend: ray``,
+:mod:`proxygap.study.remote`). The analysis
 (:func:`proxygap.study.detect_analysis.analyse_corpus`) then fits and judges the detectors on
 the held-out splits and writes ``detect/summary.json``.
 """

@@ -110,3 +110,13 @@ def test_set_on_sweep_changes_the_base_of_every_cell(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2 and "bon.n_points: Input should be greater than" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path: Path, monkeypatch) -> None:
+    # `proxygap run demo --runs-dir .` leaves a folder `demo` here: the name still means the
+    # shipped config (the override error proves it was read), not a missing file
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    result = runner.invoke(app, ["run", "demo", "--set", "bon.pool_size=1"])
+    assert result.exit_code == 2 and "does not exist" not in result.output
+    assert "bon.pool_size: Input should be greater than or equal to 2 (got 1)" in result.output

@@ -153,6 +153,24 @@ def test_kl_probe_weights_batches_and_says_when_it_cannot(caplog):
     assert "beta = 0" in probe.status and "ref_model" in caplog.text and probe.pop() == {}
 
 
+def test_kl_probe_unlikely_rate_is_cut_at_the_first_batch():
+    probe = KLProbe()
+    # first batch (the policy's start): the reference's per-token NLLs 1..100, one token each
+    nll0 = torch.arange(1.0, 101.0)
+    ones = torch.ones(100, 1)
+    probe._add(torch.zeros(100, 1), -nll0[:, None], ones)
+    cutoff = float(np.quantile(nll0.numpy(), 0.99))  # 99.01: only 100 lies beyond
+    assert probe.unlikely_cutoff == pytest.approx(cutoff)
+    first = probe.pop()
+    assert first["signal/unlikely_rate"] == pytest.approx(0.01)
+    # a later batch of two-token completions, padding (-inf) masked: NLLs 50, 150, 99.5, 200
+    ref = torch.tensor([[-50.0, -50.0], [-150.0, -math.inf], [-99.0, -100.0], [-200.0, -200.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    probe._add(torch.zeros(4, 2), ref, mask)
+    assert probe.pop()["signal/unlikely_rate"] == pytest.approx(3 / 4)  # all but 50 pass 99.01
+    assert probe.unlikely_cutoff == pytest.approx(cutoff)  # fixed after the first batch
+
+
 def test_gold_weight_is_reported(caplog):
     cb = ProxygapCallback(monitor=None)
     cb.trainer = SimpleNamespace(

@@ -103,6 +103,18 @@ def test_dpo_logs_gold_proxy_and_kl_of_resampled_texts(dpo_run, member_paths, to
     k1 = float(((lp - ref) * s.mask).sum(dim=1).mean())
     assert mine[1]["proxygap/kl/k1"] == pytest.approx(k1, abs=1e-4)
     assert mine[1]["proxygap/d"] == pytest.approx(np.sqrt(max(k1, 0.0)), abs=1e-3)
+    # signal/unlikely_rate: the reference's per-token NLL of the final samples against the
+    # 0.99-quantile of the step-0 samples' (the initial policy's own)
+    s0, _, _ = _resample(policies[0], tok, dpo_run.prompts)
+    with torch.no_grad():
+        args0 = (s0.prompt_ids_rows(), s0.response_ids, s0.mask)
+        ref0 = response_logprobs(trainer.ref_model, *args0, pad_id=tok.pad_token_id)
+    nll0 = (-(ref0 * s0.mask).sum(dim=1) / s0.mask.sum(dim=1)).numpy()
+    nll = (-(ref * s.mask).sum(dim=1) / s.mask.sum(dim=1)).numpy()
+    cutoff = np.quantile(nll0, 0.99)
+    assert cb.unlikely_cutoff == pytest.approx(cutoff, rel=1e-5)
+    assert mine[0]["proxygap/signal/unlikely_rate"] == pytest.approx(np.mean(nll0 > cutoff))
+    assert mine[1]["proxygap/signal/unlikely_rate"] == pytest.approx(np.mean(nll > cutoff))
     assert abs(mine[0]["proxygap/kl/k1"]) < 1e-5  # the initial policy is the reference
     assert mine[0]["proxygap/d"] == pytest.approx(0.0, abs=1e-3)
     assert mine[1]["proxygap/kl/k1"] > 1e-3  # two DPO steps moved the policy
@@ -130,6 +142,7 @@ def test_merge_parts_by_hand():
         )  # fmt: skip
 
     merged, kl = merge_parts([part(1, 2.0, 1.0, 10, 1, 0), part(3, 6.0, 2.0, 30, 2, 1)])
+    assert merged.ref_nll is None  # a part without the reference's NLLs: none merged
     assert kl["kl/k1"] == pytest.approx((1 * 2.0 + 3 * 6.0) / 4)  # 5.0
     assert kl["signal/entropy"] == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)  # 1.75
     assert kl["kl/clamped"] == 3

@@ -87,6 +87,17 @@ def test_judge_counts_alarms_before_the_drop_leads_and_false_alarms():
     assert r["kept_fallen"] == 0.0 and r["kept_gold_loss"] == pytest.approx(0.3)
     assert r["end_fallen"] == 1.0 and r["end_gold_loss"] == pytest.approx(0.8)
     assert r["benign_gold_loss"] == pytest.approx(0.45)
+    # neither benign run fell below its start: no dips to excuse the noisy run's alarm
+    assert r["n_benign_dipped"] == 0 and r["false_alarms_dipped"] == 0
+    # a benign run that collapses below its start (-0.5 < 0 - sqrt(0.1^2 + 0.1^2)) and recovers
+    # to a new peak: benign (nothing falls below the final peak), but dipped; its alarm counts
+    # as a false alarm and is told apart
+    recovered = _run([0.0, 0.4, -0.5, 0.2, 0.8])
+    r = judge([(recovered, np.array([0.0, 0.1, 0.9, 0.2, 0.1])), (benign, noisy)], 0.6)
+    assert r["n_benign"] == 2 and r["false_alarm_rate"] == 1.0
+    assert r["n_benign_dipped"] == 1 and r["false_alarms_dipped"] == 1
+    shallow = _run([0.0, 0.4, -0.1, 0.2, 0.8])  # 0.1 below the start: within one SE
+    assert judge([(shallow, np.zeros(5))], 0.6)["n_benign_dipped"] == 0
     # an alarm at the start keeps the start; a run that never alarms keeps its end
     r = judge([(over, np.full(6, 0.9)), (over, np.zeros(6))], 0.6)
     assert r["kept_fallen"] == 0.5 and r["kept_gold_loss"] == pytest.approx((1.0 + 0.8) / 2)

@@ -39,6 +39,12 @@ def test_save_and_load_round_trip(tmp_path):
     assert default_detector().features == FEATURES
 
 
+def _d_only() -> Detector:
+    """A detector that reads only d: ``p = sigmoid(-2 + d)``."""
+    n = len(FEATURES)
+    return Detector(FEATURES, (0.0,) * n, (1.0,) * n, (1.0,) + (0.0,) * (n - 1), -2.0, 0.5)
+
+
 def _rows():
     base = {"reward/proxy": 0.0, "signal/proxy_std": 1.0, "length/mean": 10.0}
     return [base | {"step": float(10 * i), "d": float(i)} for i in range(5)]
@@ -46,7 +52,7 @@ def _rows():
 
 def test_monitor_scores_rows_against_the_first_and_keeps_the_first_alarm():
     # only d counts: p = sigmoid(-2 + d), alarm at p >= 0.5, i.e. from d = 2 (step 20)
-    det = Detector(FEATURES, (0.0,) * 8, (1.0,) * 8, (1.0,) + (0.0,) * 7, -2.0, 0.5)
+    det = _d_only()
     mon = Monitor(det)
     out = [mon.update(r) for r in _rows()]
     assert [o["monitor/alarm"] for o in out] == [0, 0, 1, 1, 1]
@@ -56,7 +62,7 @@ def test_monitor_scores_rows_against_the_first_and_keeps_the_first_alarm():
 
 
 def test_stop_on_alarm_ends_the_loop_at_the_alarm():
-    det = Detector(FEATURES, (0.0,) * 8, (1.0,) * 8, (1.0,) + (0.0,) * 7, -2.0, 0.5)
+    det = _d_only()
     rows = iter(_rows())
 
     def evaluate(step):

@@ -185,3 +185,38 @@ def test_daa_evaluator_carries_the_monitor_signals():
         cfg=DAAConfig(eval_prompts=1, eval_samples_per_prompt=2),
     )  # fmt: skip
     assert "signal/outlier_rate" not in tiny(ref)[0]
+
+
+def _naive_token_nll(model: torch.nn.Module, s) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """One sample at a time, prompt + response with no padding: the mean NLL of the response's
+    tokens under ``model`` (the reference for signal/unlikely_rate)."""
+    out = []
+    with torch.no_grad():
+        for row in range(len(s.response_ids)):
+            n = int(s.mask[row].sum())
+            prompt = s.prompt_ids[int(s.prompt_index[row])]
+            response = s.response_ids[row, :n].tolist()
+            ids = torch.tensor([prompt + response])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+            nll = -sum(float(logp[len(prompt) - 1 + t, tok]) for t, tok in enumerate(response))
+            out.append(nll / n)
+    return np.array(out)
+
+
+def test_evaluator_unlikely_rate_matches_a_naive_reference_nll():
+    ref = _policy()
+    policy = _policy()
+    with torch.no_grad():  # a policy that prefers what the reference finds least likely
+        policy.transformer.ln_f.weight.mul_(-3.0)
+        policy.transformer.ln_f.bias.mul_(-3.0)
+    ev = _evaluator(ref, proxy=None, members=None, embed=None)
+    nll0 = _naive_token_nll(ref, ev._sample(ref))
+    cutoff = np.quantile(nll0, 0.99)
+    # the initial policy against itself (the same seeded samples): its own tail past the
+    # 0.99-quantile, 1 of 16 samples
+    m0, _ = ev(ref)
+    assert m0["signal/unlikely_rate"] == pytest.approx(float((nll0 > cutoff).mean())) == 1 / 16
+    nll = _naive_token_nll(ref, ev._sample(policy))
+    m1, _ = ev(policy)
+    assert m1["signal/unlikely_rate"] == pytest.approx(float((nll > cutoff).mean()))
+    assert m1["signal/unlikely_rate"] > m0["signal/unlikely_rate"]  # the perturbed policy strays

@@ -15,6 +15,8 @@ from proxygap.monitor.signals import (
     mahalanobis,
     mc_entropy,
     outlier_rate,
+    token_nll,
+    unlikely_rate,
 )
 
 
@@ -64,17 +66,42 @@ def test_outlier_rate_of_fresh_in_distribution_samples_is_one_minus_q_in_high_di
         outlier_rate(ref[:2], ref[:3])
 
 
+def test_token_nll_is_the_per_sample_mean_over_response_tokens():
+    # rows: (-1, -3) -> 2; (-4, padding) -> 4; no response tokens -> 0
+    logp = torch.tensor([[-1.0, -3.0], [-4.0, -50.0], [-7.0, -7.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(token_nll(logp, mask), [2.0, 4.0, 0.0])
+    with pytest.raises(ValueError, match="differ"):
+        token_nll(logp, mask[:, :1])
+
+
+def test_unlikely_rate_counts_samples_past_the_initial_quantile():
+    rng = np.random.default_rng(2)
+    init = rng.gamma(2.0, size=1000)
+    cutoff = float(np.quantile(init, 0.99))
+    # the initial samples themselves: 1% past their own 0.99-quantile (10 of 1000)
+    assert unlikely_rate(init, cutoff) == pytest.approx(0.01)
+    # a policy writing a quarter of its samples far outside: 1% of the rest + the quarter
+    later = np.concatenate([init[:750], np.full(250, cutoff + 5.0)])
+    brute = sum(x > cutoff for x in later) / len(later)
+    assert unlikely_rate(later, cutoff) == pytest.approx(brute)
+    assert 0.25 < unlikely_rate(later, cutoff) < 0.27
+    with pytest.raises(ValueError, match="non-empty"):
+        unlikely_rate(np.array([]), cutoff)
+
+
 def test_features_are_zero_on_the_first_row_and_read_drift_after():
     first = {
         "d": 0.0, "reward/proxy": 0.0, "signal/proxy_std": 2.0, "length/mean": 10.0,
         "diversity/distinct2": 0.8, "signal/entropy": 2.0, "signal/ensemble_std": 0.5,
-        "signal/outlier_rate": 0.05,
+        "signal/outlier_rate": 0.05, "signal/unlikely_rate": 0.01,
     }  # fmt: skip
     assert set(features(first, first)) == set(FEATURES)
     assert all(v == 0.0 for v in features(first, first).values())
     later = first | {
         "d": 2.0, "reward/proxy": 3.0, "length/mean": 5.0, "diversity/distinct2": 0.5,
         "signal/entropy": 1.5, "signal/ensemble_std": 1.0, "signal/outlier_rate": 0.45,
+        "signal/unlikely_rate": 0.26,
     }  # fmt: skip
     f = features(later, first)
     assert f["d"] == 2.0
@@ -85,6 +112,7 @@ def test_features_are_zero_on_the_first_row_and_read_drift_after():
     assert f["entropy_drop"] == pytest.approx(0.5)
     assert f["ensemble_growth"] == pytest.approx(math.log(2.0))
     assert f["outlier_excess"] == pytest.approx(0.4)
+    assert f["unlikely_excess"] == pytest.approx(0.25)
 
 
 def test_the_first_row_of_a_policy_that_starts_away_from_pi0_has_zero_features():
@@ -98,4 +126,5 @@ def test_features_without_optional_signals_count_them_as_zero():
     first = {"d": 0.0, "reward/proxy": 0.0, "length/mean": 10.0}
     f = features({"d": 1.0, "reward/proxy": 0.5, "length/mean": 10.0}, first)
     assert f["ensemble_growth"] == f["outlier_excess"] == f["entropy_drop"] == 0.0
+    assert f["unlikely_excess"] == 0.0
     assert f["proxy_gain"] == 0.5  # no spread measured: unit scale
