@@ -144,7 +144,7 @@ def detect_section(doc: Document, run_dir: Path, result: DetectResult, cfg: Any)
 def _tables(doc: Document, detectors: dict[str, Any], title: str, families: list[str]) -> None:
     """The by-seed table and, with held-out families, the by-family table of one split."""
     dets = {k: v for k, v in detectors.items() if v.get("fitted", True)}
-    first = next(iter(dets.values()), {})
+    first: dict[str, Any] = next(iter(dets.values()), {})
     doc.add(Table(HEADER, [_row(n, v) for n, v in dets.items()],
                   caption=f"{title}.{_dips(first)}"))  # fmt: skip
     if families:
