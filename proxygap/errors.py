@@ -1,10 +1,13 @@
-"""The error types every layer shares."""
+"""The error types every layer shares, and the install hints their messages give."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["NonFiniteError"]
+__all__ = ["RAY_INSTALL", "NonFiniteError"]
+
+RAY_INSTALL = "pip install 'proxygap[ray]'"
+"""How to get Ray, for the messages of what needs it (sweeps, a study's Ray backend)."""
 
 
 class NonFiniteError(FloatingPointError):

@@ -39,8 +39,8 @@ from pydantic import Field, ValidationError, field_validator
 
 from proxygap.commands.configs import with_overrides
 from proxygap.config import ConfigError, builtin_config_path, load_config, parse_config
+from proxygap.errors import RAY_INSTALL
 from proxygap.schema import PosInt, Strict, format_errors, safe_name
-from proxygap.study.workers import RAY_INSTALL
 
 Backend = Literal["auto", "ray", "sequential"]
 BACKENDS = ("auto", "ray", "sequential")

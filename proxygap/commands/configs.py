@@ -137,7 +137,7 @@ def load_study_config(config: str, overrides: Sequence[str] | None = None) -> St
         path = Path(config)  # a file (load_config names it if it does not exist)
     else:
         path = builtin_config_path(config)
-    return with_overrides(load_config(path), overrides, source=str(path))
+    return with_overrides(load_config(path), overrides, source=config)
 
 
 def with_overrides(

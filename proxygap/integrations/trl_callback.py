@@ -263,6 +263,8 @@ class ProxygapCallback(TrainerCallback):
             )
         self._check_gold_weights()
         take(state)  # drop anything scored before training (e.g. a sanity evaluation)
+        if self.probe is not None and state.global_step == 0:
+            self.probe.restart()  # a fresh training calibrates the unlikely-sample cutoff anew
         path = self._history_path(args)
         if path is not None and state.is_world_process_zero and state.global_step == 0:
             path.parent.mkdir(parents=True, exist_ok=True)

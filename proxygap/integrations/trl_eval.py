@@ -50,7 +50,7 @@ from proxygap.integrations.trl_callback import calling_trainer, gather_objects
 from proxygap.integrations.trl_kl import kl_metrics
 from proxygap.integrations.trl_rewards import TRLReward
 from proxygap.models.logprobs import response_logprobs
-from proxygap.monitor.signals import UNLIKELY_QUANTILE, token_nll, unlikely_rate
+from proxygap.monitor.signals import token_nll, unlikely_cutoff, unlikely_rate
 from proxygap.sampling.generate import decode_responses, sample
 
 __all__ = ["EvalSamples", "ProxygapEvalCallback", "gather_parts", "merge_parts"]
@@ -85,11 +85,16 @@ def gather_parts(part: EvalSamples) -> list[EvalSamples]:
 
 def merge_parts(parts: Sequence[EvalSamples]) -> tuple[EvalSamples, dict[str, float]]:
     """The parts as one evaluation, and their KL: sequence-weighted means of ``kl/k1..k3``,
-    the total ``kl/clamped``, the token-weighted ``signal/entropy``."""
+    the total ``kl/clamped``, the token-weighted ``signal/entropy``; the reference's NLLs of the
+    parts that measured them."""
 
     def cat(name: str) -> np.ndarray | None:
         values = [getattr(p, name) for p in parts]
         return None if any(v is None for v in values) else np.concatenate(values)
+
+    def _present(name: str) -> np.ndarray | None:  # a process with no prompts measured nothing
+        values = [v for p in parts if (v := getattr(p, name)) is not None]
+        return np.concatenate(values) if values else None
 
     n = [len(p.completions) for p in parts]
     kl: dict[str, float] = {}
@@ -109,7 +114,7 @@ def merge_parts(parts: Sequence[EvalSamples]) -> tuple[EvalSamples, dict[str, fl
         completions=[x for p in parts for x in p.completions],
         lengths=np.concatenate([p.lengths for p in parts]),
         proxy=cat("proxy"), members=cat("members"), gold=cat("gold"), kl=kl,
-        tokens=float(sum(p.tokens for p in parts)), ref_nll=cat("ref_nll"),
+        tokens=float(sum(p.tokens for p in parts)), ref_nll=_present("ref_nll"),
     )  # fmt: skip
     return merged, kl
 
@@ -268,11 +273,12 @@ class ProxygapEvalCallback(TrainerCallback):
             gold=merged.gold, lengths=merged.lengths, groups=merged.prompt_index,
         )  # fmt: skip
         row.update(kl)
-        if merged.ref_nll is not None and len(merged.ref_nll):
+        if merged.ref_nll is not None and np.isfinite(merged.ref_nll).any():
             # the first evaluation with the reference's NLLs (step 0: the initial policy's own
-            # samples) sets the cutoff, as the package's evaluator does
+            # samples; after a resume, the resumed policy's, as the monitor's baseline) sets
+            # the cutoff, as the package's evaluator does
             if self.unlikely_cutoff is None:
-                self.unlikely_cutoff = float(np.quantile(merged.ref_nll, UNLIKELY_QUANTILE))
+                self.unlikely_cutoff = unlikely_cutoff(merged.ref_nll)
             row["signal/unlikely_rate"] = unlikely_rate(merged.ref_nll, self.unlikely_cutoff)
         if "kl/k1" in kl:
             row["d"] = math.sqrt(max(kl["kl/k1"], 0.0))
@@ -329,6 +335,8 @@ class ProxygapEvalCallback(TrainerCallback):
         if path is not None and state.is_world_process_zero and state.global_step == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("")
+        if state.global_step == 0:  # a fresh training: the first evaluation sets the cutoff
+            self.unlikely_cutoff = None
         if self.at_start and state.global_step == 0:
             self._run(args, state, control)
         return control

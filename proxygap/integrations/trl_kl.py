@@ -14,9 +14,14 @@ Two sources, in order:
    policy's from TRL's ``old``/``sampling`` log-probs or one forward pass without gradients,
    every ``every``-th batch.
 
-With the KL, every measured batch gives the monitor ``signal/unlikely_rate``: the share of its
+With the KL, measured batches give the monitor ``signal/unlikely_rate``: the share of their
 completions whose per-token NLL under the reference exceeds the 99% quantile of the first
-measured batch's, the policy's start (:func:`proxygap.monitor.signals.unlikely_rate`).
+``UNLIKELY_CALIBRATION`` completions this process measured, the policy's start
+(:func:`proxygap.monitor.signals.unlikely_rate`); batches before that calibrate it and report
+none (the monitor takes each signal's first value as its baseline). Completions a trainer masked
+out entirely are left out. Each process calibrates on its own completions, and a fresh training
+(step 0) starts a fresh calibration; a run resumed from a checkpoint calibrates on the policy it
+resumes with, as the monitor takes its baseline there.
 
 Without a reference (GRPO's default ``beta = 0`` and no ``ref_model``) there is no KL, and
 :attr:`KLProbe.status` says so. The probe wraps those methods on the one trainer instance.
@@ -31,9 +36,13 @@ import numpy as np
 import torch
 
 from proxygap.estimators.kl import K3_CLAMP, sequence_kl
-from proxygap.monitor.signals import UNLIKELY_QUANTILE, token_nll, unlikely_rate
+from proxygap.monitor.signals import token_nll, unlikely_cutoff, unlikely_rate
 
-__all__ = ["KLProbe", "kl_metrics"]
+__all__ = ["UNLIKELY_CALIBRATION", "KLProbe", "kl_metrics"]
+
+UNLIKELY_CALIBRATION = 128
+"""Completions the probe collects before it fixes the unlikely-sample cutoff (a 0.99-quantile of
+fewer would be little more than their maximum)."""
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +82,7 @@ class KLProbe:
         self._generations = 0
         self._warned: set[str] = set()
         self.unlikely_cutoff: float | None = None
+        self._calibration: list[np.ndarray] = []
 
     def attach(self, trainer: Any) -> None:
         """Wrap the trainer's loss and generation methods (those it has) to measure KL."""
@@ -117,13 +127,18 @@ class KLProbe:
 
     def _add(self, logp: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> None:
         metrics = kl_metrics(logp, ref, mask)
-        # signal/unlikely_rate: the reference's per-token NLL of the batch's completions against
-        # the UNLIKELY_QUANTILE of the first measured batch's, the policy's start (as the
-        # monitor takes its first row as the baseline)
-        nll = token_nll(ref.float(), mask.float())
-        if self.unlikely_cutoff is None:
-            self.unlikely_cutoff = float(np.quantile(nll, UNLIKELY_QUANTILE))
-        metrics["signal/unlikely_rate"] = unlikely_rate(nll, self.unlikely_cutoff)
+        nll = token_nll(ref, mask)  # the reference's per-token NLL of each completion
+        nll = nll[np.isfinite(nll)]
+        if self.unlikely_cutoff is None and len(nll):
+            self._calibration.append(nll)
+            pool = np.concatenate(self._calibration)
+            if len(pool) >= UNLIKELY_CALIBRATION:
+                self.unlikely_cutoff = unlikely_cutoff(pool)
+                self._calibration = []
+                metrics["signal/unlikely_rate"] = unlikely_rate(pool, self.unlikely_cutoff)
+        elif len(nll):
+            assert self.unlikely_cutoff is not None
+            metrics["signal/unlikely_rate"] = unlikely_rate(nll, self.unlikely_cutoff)
         self._pending.append((int(mask.shape[0]), metrics))
         self.status = "measured"
 
@@ -156,6 +171,10 @@ class KLProbe:
         if logp is None:
             logp = logps(trainer.model)
         self._add(logp, logps(ref_model), mask)
+
+    def restart(self) -> None:
+        """Forget the unlikely-sample cutoff: a new training calibrates it afresh."""
+        self.unlikely_cutoff, self._calibration = None, []
 
     def pop(self) -> dict[str, float]:
         """The batches' KL since the last call: sequence-weighted means (``kl/clamped``: the

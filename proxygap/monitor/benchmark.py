@@ -33,7 +33,8 @@ A benign run is one whose gold never fell below its *final* peak, not one whose 
 gold may collapse mid-run and recover to a new peak by the end. ``n_benign_dipped`` counts the
 benign runs whose gold fell more than one standard error below the start at some point
 (``g_t < g_0 - sqrt(s_t^2 + s_0^2)``: worse than the initial policy), and
-``false_alarms_dipped`` the alarmed ones among them; an alarm there may be a true one.
+``false_alarms_dipped`` those among them alarmed at or after that first dip; such an alarm may
+be a true one.
 """
 
 from __future__ import annotations
@@ -149,9 +150,10 @@ def judge(
             false_alarms += first is not None
             benign_loss.append(gold[-1] - gold[kept])
             se = np.nan_to_num(np.array([gold_se(h) for h in history]))
-            if (gold < gold[0] - np.sqrt(se**2 + se[0] ** 2)).any():
+            dips = np.flatnonzero(gold < gold[0] - np.sqrt(se**2 + se[0] ** 2))
+            if len(dips):
                 dipped += 1
-                dipped_alarmed += first is not None
+                dipped_alarmed += bool((alarms >= dips[0]).any())
             continue
         n_over += 1
         kept_fallen += int(lab.labels[kept])

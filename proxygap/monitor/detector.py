@@ -174,9 +174,14 @@ class Monitor:
         self.first_alarm_step = -1.0
 
     def update(self, row: Mapping[str, float]) -> dict[str, float]:
-        """The monitor's metrics for one evaluation row (the first row seen is the baseline)."""
+        """The monitor's metrics for one evaluation row (the first row seen is the baseline; a
+        signal first measured later, such as a TRL run's unlikely-sample share once calibrated,
+        takes its first value as its own)."""
         if self.first is None:
             self.first = dict(row)
+        for key in SIGNALS:
+            if key not in self.first and key in row:
+                self.first[key] = row[key]
         feats = features(row, self.first)
         score = float(self.detector.probability(self.detector.matrix([feats]))[0])
         alarm = score >= self.detector.threshold

@@ -55,6 +55,7 @@ __all__ = [
     "mc_entropy",
     "outlier_rate",
     "token_nll",
+    "unlikely_cutoff",
     "unlikely_rate",
 ]
 
@@ -73,7 +74,7 @@ FEATURES = (
 
 UNLIKELY_QUANTILE = 0.99
 """``signal/unlikely_rate`` counts samples less likely under the initial policy than this
-quantile of its own samples (so 1% of them at the start; :func:`unlikely_rate`)."""
+quantile of its own samples (about 1% of them at the start; :func:`unlikely_rate`)."""
 
 
 def mc_entropy(logprobs: Tensor, mask: Tensor) -> float:
@@ -175,26 +176,52 @@ def outlier_rate(
 
 
 def token_nll(logprobs: Tensor, mask: Tensor) -> np.ndarray:
-    """Per-sample negative log-likelihood per response token, ``(B,)`` from ``(B, T)``
-    log-probabilities of the sampled tokens (under any model) and the response mask; a sample
-    without response tokens gets 0."""
+    """Per-sample negative log-likelihood per response token, ``(B,)`` on the CPU from ``(B, T)``
+    log-probabilities of the sampled tokens (under any model, on any device) and the response
+    mask; NaN for a sample without response tokens (a completion a trainer masked out), which
+    :func:`unlikely_cutoff` and :func:`unlikely_rate` leave out."""
     if logprobs.shape != mask.shape:
         raise ValueError(f"logprobs {tuple(logprobs.shape)} and mask {tuple(mask.shape)} differ")
-    m = mask.detach().double()
     lp = logprobs.detach().double()
+    m = mask.detach().to(lp.device).double()
     total = -torch.where(m > 0, lp, torch.zeros_like(lp)).sum(dim=-1)  # padding may hold -inf
-    return (total / m.sum(dim=-1).clamp(min=1.0)).cpu().numpy()
+    tokens = m.sum(dim=-1)
+    nll = torch.where(tokens > 0, total / tokens.clamp(min=1.0), torch.full_like(total, math.nan))
+    return nll.cpu().numpy()
+
+
+def unlikely_cutoff(nll: np.ndarray, quantile: float = UNLIKELY_QUANTILE) -> float:
+    """The ``quantile`` of the initial policy's own per-token NLLs (:func:`token_nll`; NaN rows
+    left out), the cutoff of :func:`unlikely_rate`.
+
+    Raises:
+        ValueError: no finite NLL to take it from.
+    """
+    x = np.asarray(nll, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        raise ValueError("no finite NLL to take the unlikely-sample cutoff from")
+    return float(np.quantile(x, quantile))
 
 
 def unlikely_rate(nll: np.ndarray, cutoff: float) -> float:
-    """Share of samples whose per-token NLL under the initial policy (:func:`token_nll`)
-    exceeds ``cutoff``, the ``q``-quantile of the same NLL over the initial policy's own
-    samples (``np.quantile(token_nll(...), q)``, fixed once per run): ``1 - q`` for samples
-    drawn like the initial policy's, more as the policy writes what the initial policy would
-    not."""
+    """Share of samples whose per-token NLL under the initial policy (:func:`token_nll`; NaN
+    rows left out) exceeds ``cutoff`` (:func:`unlikely_cutoff`, fixed once per run): about
+    ``1 - q`` for samples drawn like the initial policy's (the initial samples themselves give
+    the share of them past their own quantile, one sample when there are fewer than
+    ``1 / (1 - q)``), more as the policy writes what the initial policy would not.
+
+    Raises:
+        ValueError: no finite NLL, or a cutoff that is not finite.
+    """
     x = np.asarray(nll, dtype=np.float64)
-    if x.ndim != 1 or len(x) == 0:
-        raise ValueError(f"need a non-empty (n,) array of NLLs, got shape {x.shape}")
+    if x.ndim != 1:
+        raise ValueError(f"need an (n,) array of NLLs, got shape {x.shape}")
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        raise ValueError("no finite NLL to count unlikely samples in")
+    if not math.isfinite(cutoff):
+        raise ValueError(f"the unlikely-sample cutoff must be finite, got {cutoff}")
     return float((x > cutoff).mean())
 
 

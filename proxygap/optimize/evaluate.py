@@ -26,6 +26,7 @@ from proxygap.monitor.signals import (
     ensemble_disagreement,
     mc_entropy,
     token_nll,
+    unlikely_cutoff,
     unlikely_rate,
 )
 from proxygap.sampling.generate import (
@@ -157,7 +158,7 @@ class PolicyEvaluator:
         # the initial policy's per-token NLL of its own samples, exactly (not the tempered
         # sampling log-probs): the cutoff of signal/unlikely_rate
         nll0 = token_nll(self._ref_logprobs(s0), s0.mask)
-        self._unlikely_cutoff = float(np.quantile(nll0, UNLIKELY_QUANTILE))
+        self._unlikely_cutoff = unlikely_cutoff(nll0, UNLIKELY_QUANTILE)
         self._outliers: OutlierReference | None = None  # fitted once: the initial samples
         if "embedding" in self._init and len(self._init["embedding"]) >= 4:
             # fewer than 4 initial samples cannot both fit and calibrate: no outlier rate
@@ -188,8 +189,8 @@ class PolicyEvaluator:
     @torch.no_grad()
     def _ref_logprobs(self, s: Samples) -> torch.Tensor:
         """``(B, T)`` log-probs of the sampled responses under the initial policy, on the plain
-        prompts."""
-        return response_logprobs(
+        prompts, on the samples' device (the CPU, whatever the models run on)."""
+        lp = response_logprobs(
             self.ref,
             [self.prompt_ids[i] for i in s.prompt_index.tolist()],
             s.response_ids,
@@ -197,6 +198,7 @@ class PolicyEvaluator:
             pad_id=self.tokenizer.pad_token_id,
             batch_size=self.batch_size,
         )
+        return lp.to(s.mask.device)
 
     def _score(self, s: Samples) -> dict[str, np.ndarray]:
         responses = decode_responses(s, self.tokenizer)

@@ -22,14 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from proxygap.errors import RAY_INSTALL
 from proxygap.study.remote import RemoteCall, run_remote, task_threads
 
 if TYPE_CHECKING:
     from proxygap.study.context import StudyContext
 
-__all__ = ["RAY_INSTALL", "Job", "RayRuntime", "ray_runtime", "run_jobs"]
+__all__ = ["Job", "RayRuntime", "ray_runtime", "run_jobs"]
 
-RAY_INSTALL = "pip install 'proxygap[ray]'"
 """How to install the optional Ray extra."""
 
 

@@ -84,7 +84,7 @@ def test_set_on_run_is_validated_before_anything_is_written(tmp_path: Path) -> N
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "bon.pool_size: Input should be greater than or equal to 2 (got 1)" in result.output
-    assert "with --set bon.pool_size=1" in result.output
+    assert "invalid config 'demo' with --set bon.pool_size=1" in result.output  # the name typed
     assert not (tmp_path / "runs").exists()
 
 
@@ -120,3 +120,7 @@ def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path: Path, m
     result = runner.invoke(app, ["run", "demo", "--set", "bon.pool_size=1"])
     assert result.exit_code == 2 and "does not exist" not in result.output
     assert "bon.pool_size: Input should be greater than or equal to 2 (got 1)" in result.output
+    # a folder that is no shipped config's name: the shipped names are listed
+    (tmp_path / "mine").mkdir()
+    result = runner.invoke(app, ["run", "mine"])
+    assert result.exit_code == 2 and "no built-in config 'mine'; shipped configs:" in result.output

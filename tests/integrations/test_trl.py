@@ -30,7 +30,7 @@ from proxygap.integrations.trl import (
     par_reward,
     reference_rewards,
 )
-from proxygap.integrations.trl_kl import KLProbe
+from proxygap.integrations.trl_kl import UNLIKELY_CALIBRATION, KLProbe
 from proxygap.integrations.trl_rewards import take
 from proxygap.models.loading import load_policy, load_reward_model
 from proxygap.rewards.reward_model import score_texts
@@ -153,22 +153,33 @@ def test_kl_probe_weights_batches_and_says_when_it_cannot(caplog):
     assert "beta = 0" in probe.status and "ref_model" in caplog.text and probe.pop() == {}
 
 
-def test_kl_probe_unlikely_rate_is_cut_at_the_first_batch():
+def test_kl_probe_calibrates_the_unlikely_cutoff_on_its_first_completions():
     probe = KLProbe()
-    # first batch (the policy's start): the reference's per-token NLLs 1..100, one token each
-    nll0 = torch.arange(1.0, 101.0)
-    ones = torch.ones(100, 1)
-    probe._add(torch.zeros(100, 1), -nll0[:, None], ones)
-    cutoff = float(np.quantile(nll0.numpy(), 0.99))  # 99.01: only 100 lies beyond
+    # batches of 64 one-token completions with reference NLLs 1..64, then 65..128: the first
+    # only calibrates (no rate), the second completes the UNLIKELY_CALIBRATION = 128 and fixes
+    # the cutoff at the 0.99-quantile of 1..128 (126.73); its row reports the pool's own share
+    assert UNLIKELY_CALIBRATION == 128
+    ones = torch.ones(64, 1)
+    probe._add(torch.zeros(64, 1), -torch.arange(1.0, 65.0)[:, None], ones)
+    assert probe.unlikely_cutoff is None and "signal/unlikely_rate" not in probe.pop()
+    probe._add(torch.zeros(64, 1), -torch.arange(65.0, 129.0)[:, None], ones)
+    cutoff = float(np.quantile(np.arange(1.0, 129.0), 0.99))
     assert probe.unlikely_cutoff == pytest.approx(cutoff)
-    first = probe.pop()
-    assert first["signal/unlikely_rate"] == pytest.approx(0.01)
-    # a later batch of two-token completions, padding (-inf) masked: NLLs 50, 150, 99.5, 200
-    ref = torch.tensor([[-50.0, -50.0], [-150.0, -math.inf], [-99.0, -100.0], [-200.0, -200.0]])
-    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
-    probe._add(torch.zeros(4, 2), ref, mask)
-    assert probe.pop()["signal/unlikely_rate"] == pytest.approx(3 / 4)  # all but 50 pass 99.01
-    assert probe.unlikely_cutoff == pytest.approx(cutoff)  # fixed after the first batch
+    assert probe.pop()["signal/unlikely_rate"] == pytest.approx(2 / 128)  # 127 and 128
+    # a later batch of two-token completions, padding (-inf) masked, one completion masked out
+    # entirely (left out): NLLs 50, 150, 127, 200 -> 150, 127 and 200 pass 126.73
+    ref = torch.tensor(
+        [[-50.0, -50.0], [-150.0, -math.inf], [-126.0, -128.0], [-200.0, -200.0], [-900.0, -9.0]]
+    )
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    probe._add(torch.zeros(5, 2), ref, mask)
+    assert probe.pop()["signal/unlikely_rate"] == pytest.approx(3 / 4)
+    assert probe.unlikely_cutoff == pytest.approx(cutoff)  # fixed once calibrated
+    # a batch whose completions were all masked out reports no share
+    probe._add(torch.zeros(2, 2), ref[:2], torch.zeros(2, 2))
+    assert "signal/unlikely_rate" not in probe.pop()
+    probe.restart()  # a fresh training calibrates anew
+    assert probe.unlikely_cutoff is None
 
 
 def test_gold_weight_is_reported(caplog):

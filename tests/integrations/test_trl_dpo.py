@@ -142,7 +142,13 @@ def test_merge_parts_by_hand():
         )  # fmt: skip
 
     merged, kl = merge_parts([part(1, 2.0, 1.0, 10, 1, 0), part(3, 6.0, 2.0, 30, 2, 1)])
-    assert merged.ref_nll is None  # a part without the reference's NLLs: none merged
+    assert merged.ref_nll is None  # no part measured the reference's NLLs
+    # a process with no prompts measured nothing: the others' NLLs still come through
+    empty = EvalSamples(np.zeros(0, dtype=np.int64), [], [], np.zeros(0), None, None, None, {}, 0.0)
+    measured = part(2, 1.0, 1.0, 4, 0, 0)
+    measured.ref_nll = np.array([1.5, 2.5])
+    with_empty, _ = merge_parts([measured, empty])
+    assert with_empty.ref_nll is not None and with_empty.ref_nll.tolist() == [1.5, 2.5]
     assert kl["kl/k1"] == pytest.approx((1 * 2.0 + 3 * 6.0) / 4)  # 5.0
     assert kl["signal/entropy"] == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)  # 1.75
     assert kl["kl/clamped"] == 3

@@ -96,8 +96,15 @@ def test_judge_counts_alarms_before_the_drop_leads_and_false_alarms():
     r = judge([(recovered, np.array([0.0, 0.1, 0.9, 0.2, 0.1])), (benign, noisy)], 0.6)
     assert r["n_benign"] == 2 and r["false_alarm_rate"] == 1.0
     assert r["n_benign_dipped"] == 1 and r["false_alarms_dipped"] == 1
-    shallow = _run([0.0, 0.4, -0.1, 0.2, 0.8])  # 0.1 below the start: within one SE
-    assert judge([(shallow, np.zeros(5))], 0.6)["n_benign_dipped"] == 0
+    # an alarm before the dip is not told apart; a dipped run without alarm counts as dipped
+    r = judge([(recovered, np.array([0.0, 0.9, 0.1, 0.1, 0.1])), (recovered, np.zeros(5))], 0.6)
+    assert r["n_benign_dipped"] == 2 and r["false_alarms_dipped"] == 0
+    assert r["false_alarm_rate"] == 0.5
+    # the margin: one SE of the difference, sqrt(0.1^2 + 0.1^2) = 0.1414 below the start
+    assert judge([(_run([0.0, 0.4, -0.14, 0.8]), np.zeros(4))], 0.6)["n_benign_dipped"] == 0
+    assert judge([(_run([0.0, 0.4, -0.15, 0.8]), np.zeros(4))], 0.6)["n_benign_dipped"] == 1
+    # an overoptimizing run that dips is not a benign one
+    assert judge([(_run([0.0, 0.5, -0.5, 0.9, 0.2]), np.zeros(5))], 0.6)["n_benign_dipped"] == 0
     # an alarm at the start keeps the start; a run that never alarms keeps its end
     r = judge([(over, np.full(6, 0.9)), (over, np.zeros(6))], 0.6)
     assert r["kept_fallen"] == 0.5 and r["kept_gold_loss"] == pytest.approx((1.0 + 0.8) / 2)

@@ -82,3 +82,14 @@ def test_stop_on_alarm_ends_the_loop_at_the_alarm():
     assert result.stopped_at == 20
     assert [h["step"] for h in result.history] == [0, 10, 20]
     assert result.history[-1]["monitor/alarm"] == 1.0 and len(result.steps) == 20
+
+
+def test_a_signal_first_measured_later_takes_its_first_value_as_baseline():
+    # a TRL run's unlikely-sample share appears once the probe has calibrated (third row)
+    rows = _rows()
+    rows[2] = rows[2] | {"signal/unlikely_rate": 0.02}
+    rows[3] = rows[3] | {"signal/unlikely_rate": 0.30}
+    mon = Monitor(_d_only())
+    out = [mon.update(r) for r in rows[:4]]
+    assert [o["monitor/unlikely_excess"] for o in out] == pytest.approx([0.0, 0.0, 0.0, 0.28])
+    assert out[0]["monitor/missing_signals"] == out[2]["monitor/missing_signals"] + 1

@@ -16,6 +16,7 @@ from proxygap.monitor.signals import (
     mc_entropy,
     outlier_rate,
     token_nll,
+    unlikely_cutoff,
     unlikely_rate,
 )
 
@@ -67,27 +68,36 @@ def test_outlier_rate_of_fresh_in_distribution_samples_is_one_minus_q_in_high_di
 
 
 def test_token_nll_is_the_per_sample_mean_over_response_tokens():
-    # rows: (-1, -3) -> 2; (-4, padding) -> 4; no response tokens -> 0
-    logp = torch.tensor([[-1.0, -3.0], [-4.0, -50.0], [-7.0, -7.0]])
+    # rows: (-1, -3) -> 2; (-4, padding -inf) -> 4; no response tokens -> NaN (left out)
+    logp = torch.tensor([[-1.0, -3.0], [-4.0, -math.inf], [-7.0, -7.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
-    np.testing.assert_allclose(token_nll(logp, mask), [2.0, 4.0, 0.0])
+    nll = token_nll(logp, mask)
+    np.testing.assert_allclose(nll[:2], [2.0, 4.0])
+    assert math.isnan(nll[2])
     with pytest.raises(ValueError, match="differ"):
         token_nll(logp, mask[:, :1])
 
 
 def test_unlikely_rate_counts_samples_past_the_initial_quantile():
-    rng = np.random.default_rng(2)
-    init = rng.gamma(2.0, size=1000)
-    cutoff = float(np.quantile(init, 0.99))
-    # the initial samples themselves: 1% past their own 0.99-quantile (10 of 1000)
+    # initial NLLs 1..100: the 0.99-quantile is 99.01 (numpy's linear interpolation), and only
+    # 100 lies past it: 1 of 100
+    init = np.arange(1.0, 101.0)
+    cutoff = unlikely_cutoff(init)
+    assert cutoff == pytest.approx(99.01)
     assert unlikely_rate(init, cutoff) == pytest.approx(0.01)
-    # a policy writing a quarter of its samples far outside: 1% of the rest + the quarter
-    later = np.concatenate([init[:750], np.full(250, cutoff + 5.0)])
-    brute = sum(x > cutoff for x in later) / len(later)
-    assert unlikely_rate(later, cutoff) == pytest.approx(brute)
-    assert 0.25 < unlikely_rate(later, cutoff) < 0.27
-    with pytest.raises(ValueError, match="non-empty"):
-        unlikely_rate(np.array([]), cutoff)
+    # 16 initial samples: one sample past the quantile, 1/16 rather than 1%
+    assert unlikely_rate(init[:16], unlikely_cutoff(init[:16])) == pytest.approx(1 / 16)
+    # a later policy: 50 and 99 below, 100, 150 and 200 past; a masked-out row (NaN) left out
+    later = np.array([50.0, 99.0, 100.0, 150.0, 200.0, math.nan])
+    assert unlikely_rate(later, cutoff) == pytest.approx(3 / 5)
+    # NaN rows do not move the cutoff either
+    assert unlikely_cutoff(np.append(init, math.nan)) == pytest.approx(99.01)
+    with pytest.raises(ValueError, match="no finite NLL"):
+        unlikely_rate(np.array([math.nan]), cutoff)
+    with pytest.raises(ValueError, match="no finite NLL"):
+        unlikely_cutoff(np.array([]))
+    with pytest.raises(ValueError, match="must be finite"):
+        unlikely_rate(init, math.nan)
 
 
 def test_features_are_zero_on_the_first_row_and_read_drift_after():
