@@ -161,6 +161,8 @@ def _description(model: type[BaseModel], name: str, value: Any) -> str:
     text = info.description or ""
     if not text and isinstance(value, BaseModel) and value.__doc__:
         text = value.__doc__.strip().split("\n\n")[0]
+    # a docstring's cross-references (:func:`~a.b.train_rl`) read as plain names (`train_rl`)
+    text = re.sub(r":[a-z]+:`~?(?:[\w.]+\.)?([\w]+)`", r"`\1`", text)
     return " ".join(text.split())
 
 

@@ -28,15 +28,16 @@ RunsDir = Annotated[Path, typer.Option(help="folder that holds run folders")]
 
 def resolve_run(name: str, runs_dir: Path) -> Path:
     """The run (or sweep) folder ``name``: a path, else a folder of that name in ``runs_dir``."""
-    for candidate in (Path(name), runs_dir / name):
+    candidates = list(dict.fromkeys((Path(name), runs_dir / name)))  # one, for an absolute name
+    for candidate in candidates:
         if candidate.is_dir() and (
             (candidate / "config.yaml").is_file() or (candidate / "sweep.json").is_file()
         ):
             return candidate
+    where = " and in ".join(repr(str(c)) for c in candidates)
     fail(
-        f"no run folder {name!r} (looked for a config.yaml or sweep.json in {name!r} and in "
-        f"{str(runs_dir / name)!r}, and no TRL log: proxygap/history.jsonl or "
-        "trainer_state.json); `proxygap runs` lists the runs"
+        f"no run folder {name!r} (looked for a config.yaml or sweep.json in {where}, and no "
+        "TRL log: proxygap/history.jsonl or trainer_state.json); `proxygap runs` lists the runs"
     )
 
 

@@ -273,13 +273,14 @@ class ProxygapEvalCallback(TrainerCallback):
             gold=merged.gold, lengths=merged.lengths, groups=merged.prompt_index,
         )  # fmt: skip
         row.update(kl)
-        if merged.ref_nll is not None and np.isfinite(merged.ref_nll).any():
+        nll = merged.ref_nll
+        if nll is not None and self.unlikely_cutoff is None and np.isfinite(nll).any():
             # the first evaluation with the reference's NLLs (step 0: the initial policy's own
             # samples; after a resume, the resumed policy's, as the monitor's baseline) sets
             # the cutoff, as the package's evaluator does
-            if self.unlikely_cutoff is None:
-                self.unlikely_cutoff = unlikely_cutoff(merged.ref_nll)
-            row["signal/unlikely_rate"] = unlikely_rate(merged.ref_nll, self.unlikely_cutoff)
+            self.unlikely_cutoff = unlikely_cutoff(nll)
+        if nll is not None and self.unlikely_cutoff is not None and (~np.isnan(nll)).any():
+            row["signal/unlikely_rate"] = unlikely_rate(nll, self.unlikely_cutoff)
         if "kl/k1" in kl:
             row["d"] = math.sqrt(max(kl["kl/k1"], 0.0))
         row["step"] = float(step)

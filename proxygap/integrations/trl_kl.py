@@ -128,11 +128,11 @@ class KLProbe:
     def _add(self, logp: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> None:
         metrics = kl_metrics(logp, ref, mask)
         nll = token_nll(ref, mask)  # the reference's per-token NLL of each completion
-        nll = nll[np.isfinite(nll)]
+        nll = nll[~np.isnan(nll)]  # completions masked out entirely
         if self.unlikely_cutoff is None and len(nll):
             self._calibration.append(nll)
             pool = np.concatenate(self._calibration)
-            if len(pool) >= UNLIKELY_CALIBRATION:
+            if len(pool) >= UNLIKELY_CALIBRATION and np.isfinite(pool).any():
                 self.unlikely_cutoff = unlikely_cutoff(pool)
                 self._calibration = []
                 metrics["signal/unlikely_rate"] = unlikely_rate(pool, self.unlikely_cutoff)

@@ -14,6 +14,7 @@ error (the label of :func:`proxygap.monitor.benchmark.label_points`). The alarm 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -176,7 +177,9 @@ class Monitor:
     def update(self, row: Mapping[str, float]) -> dict[str, float]:
         """The monitor's metrics for one evaluation row (the first row seen is the baseline; a
         signal first measured later, such as a TRL run's unlikely-sample share once calibrated,
-        takes its first value as its own)."""
+        takes its first value as its own). A NaN value counts as a missing signal: no drift,
+        and one more in ``monitor/missing_signals``."""
+        row = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
         if self.first is None:
             self.first = dict(row)
         for key in SIGNALS:

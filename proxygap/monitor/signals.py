@@ -180,8 +180,13 @@ def token_nll(logprobs: Tensor, mask: Tensor) -> np.ndarray:
     log-probabilities of the sampled tokens (under any model, on any device) and the response
     mask; NaN for a sample without response tokens (a completion a trainer masked out), which
     :func:`unlikely_cutoff` and :func:`unlikely_rate` leave out."""
-    if logprobs.shape != mask.shape:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)} and mask {tuple(mask.shape)} differ")
+    if not isinstance(logprobs, Tensor) or not isinstance(mask, Tensor):
+        raise TypeError("token_nll takes torch tensors (logprobs and mask, both (B, T))")
+    if logprobs.ndim != 2 or logprobs.shape != mask.shape:
+        raise ValueError(
+            f"need logprobs and mask of one (B, T) shape, got {tuple(logprobs.shape)} and "
+            f"{tuple(mask.shape)}"
+        )
     lp = logprobs.detach().double()
     m = mask.detach().to(lp.device).double()
     total = -torch.where(m > 0, lp, torch.zeros_like(lp)).sum(dim=-1)  # padding may hold -inf
@@ -191,13 +196,18 @@ def token_nll(logprobs: Tensor, mask: Tensor) -> np.ndarray:
 
 
 def unlikely_cutoff(nll: np.ndarray, quantile: float = UNLIKELY_QUANTILE) -> float:
-    """The ``quantile`` of the initial policy's own per-token NLLs (:func:`token_nll`; NaN rows
-    left out), the cutoff of :func:`unlikely_rate`.
+    """The ``quantile`` of the initial policy's own per-token NLLs ``(n,)`` (:func:`token_nll`;
+    NaN rows, and infinite ones, which no finite cutoff can sit among, left out), the cutoff of
+    :func:`unlikely_rate`.
 
     Raises:
-        ValueError: no finite NLL to take it from.
+        ValueError: not an ``(n,)`` array, a quantile outside (0, 1), or no finite NLL.
     """
     x = np.asarray(nll, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"need an (n,) array of NLLs, got shape {x.shape}")
+    if not 0 < quantile < 1:
+        raise ValueError(f"the unlikely-sample quantile must lie in (0, 1), got {quantile}")
     x = x[np.isfinite(x)]
     if len(x) == 0:
         raise ValueError("no finite NLL to take the unlikely-sample cutoff from")
@@ -206,23 +216,29 @@ def unlikely_cutoff(nll: np.ndarray, quantile: float = UNLIKELY_QUANTILE) -> flo
 
 def unlikely_rate(nll: np.ndarray, cutoff: float) -> float:
     """Share of samples whose per-token NLL under the initial policy (:func:`token_nll`; NaN
-    rows left out) exceeds ``cutoff`` (:func:`unlikely_cutoff`, fixed once per run): about
-    ``1 - q`` for samples drawn like the initial policy's (the initial samples themselves give
-    the share of them past their own quantile, one sample when there are fewer than
-    ``1 / (1 - q)``), more as the policy writes what the initial policy would not.
+    rows left out, an infinite NLL counted as past any cutoff) exceeds ``cutoff``
+    (:func:`unlikely_cutoff`, fixed once per run): about ``1 - q`` for samples drawn like the
+    initial policy's (the initial samples themselves give the share of them past their own
+    quantile, one sample when there are fewer than ``1 / (1 - q)``), more as the policy writes
+    what the initial policy would not.
 
     Raises:
-        ValueError: no finite NLL, or a cutoff that is not finite.
+        ValueError: not an ``(n,)`` array, no NLL (all NaN or empty), or a cutoff that is not a
+            finite number.
     """
     x = np.asarray(nll, dtype=np.float64)
     if x.ndim != 1:
         raise ValueError(f"need an (n,) array of NLLs, got shape {x.shape}")
-    x = x[np.isfinite(x)]
+    x = x[~np.isnan(x)]
     if len(x) == 0:
-        raise ValueError("no finite NLL to count unlikely samples in")
-    if not math.isfinite(cutoff):
-        raise ValueError(f"the unlikely-sample cutoff must be finite, got {cutoff}")
-    return float((x > cutoff).mean())
+        raise ValueError("no NLL to count unlikely samples in (all NaN or empty)")
+    try:
+        c = float(cutoff)
+    except (TypeError, ValueError):
+        c = math.nan
+    if not math.isfinite(c):
+        raise ValueError(f"the unlikely-sample cutoff must be a finite number, got {cutoff!r}")
+    return float((x > c).mean())
 
 
 def _log_ratio(row: Mapping[str, float], first: Mapping[str, float], key: str) -> float:
@@ -245,7 +261,7 @@ def features(row: Mapping[str, float], first: Mapping[str, float]) -> dict[str, 
 
     d = max(float(row.get("d", 0.0)), 0.0) - max(float(first.get("d", 0.0)), 0.0)
     spread = float(first.get("signal/proxy_std", 0.0)) or 1.0
-    gain = -drop("reward/proxy") / spread
+    gain = (0.0 - drop("reward/proxy")) / spread
     return {
         "d": d,
         "proxy_gain": gain,
@@ -254,6 +270,6 @@ def features(row: Mapping[str, float], first: Mapping[str, float]) -> dict[str, 
         "distinct2_drop": drop("diversity/distinct2"),
         "entropy_drop": drop("signal/entropy"),
         "ensemble_growth": _log_ratio(row, first, "signal/ensemble_std"),
-        "outlier_excess": -drop("signal/outlier_rate"),
-        "unlikely_excess": -drop("signal/unlikely_rate"),
+        "outlier_excess": 0.0 - drop("signal/outlier_rate"),  # 0.0 - x: no -0.0 in logs
+        "unlikely_excess": 0.0 - drop("signal/unlikely_rate"),
     }

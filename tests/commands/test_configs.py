@@ -124,3 +124,11 @@ def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path: Path, m
     (tmp_path / "mine").mkdir()
     result = runner.invoke(app, ["run", "mine"])
     assert result.exit_code == 2 and "no built-in config 'mine'; shipped configs:" in result.output
+
+
+def test_show_reads_docstring_cross_references_as_plain_names() -> None:
+    result = runner.invoke(app, ["show", "detect"])
+    assert result.exit_code == 0
+    assert "settings:  # Hyperparameters of `train_rl`," in result.output
+    for role in (":func:", ":class:", ":mod:", ":data:", ":meth:"):
+        assert role not in result.output, role

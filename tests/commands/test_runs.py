@@ -82,6 +82,11 @@ def test_compare_and_report_refuse_bad_input(study_runs: Any, tmp_path: Path) ->
         assert result.exit_code == 2, args
         assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.txt").exists()
+    # an absolute path names one place to look, once
+    gone = str(tmp_path / "gone")
+    result = runner.invoke(app, ["report", gone, "--runs-dir", str(root)])
+    assert result.exit_code == 2 and "looked for a config.yaml" in result.output
+    assert "and in" not in " ".join(result.output.split())
     result = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path / "none")])
     assert result.exit_code == 2 and "does not exist" in result.output
 

@@ -71,6 +71,11 @@ def main(out: Path) -> None:
         "alarm_step": cb.alarm_step,
     }
     (out / f"rank-{rank}.json").write_text(json.dumps(record))
+    # leave the process group before exiting: gloo's threads torn down at interpreter exit can
+    # abort the process ("terminate called without an active exception") on a busy machine
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

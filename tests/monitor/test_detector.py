@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,13 @@ def test_a_signal_first_measured_later_takes_its_first_value_as_baseline():
     out = [mon.update(r) for r in rows[:4]]
     assert [o["monitor/unlikely_excess"] for o in out] == pytest.approx([0.0, 0.0, 0.0, 0.28])
     assert out[0]["monitor/missing_signals"] == out[2]["monitor/missing_signals"] + 1
+
+
+def test_a_nan_signal_counts_as_missing_not_as_a_silent_nan_score():
+    mon = Monitor(_d_only())
+    rows = _rows()
+    mon.update(rows[0])
+    out = mon.update(rows[3] | {"d": math.nan})  # d missing: no drift, p = sigmoid(-2)
+    assert out["monitor/score"] == pytest.approx(1 / (1 + np.exp(2.0)))
+    assert out["monitor/missing_signals"] == mon.update(rows[3])["monitor/missing_signals"] + 1
+    assert mon.update(rows[3])["monitor/alarm"] == 1.0  # the same row with d alarms

@@ -74,8 +74,12 @@ def test_token_nll_is_the_per_sample_mean_over_response_tokens():
     nll = token_nll(logp, mask)
     np.testing.assert_allclose(nll[:2], [2.0, 4.0])
     assert math.isnan(nll[2])
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match=r"one \(B, T\) shape"):
         token_nll(logp, mask[:, :1])
+    with pytest.raises(ValueError, match=r"one \(B, T\) shape"):
+        token_nll(logp[0], mask[0])
+    with pytest.raises(TypeError, match="torch tensors"):
+        token_nll(logp.numpy(), mask)  # type: ignore[arg-type]
 
 
 def test_unlikely_rate_counts_samples_past_the_initial_quantile():
@@ -92,12 +96,24 @@ def test_unlikely_rate_counts_samples_past_the_initial_quantile():
     assert unlikely_rate(later, cutoff) == pytest.approx(3 / 5)
     # NaN rows do not move the cutoff either
     assert unlikely_cutoff(np.append(init, math.nan)) == pytest.approx(99.01)
-    with pytest.raises(ValueError, match="no finite NLL"):
+    # a token the initial policy gives probability 0: an infinite NLL is past any cutoff, and
+    # stays out of the quantile
+    assert unlikely_rate(np.array([1.0, 1.0, math.inf]), 2.0) == pytest.approx(1 / 3)
+    assert unlikely_cutoff(np.append(init, math.inf)) == pytest.approx(99.01)
+    with pytest.raises(ValueError, match="all NaN or empty"):
         unlikely_rate(np.array([math.nan]), cutoff)
     with pytest.raises(ValueError, match="no finite NLL"):
         unlikely_cutoff(np.array([]))
-    with pytest.raises(ValueError, match="must be finite"):
+    with pytest.raises(ValueError, match="finite number, got nan"):
         unlikely_rate(init, math.nan)
+    with pytest.raises(ValueError, match="finite number, got None"):
+        unlikely_rate(init, None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"quantile must lie in \(0, 1\), got 99"):
+        unlikely_cutoff(init, 99)
+    with pytest.raises(ValueError, match=r"\(n,\) array"):
+        unlikely_cutoff(np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"\(n,\) array"):
+        unlikely_rate(np.ones((2, 2)), cutoff)
 
 
 def test_features_are_zero_on_the_first_row_and_read_drift_after():
@@ -108,6 +124,8 @@ def test_features_are_zero_on_the_first_row_and_read_drift_after():
     }  # fmt: skip
     assert set(features(first, first)) == set(FEATURES)
     assert all(v == 0.0 for v in features(first, first).values())
+    # and +0.0, not -0.0 (which logs print as "-0")
+    assert all(math.copysign(1.0, v) == 1.0 for v in features(first, first).values())
     later = first | {
         "d": 2.0, "reward/proxy": 3.0, "length/mean": 5.0, "diversity/distinct2": 0.5,
         "signal/entropy": 1.5, "signal/ensemble_std": 1.0, "signal/outlier_rate": 0.45,
