@@ -25,8 +25,9 @@ peak at 0 or nowhere. The study then uses ``"plateau"``, chosen on that corpus's
 seeds (docs/methods.md §8): ``"argmax"`` is exact once the peak has been seen but far short
 while it still lies ahead, the plateau's end the reverse, their midpoint fair at both. The step
 of the peak is read off the run's ``d``-against-step path so far (linear in ``sqrt(step)``,
-extrapolated when the peak lies ahead). :func:`gao_rl_peak` is the comparison: the peak of Gao et
-al.'s RL law ``d (alpha - beta log d)`` fitted to the same points.
+extrapolated when the peak lies ahead). :func:`gao_rl_peak` and :func:`gao_bon_peak` are the
+comparisons: the peaks of Gao et al.'s RL law ``d (alpha - beta log d)`` and of their best-of-n
+law ``d (alpha - beta d)`` fitted to the same points.
 
 The bootstrap interval reflects only the labels' noise, not the error of the method itself
 (a peak still ahead lies beyond every point seen), so it covers too rarely before the peak.
@@ -53,6 +54,7 @@ __all__ = [
     "PeakForecast",
     "conformal_radius",
     "forecast_peak",
+    "gao_bon_peak",
     "gao_rl_peak",
     "plateau_end",
 ]
@@ -181,5 +183,14 @@ def gao_rl_peak(d: ArrayLike, gold: ArrayLike, se: ArrayLike | None = None) -> f
     """``d*`` of Gao et al.'s RL law fitted to the points (``inf`` when it does not turn)."""
     try:
         return fit_rl_law(d, gold, se).d_peak
+    except ValueError:
+        return math.inf
+
+
+def gao_bon_peak(d: ArrayLike, gold: ArrayLike, se: ArrayLike | None = None) -> float:
+    """``d*`` of Gao et al.'s best-of-n law fitted to the points (``inf`` when it does not turn,
+    0 when it falls from the start)."""
+    try:
+        return fit_bon_law(d, gold, se).d_peak
     except ValueError:
         return math.inf

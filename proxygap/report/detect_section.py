@@ -220,8 +220,20 @@ def _forecast(doc: Document, fc: dict[str, Any], split: str) -> None:
             f"{fmt(fc['peak_d_rel_error'], 2)}{_coverage(fc)}, against "
             f"{fmt(fc['gao_extrapolation_rel_error'], 2)} for Gao et al.'s RL law extrapolated "
             f"from the same points (which does not turn at all in "
-            f"{_pct(fc.get('share_gao_no_turn'))} of them)." + _before_peak(fc.get("before_peak"))
+            f"{_pct(fc.get('share_gao_no_turn'))} of them){_bon(fc)}."
+            + _before_peak(fc.get("before_peak"))
         )
+    )
+
+
+def _bon(fc: dict[str, Any]) -> str:
+    """The clause on Gao et al.'s best-of-n law fitted to the same points (absent in older
+    runs)."""
+    if "share_gao_bon_no_turn" not in fc:
+        return ""
+    return (
+        f" and {fmt(fc['gao_bon_extrapolation_rel_error'], 2)} for their best-of-n law (no turn "
+        f"in {_pct(fc['share_gao_bon_no_turn'])})"
     )
 
 
@@ -246,5 +258,5 @@ def _before_peak(bp: dict[str, Any] | None) -> str:
     return (
         f" Made one point before the peak ({bp['n_runs']} runs; the peak not yet seen): median "
         f"relative error {fmt(bp['peak_d_rel_error'], 2)}{_coverage(bp)}, against "
-        f"{fmt(bp['gao_extrapolation_rel_error'], 2)} for Gao et al.'s RL law."
+        f"{fmt(bp['gao_extrapolation_rel_error'], 2)} for Gao et al.'s RL law{_bon(bp)}."
     )

@@ -40,7 +40,13 @@ from proxygap.monitor.benchmark import (
     label_points,
 )
 from proxygap.monitor.detector import Detector, fit_detector
-from proxygap.monitor.forecast import PeakForecast, conformal_radius, forecast_peak, gao_rl_peak
+from proxygap.monitor.forecast import (
+    PeakForecast,
+    conformal_radius,
+    forecast_peak,
+    gao_bon_peak,
+    gao_rl_peak,
+)
 from proxygap.monitor.signals import FEATURES, features
 
 __all__ = ["analyse_corpus", "kept_saving"]
@@ -166,9 +172,9 @@ class _Case:
     true_d: float
     at_step: float
     at_alarm: PeakForecast
-    gao: float
+    gao: tuple[float, float]  # the peaks of Gao et al.'s RL and best-of-n laws
     before: PeakForecast | None
-    before_gao: float
+    before_gao: tuple[float, float]
 
 
 def _case(key: RunKey, h: Rows, detector: Detector | None, cfg: DetectConfig) -> _Case | None:
@@ -184,16 +190,18 @@ def _case(key: RunKey, h: Rows, detector: Detector | None, cfg: DetectConfig) ->
     )
     cut = int(alarms[0]) if len(alarms) and 2 <= alarms[0] < lab.drop else lab.drop - 1
 
-    def predict(seen: Rows, with_steps: bool) -> tuple[PeakForecast, float]:
+    def predict(seen: Rows, with_steps: bool) -> tuple[PeakForecast, tuple[float, float]]:
         d, g, se = [r["d"] for r in seen], *_budget(seen)
         steps = [r["step"] for r in seen] if with_steps else None
         f = forecast_peak(
             d, g, se, steps=steps, level=cfg.forecast_level, method=cfg.forecast_method
         )
-        return f, gao_rl_peak(d, g, se)
+        return f, (gao_rl_peak(d, g, se), gao_bon_peak(d, g, se))
 
     at_alarm, gao = predict(h[: cut + 1], True)
-    before, before_gao = predict(h[: lab.peak], False) if lab.peak >= 3 else (None, math.nan)
+    before, before_gao = (
+        predict(h[: lab.peak], False) if lab.peak >= 3 else (None, (math.nan, math.nan))
+    )
     true = float(h[lab.peak]["d"])
     return _Case(key, true, float(h[cut]["step"]), at_alarm, gao, before, before_gao)
 
@@ -208,20 +216,26 @@ def _budget(rows: Rows) -> tuple[list[float], list[float]]:
     return [r["reward/gold"] for r in rows], [gold_se(r) for r in rows]
 
 
-def _scored(cases: Sequence[tuple[float, PeakForecast, float]], radius: float) -> dict[str, Any]:
-    """Median relative errors of ``(true d, forecast, Gao RL peak)`` triples and the coverage
-    of the bootstrap and of the conformal interval of ``radius``."""
+def _scored(
+    cases: Sequence[tuple[float, PeakForecast, tuple[float, float]]], radius: float
+) -> dict[str, Any]:
+    """Median relative errors of ``(true d, forecast, Gao RL and best-of-n peaks)`` and the
+    coverage of the bootstrap and of the conformal interval of ``radius``."""
     if not cases:
         return {"n_runs": 0, "peak_d_rel_error": None, "gao_extrapolation_rel_error": None,
-                "interval_coverage": None, "conformal_coverage": None}  # fmt: skip
+                "gao_bon_extrapolation_rel_error": None, "interval_coverage": None,
+                "conformal_coverage": None}  # fmt: skip
     err = [abs(f.d - t) / t for t, f, _ in cases]
-    gao = [abs(g - t) / t for t, _, g in cases]
+    gao = [abs(g[0] - t) / t for t, _, g in cases]
+    bon = [abs(g[1] - t) / t for t, _, g in cases]
     conformal = [f.conformal(radius) for _, f, _ in cases]
     return {  # relative errors: |forecast - observed| / observed; a law that does not turn: inf
         "n_runs": len(cases),
         "peak_d_rel_error": _median(err),
         "gao_extrapolation_rel_error": _median(gao),
         "share_gao_no_turn": float(np.mean(np.isinf(gao))),
+        "gao_bon_extrapolation_rel_error": _median(bon),
+        "share_gao_bon_no_turn": float(np.mean(np.isinf(bon))),
         "interval_coverage": float(np.mean([f.lo <= t <= f.hi for t, f, _ in cases])),
         "conformal_coverage": float(
             np.mean([lo <= t <= hi for (t, _, _), (lo, hi) in zip(cases, conformal, strict=True)])
@@ -265,7 +279,8 @@ def _forecast(
                 "forecast_d": _finite(c.at_alarm.d),
                 "lo": _finite(c.at_alarm.lo),
                 "hi": _finite(c.at_alarm.hi),
-                "gao_rl_d": _finite(c.gao),
+                "gao_rl_d": _finite(c.gao[0]),
+                "gao_bon_d": _finite(c.gao[1]),
             }
             for c in held
         ],  # fmt: skip

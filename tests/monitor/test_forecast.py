@@ -11,6 +11,7 @@ from proxygap.monitor.forecast import (
     PeakForecast,
     conformal_radius,
     forecast_peak,
+    gao_bon_peak,
     gao_rl_peak,
     plateau_end,
 )
@@ -48,6 +49,13 @@ def test_gao_rl_peak_recovers_the_rl_law_peak():
     d = np.linspace(0.2, 2.0, 10)
     g = d * (1.0 - 0.5 * np.log(d))  # d* = exp(alpha / beta - 1) = e
     assert gao_rl_peak(d, g) == pytest.approx(math.e, rel=1e-6)
+
+
+def test_gao_bon_peak_recovers_the_bon_law_peak_and_says_when_it_does_not_turn():
+    d = np.linspace(0.0, 1.5, 8)
+    assert gao_bon_peak(d, d * (2.0 - 0.5 * d)) == pytest.approx(2.0, rel=1e-9)  # a / (2 b)
+    assert gao_bon_peak(d, d * (1.0 + 0.3 * d)) == math.inf  # convex: no turn
+    assert gao_rl_peak(d[1:], d[1:] * (1.0 + 0.3 * np.log(d[1:]))) == math.inf
 
 
 def test_argmax_without_noise_is_the_highest_point_and_its_step():
