@@ -88,13 +88,14 @@ def merge_parts(parts: Sequence[EvalSamples]) -> tuple[EvalSamples, dict[str, fl
     the total ``kl/clamped``, the token-weighted ``signal/entropy``; the reference's NLLs of the
     parts that measured them."""
 
-    def cat(name: str) -> np.ndarray | None:
+    def cat(name: str, *, of_those_with: bool = False) -> np.ndarray | None:
+        """The parts' arrays joined; None when a part has none, or, ``of_those_with``, when
+        no part has one (a process with no prompts measured nothing)."""
         values = [getattr(p, name) for p in parts]
-        return None if any(v is None for v in values) else np.concatenate(values)
-
-    def _present(name: str) -> np.ndarray | None:  # a process with no prompts measured nothing
-        values = [v for p in parts if (v := getattr(p, name)) is not None]
-        return np.concatenate(values) if values else None
+        have = [v for v in values if v is not None]
+        if not have or (len(have) < len(values) and not of_those_with):
+            return None
+        return np.concatenate(have)
 
     n = [len(p.completions) for p in parts]
     kl: dict[str, float] = {}
@@ -114,7 +115,7 @@ def merge_parts(parts: Sequence[EvalSamples]) -> tuple[EvalSamples, dict[str, fl
         completions=[x for p in parts for x in p.completions],
         lengths=np.concatenate([p.lengths for p in parts]),
         proxy=cat("proxy"), members=cat("members"), gold=cat("gold"), kl=kl,
-        tokens=float(sum(p.tokens for p in parts)), ref_nll=_present("ref_nll"),
+        tokens=float(sum(p.tokens for p in parts)), ref_nll=cat("ref_nll", of_those_with=True),
     )  # fmt: skip
     return merged, kl
 
@@ -241,8 +242,9 @@ class ProxygapEvalCallback(TrainerCallback):
                 ref, s.prompt_ids_rows(), s.response_ids, s.mask, pad_id=tok.pad_token_id,
                 batch_size=self.sampling["batch_size"],
             )  # fmt: skip
-            kl = kl_metrics(s.logprobs.to(ref_logp.device), ref_logp, s.mask.to(ref_logp.device))
-            ref_nll = token_nll(ref_logp, s.mask.to(ref_logp.device))
+            mask = s.mask.to(ref_logp.device)
+            kl = kl_metrics(s.logprobs.to(ref_logp.device), ref_logp, mask)
+            ref_nll = token_nll(ref_logp, mask)
             self.kl_status = "measured"
         return EvalSamples(
             prompt_index=np.array([index[i] for i in s.prompt_index.tolist()], dtype=np.int64),
