@@ -27,6 +27,9 @@ Several processes (accelerate, DDP): each process scores its own share of the ba
 are gathered and merged after every step (:func:`merge_rows`), so every process feeds the
 monitor the same row and takes the same alarm decision; only the main process writes the
 history file.
+
+A training resumed from a checkpoint continues the monitor and the KL probe's cutoff as the
+checkpoint kept them (:mod:`~proxygap.integrations.trl_resume`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from proxygap.integrations.scoring import batch_signals, default_monitor
 from proxygap.integrations.trl_kl import KLProbe
+from proxygap.integrations.trl_resume import (
+    cut_history,
+    monitor_state,
+    restore_monitor,
+    saved,
+    store,
+)
 from proxygap.integrations.trl_rewards import Scored, take
 from proxygap.runs import TRL_KEYS
 
@@ -265,10 +275,39 @@ class ProxygapCallback(TrainerCallback):
         take(state)  # drop anything scored before training (e.g. a sanity evaluation)
         if self.probe is not None and state.global_step == 0:
             self.probe.restart()  # a fresh training calibrates the unlikely-sample cutoff anew
+        if state.global_step > 0:
+            self._resume(state)
         path = self._history_path(args)
-        if path is not None and state.is_world_process_zero and state.global_step == 0:
+        if path is not None and state.is_world_process_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
+            if state.global_step == 0:
+                path.write_text("")
+            else:
+                cut_history(path, state.global_step)
+
+    def _resume(self, state: TrainerState) -> None:
+        """A resumed training: the monitor's baseline, the first alarm and the KL probe's
+        cutoff as the checkpoint kept them (:mod:`~proxygap.integrations.trl_resume`)."""
+        data = saved(state, type(self).__name__)
+        if data is None:
+            self._warn_once(
+                f"resumed at step {state.global_step} from a checkpoint without proxygap's "
+                "state: the monitor takes the first row after the resume as its baseline"
+            )
+            return
+        restore_monitor(self.monitor, data.get("monitor"))
+        step = data.get("alarm_step")
+        self.alarm_step = None if step is None else int(step)
+        if self.probe is not None and data.get("probe") is not None:
+            self.probe.load_state_dict(data["probe"])
+
+    def _keep(self, state: TrainerState) -> None:
+        """This training's state, for the next checkpoint (every process keeps the same
+        monitor state; the probe's cutoff kept is the main process's)."""
+        store(state, type(self).__name__, {
+            "monitor": monitor_state(self.monitor), "alarm_step": self.alarm_step,
+            "probe": self.probe.state_dict() if self.probe is not None else None,
+        })  # fmt: skip
 
     def _check_gold_weights(self) -> None:
         trainer = self.trainer
@@ -303,6 +342,7 @@ class ProxygapCallback(TrainerCallback):
                 control.should_training_stop = True
             if self.save_on_alarm and first:
                 control.should_save = True
+        self._keep(state)
         return control
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState,

@@ -48,6 +48,13 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from proxygap.integrations.scoring import batch_signals, default_monitor
 from proxygap.integrations.trl_callback import calling_trainer, gather_objects
 from proxygap.integrations.trl_kl import kl_metrics
+from proxygap.integrations.trl_resume import (
+    cut_history,
+    monitor_state,
+    restore_monitor,
+    saved,
+    store,
+)
 from proxygap.integrations.trl_rewards import TRLReward
 from proxygap.models.logprobs import response_logprobs
 from proxygap.monitor.signals import token_nll, unlikely_cutoff, unlikely_rate
@@ -316,6 +323,26 @@ class ProxygapEvalCallback(TrainerCallback):
                 control.should_training_stop = True
             if self.save_on_alarm and first:
                 control.should_save = True
+        store(state, type(self).__name__, {
+            "monitor": monitor_state(self.monitor), "alarm_step": self.alarm_step,
+            "unlikely_cutoff": self.unlikely_cutoff,
+        })  # fmt: skip
+
+    def _resume(self, state: TrainerState) -> None:
+        """A resumed training: the monitor's baseline, the first alarm and the cutoff as the
+        checkpoint kept them (:mod:`~proxygap.integrations.trl_resume`)."""
+        data = saved(state, type(self).__name__)
+        if data is None:
+            logger.warning(
+                "proxygap: resumed at step %d from a checkpoint without proxygap's state: the "
+                "first evaluation after the resume is the monitor's baseline",
+                state.global_step,
+            )
+            return
+        restore_monitor(self.monitor, data.get("monitor"))
+        step, cutoff = data.get("alarm_step"), data.get("unlikely_cutoff")
+        self.alarm_step = None if step is None else int(step)
+        self.unlikely_cutoff = None if cutoff is None else float(cutoff)
 
     def _history_path(self, args: TrainingArguments) -> Path | None:
         out = getattr(args, "output_dir", None)
@@ -335,11 +362,16 @@ class ProxygapEvalCallback(TrainerCallback):
             logger.warning("proxygap: could not find the trainer; call attach(trainer) first")
             return control
         path = self._history_path(args)
-        if path is not None and state.is_world_process_zero and state.global_step == 0:
+        if path is not None and state.is_world_process_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
+            if state.global_step == 0:
+                path.write_text("")
+            else:
+                cut_history(path, state.global_step)
         if state.global_step == 0:  # a fresh training: the first evaluation sets the cutoff
             self.unlikely_cutoff = None
+        else:
+            self._resume(state)
         if self.at_start and state.global_step == 0:
             self._run(args, state, control)
         return control

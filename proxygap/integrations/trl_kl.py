@@ -176,6 +176,19 @@ class KLProbe:
         """Forget the unlikely-sample cutoff: a new training calibrates it afresh."""
         self.unlikely_cutoff, self._calibration = None, []
 
+    def state_dict(self) -> dict[str, Any]:
+        """The unlikely-sample cutoff, or the NLLs gathered towards it, for a checkpoint."""
+        pool = np.concatenate(self._calibration) if self._calibration else np.zeros(0)
+        return {"unlikely_cutoff": self.unlikely_cutoff, "calibration": pool.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's :meth:`state_dict` (a resumed training keeps the
+        initial policy's cutoff instead of calibrating on the resumed policy)."""
+        cutoff = state.get("unlikely_cutoff")
+        self.unlikely_cutoff = None if cutoff is None else float(cutoff)
+        pool = np.asarray(state.get("calibration", []), dtype=np.float64)
+        self._calibration = [pool] if len(pool) and cutoff is None else []
+
     def pop(self) -> dict[str, float]:
         """The batches' KL since the last call: sequence-weighted means (``kl/clamped``: the
         total), or ``{}``."""
