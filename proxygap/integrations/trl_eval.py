@@ -57,13 +57,21 @@ from proxygap.integrations.trl_resume import (
 )
 from proxygap.integrations.trl_rewards import TRLReward
 from proxygap.models.logprobs import response_logprobs
-from proxygap.monitor.signals import token_nll, unlikely_cutoff, unlikely_rate
+from proxygap.monitor.signals import (
+    TOPK,
+    token_nll,
+    topk_signals,
+    unlikely_cutoff,
+    unlikely_rate,
+)
 from proxygap.sampling.generate import decode_responses, sample
 
 __all__ = ["EvalSamples", "ProxygapEvalCallback", "gather_parts", "merge_parts"]
 
 logger = logging.getLogger(__name__)
 PREFIX = "proxygap/"
+# a part's values of these keys are means over its tokens: merged weighted by tokens
+TOKEN_MEANS = frozenset({"signal/entropy", "signal/topk_mass", "signal/topk_entropy"})
 
 
 @dataclass
@@ -92,8 +100,8 @@ def gather_parts(part: EvalSamples) -> list[EvalSamples]:
 
 def merge_parts(parts: Sequence[EvalSamples]) -> tuple[EvalSamples, dict[str, float]]:
     """The parts as one evaluation, and their KL: sequence-weighted means of ``kl/k1..k3``,
-    the total ``kl/clamped``, the token-weighted ``signal/entropy``; the reference's NLLs of the
-    parts that measured them."""
+    the total ``kl/clamped``, token-weighted means of :data:`TOKEN_MEANS`; the reference's NLLs
+    of the parts that measured them."""
 
     def cat(name: str, *, of_those_with: bool = False) -> np.ndarray | None:
         """The parts' arrays joined; None when a part has none, or, ``of_those_with``, when
@@ -111,7 +119,7 @@ def merge_parts(parts: Sequence[EvalSamples]) -> tuple[EvalSamples, dict[str, fl
         if key == "kl/clamped":
             kl[key] = float(sum(p.kl[key] for p, _ in have))
             continue
-        weights = [p.tokens if key == "signal/entropy" else w for p, w in have]
+        weights = [p.tokens if key in TOKEN_MEANS else w for p, w in have]
         if sum(weights) > 0:
             kl[key] = sum(p.kl[key] * w for (p, _), w in zip(have, weights, strict=True)) / sum(
                 weights
@@ -233,7 +241,8 @@ class ProxygapEvalCallback(TrainerCallback):
         if not ids:
             return EvalSamples(np.zeros(0, dtype=np.int64), [], [], np.zeros(0), None, None,
                                None, {}, 0.0)  # fmt: skip
-        s = sample(model, ids, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, **self.sampling)
+        ends = {"eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id}
+        s = sample(model, ids, **ends, topk=TOPK, **self.sampling)
         rows = [prompts[i] for i in s.prompt_index.tolist()]
         completions = decode_responses(s, tok)
         proxy = members = gold = None
@@ -242,6 +251,8 @@ class ProxygapEvalCallback(TrainerCallback):
         if self.gold is not None:
             gold, _ = _score(self.gold, rows, completions)
         kl: dict[str, float] = {}
+        if s.topk_stats is not None:
+            kl["signal/topk_mass"], kl["signal/topk_entropy"] = topk_signals(s.topk_stats, s.mask)
         ref_nll = None
         ref = self._reference()
         if ref is not None:
@@ -250,7 +261,7 @@ class ProxygapEvalCallback(TrainerCallback):
                 batch_size=self.sampling["batch_size"],
             )  # fmt: skip
             mask = s.mask.to(ref_logp.device)
-            kl = kl_metrics(s.logprobs.to(ref_logp.device), ref_logp, mask)
+            kl |= kl_metrics(s.logprobs.to(ref_logp.device), ref_logp, mask)
             ref_nll = token_nll(ref_logp, mask)
             self.kl_status = "measured"
         return EvalSamples(

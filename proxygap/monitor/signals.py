@@ -13,6 +13,9 @@ Sample-level functions (``(n,)`` or ``(n, K)`` arrays in, one number out):
 - :func:`outlier_rate`: the share of policy samples whose Mahalanobis distance in the reward
   model's final hidden layer exceeds the ``q``-quantile of the initial policy's samples (InfoRM's
   outlier proportion, Miao et al. 2024: hacked samples sit apart from the SFT distribution);
+- :func:`topk_signals`: the policy's top-k probability mass and top-k entropy at its own
+  sampled positions, token means (Shi et al. 2024's likelihood over-optimisation indicators;
+  the sampler records them, :func:`proxygap.sampling.generate.topk_stats`);
 - :func:`token_nll` and :func:`unlikely_rate`: the share of policy samples that the initial
   policy itself finds less likely, per token, than the ``q``-quantile of its own samples: the
   outlier rate read in the initial policy's likelihood instead of the reward model's latent
@@ -48,6 +51,7 @@ from torch import Tensor
 __all__ = [
     "FEATURES",
     "UNLIKELY_QUANTILE",
+    "TOPK",
     "OutlierReference",
     "ensemble_disagreement",
     "features",
@@ -55,6 +59,7 @@ __all__ = [
     "mc_entropy",
     "outlier_rate",
     "token_nll",
+    "topk_signals",
     "unlikely_cutoff",
     "unlikely_rate",
 ]
@@ -75,6 +80,27 @@ FEATURES = (
 UNLIKELY_QUANTILE = 0.99
 """``signal/unlikely_rate`` counts samples less likely under the initial policy than this
 quantile of its own samples (about 1% of them at the start; :func:`unlikely_rate`)."""
+
+
+TOPK = 10
+"""``signal/topk_mass`` and ``signal/topk_entropy`` read the policy's 10 most likely next
+tokens (:func:`topk_signals`)."""
+
+
+def topk_signals(stats: Tensor, mask: Tensor) -> tuple[float, float]:
+    """Token means of the top-k mass and the top-k entropy, from the sampler's ``(B, T, 2)``
+    ``topk_stats`` and the ``(B, T)`` response mask; NaN for an all-masked batch."""
+    if stats.dim() != 3 or stats.shape[-1] != 2 or stats.shape[:2] != mask.shape:
+        raise ValueError(
+            f"stats must be (B, T, 2) for a (B, T) mask, got {tuple(stats.shape)} and "
+            f"{tuple(mask.shape)}"
+        )
+    m = mask.to(torch.float64)
+    n = float(m.sum())
+    if n == 0:
+        return math.nan, math.nan
+    total = (stats.to(torch.float64) * m[..., None]).sum(dim=(0, 1)) / n
+    return float(total[0]), float(total[1])
 
 
 def mc_entropy(logprobs: Tensor, mask: Tensor) -> float:

@@ -21,11 +21,13 @@ from proxygap.analysis.hump import collapse_share
 from proxygap.estimators.kl import sequence_kl
 from proxygap.models.logprobs import response_logprobs
 from proxygap.monitor.signals import (
+    TOPK,
     UNLIKELY_QUANTILE,
     OutlierReference,
     ensemble_disagreement,
     mc_entropy,
     token_nll,
+    topk_signals,
     unlikely_cutoff,
     unlikely_rate,
 )
@@ -83,7 +85,10 @@ class PolicyEvaluator:
     and ``signal/outlier_rate`` from ``embed`` (texts -> ``(n, H)`` reward-model hidden states,
     compared with the initial policy's samples), and ``signal/unlikely_rate``, the share of
     samples the initial policy finds less likely per token than 99% of its own
-    (``UNLIKELY_QUANTILE``; :func:`~proxygap.monitor.signals.unlikely_rate`).
+    (``UNLIKELY_QUANTILE``; :func:`~proxygap.monitor.signals.unlikely_rate`), and
+    ``signal/topk_mass`` and ``signal/topk_entropy``, the policy's top-10 probability mass and
+    top-10 entropy at its sampled positions (``TOPK``;
+    :func:`~proxygap.monitor.signals.topk_signals`).
 
     With ``gold_budget_prompts = k``, ``reward/gold_budget`` (and ``reward/gold_budget_se``)
     is gold on the samples of the first ``k`` prompts only: what a team with a small labelling
@@ -184,6 +189,7 @@ class PolicyEvaluator:
             batch_size=self.batch_size,
             seed=self.seed,
             vocab_size=vocab_size,
+            topk=TOPK,
         )
 
     @torch.no_grad()
@@ -224,6 +230,9 @@ class PolicyEvaluator:
             "signal/entropy": mc_entropy(s.logprobs, s.mask),
             "signal/unlikely_rate": unlikely_rate(token_nll(ref_lp, s.mask), self._unlikely_cutoff),
         }
+        if s.topk_stats is not None:
+            mass, entropy = topk_signals(s.topk_stats, s.mask)
+            out["signal/topk_mass"], out["signal/topk_entropy"] = mass, entropy
         if "proxy" in scores:
             out["signal/proxy_std"] = float(np.std(scores["proxy"]))
         if self.members is not None:

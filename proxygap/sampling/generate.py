@@ -27,7 +27,10 @@ class Samples:
 
     ``response_ids`` (B, T) is right-padded with ``pad_id``; ``mask`` (B, T) is 1 on response
     tokens including the closing eos; ``logprobs`` (B, T) are log pi(token) at temperature 1;
-    ``finished`` (B,) tells which rows emitted eos within the budget.
+    ``finished`` (B,) tells which rows emitted eos within the budget. Sampled with ``topk``,
+    ``topk_stats`` (B, T, 2) holds at every response position the policy's top-k probability
+    mass and the entropy of its renormalised top-k distribution (:func:`topk_stats`), 0 on
+    padding; else None.
     """
 
     prompt_index: torch.Tensor  # (B,) index into the prompt list
@@ -36,6 +39,7 @@ class Samples:
     mask: torch.Tensor  # (B, T) float
     logprobs: torch.Tensor  # (B, T) float
     finished: torch.Tensor  # (B,) bool
+    topk_stats: torch.Tensor | None = None  # (B, T, 2): top-k mass, top-k entropy
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -44,6 +48,21 @@ class Samples:
     def prompt_ids_rows(self) -> list[list[int]]:
         """The prompt ids of every row (B lists)."""
         return [self.prompt_ids[i] for i in self.prompt_index.tolist()]
+
+
+def topk_stats(logp: torch.Tensor, k: int) -> torch.Tensor:
+    """``(..., 2)`` from next-token log-probabilities ``(..., V)``: the probability mass of the
+    ``k`` most likely tokens, and the entropy (nats) of those ``k`` probabilities renormalised
+    to sum to 1 (Shi et al. 2024's likelihood over-optimisation indicators, "Understanding
+    Likelihood Over-optimisation in Direct Alignment Algorithms": both fall as the policy's
+    next-token distribution loses the spread that gives its outputs diversity). ``k`` larger
+    than ``V`` counts all ``V``; tokens of probability 0 add nothing to the entropy."""
+    if k < 1:
+        raise ValueError(f"topk must be >= 1, got {k}")
+    top = logp.topk(min(k, logp.shape[-1]), dim=-1).values
+    mass = top.exp().sum(-1)
+    entropy = torch.special.entr(torch.softmax(top, dim=-1)).sum(-1)
+    return torch.stack([mass, entropy], dim=-1)
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
@@ -111,7 +130,8 @@ def _sample_batch(
     pad_id: int,
     generator: torch.Generator,
     vocab_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    topk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Decode one batch. Rows that emit eos leave the batch (and its KV cache) at once, so each
     step costs in proportion to the rows still running, not to the whole batch. With
     ``vocab_size`` only the first ``vocab_size`` logits count (see :func:`sample`)."""
@@ -121,6 +141,7 @@ def _sample_batch(
     B = ids.shape[0]
     out_tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_logp = torch.zeros((B, max_new_tokens), device=device)
+    out_topk = torch.zeros((B, max_new_tokens, 2), device=device) if topk is not None else None
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     active = torch.arange(B, device=device)  # (A,) batch rows still generating
     positions = (attn.cumsum(dim=1) - 1).clamp(min=0)  # (B, P) position of each prompt token
@@ -152,6 +173,8 @@ def _sample_batch(
         token = torch.argmax(scaled + gumbel, dim=-1)  # (A,)
         out_tokens[active, t] = token
         out_logp[active, t] = logp.gather(1, token[:, None]).squeeze(1)
+        if out_topk is not None and topk is not None:
+            out_topk[active, t] = topk_stats(logp, topk)
         stop = token == eos_id  # (A,)
         finished[active[stop]] = True
         T = t + 1
@@ -171,7 +194,8 @@ def _sample_batch(
     is_eos = tokens == eos_id
     after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
     mask = (~after_eos).float()
-    return tokens.cpu(), mask.cpu(), (logps * mask).cpu(), finished.cpu()
+    stats = None if out_topk is None else (out_topk[:, :T] * mask[..., None]).cpu()
+    return tokens.cpu(), mask.cpu(), (logps * mask).cpu(), finished.cpu(), stats
 
 
 def sample(
@@ -187,6 +211,7 @@ def sample(
     seed: int = 0,
     progress: str | None = None,
     vocab_size: int | None = None,
+    topk: int | None = None,
 ) -> Samples:
     """Sample ``n_per_prompt`` responses for every prompt (rows grouped by prompt).
 
@@ -200,6 +225,9 @@ def sample(
             and log-probs reported under, the softmax of ``logits[..., :vocab_size]`` (e.g. a
             policy with extra control tokens appended to its vocabulary that it must never
             emit). ``1 <= vocab_size <=`` the width of the model's logits.
+        topk: if set, also record :func:`topk_stats` of the policy's next-token distribution
+            (temperature 1) at every sampled position, in ``Samples.topk_stats``; it draws no
+            random numbers, so the samples are the same with or without it.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -218,6 +246,8 @@ def sample(
         )
     if vocab_size is not None and vocab_size < 1:
         raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    if topk is not None and topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
     gen = torch.Generator().manual_seed(seed)
     index = torch.arange(len(prompt_ids)).repeat_interleave(n_per_prompt)
     rows = [prompt_ids[i] for i in index.tolist()]
@@ -234,14 +264,19 @@ def sample(
                 pad_id=pad_id,
                 generator=gen,
                 vocab_size=vocab_size,
+                topk=topk,
             )
         )
     width = max(p[0].shape[1] for p in parts)
 
     def cat(k: int, fill: float) -> torch.Tensor:
-        return torch.cat(
-            [torch.nn.functional.pad(p[k], (0, width - p[k].shape[1]), value=fill) for p in parts]
-        )
+        padded = []
+        for p in parts:
+            x = p[k]
+            assert x is not None
+            gap = (0, 0) * (x.dim() - 2) + (0, width - x.shape[1])  # pad dim 1 only
+            padded.append(torch.nn.functional.pad(x, gap, value=fill))
+        return torch.cat(padded)
 
     return Samples(
         prompt_index=index,
@@ -250,6 +285,7 @@ def sample(
         mask=cat(1, 0.0),
         logprobs=cat(2, 0.0),
         finished=torch.cat([p[3] for p in parts]),
+        topk_stats=cat(4, 0.0) if topk is not None else None,
     )
 
 

@@ -15,6 +15,7 @@ from proxygap.integrations.trl import ensemble_reward, gold_reward
 from proxygap.integrations.trl_eval import EvalSamples, ProxygapEvalCallback, merge_parts
 from proxygap.models.loading import load_policy
 from proxygap.models.logprobs import response_logprobs
+from proxygap.monitor.signals import TOPK, topk_signals
 from proxygap.runs import load_run
 from proxygap.sampling.generate import decode_responses, sample
 from proxygap.tasks import get_task
@@ -115,6 +116,18 @@ def test_dpo_logs_gold_proxy_and_kl_of_resampled_texts(dpo_run, member_paths, to
     assert cb.unlikely_cutoff == pytest.approx(cutoff, rel=1e-5)
     assert mine[0]["proxygap/signal/unlikely_rate"] == pytest.approx(np.mean(nll0 > cutoff))
     assert mine[1]["proxygap/signal/unlikely_rate"] == pytest.approx(np.mean(nll > cutoff))
+    # signal/topk_*: the token means of the sampler's top-10 statistics of the same samples,
+    # redrawn from the trainer's own initial policy (its reference) and final policy
+    prompt_ids = [list(x) for x in tok(text=dpo_run.prompts)["input_ids"]]
+    for row, model, redone in ((mine[0], trainer.ref_model, s0), (mine[1], trainer.model, s)):
+        again = sample(
+            model, prompt_ids, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, topk=TOPK,
+            **SAMPLING,
+        )  # fmt: skip
+        assert torch.equal(again.response_ids, redone.response_ids)
+        mass, entropy = topk_signals(again.topk_stats, again.mask)
+        assert row["proxygap/signal/topk_mass"] == pytest.approx(mass, abs=1e-6)
+        assert row["proxygap/signal/topk_entropy"] == pytest.approx(entropy, abs=1e-6)
     assert abs(mine[0]["proxygap/kl/k1"]) < 1e-5  # the initial policy is the reference
     assert mine[0]["proxygap/d"] == pytest.approx(0.0, abs=1e-3)
     assert mine[1]["proxygap/kl/k1"] > 1e-3  # two DPO steps moved the policy
@@ -135,10 +148,12 @@ def test_merge_parts_by_hand():
     (10 and 30 tokens), clamped summed, samples concatenated in rank order."""
 
     def part(n, k1, ent, tokens, clamped, first):
+        kl = {"kl/k1": k1, "signal/entropy": ent, "kl/clamped": clamped}
+        kl |= {"signal/topk_mass": ent / 4, "signal/topk_entropy": ent + 1}
         return EvalSamples(
             prompt_index=np.arange(first, first + n), prompts=["p"] * n, completions=["c"] * n,
-            lengths=np.ones(n), proxy=np.full(n, float(first)), members=None, gold=None,
-            kl={"kl/k1": k1, "signal/entropy": ent, "kl/clamped": clamped}, tokens=tokens,
+            lengths=np.ones(n), proxy=np.full(n, float(first)), members=None, gold=None, kl=kl,
+            tokens=tokens,
         )  # fmt: skip
 
     merged, kl = merge_parts([part(1, 2.0, 1.0, 10, 1, 0), part(3, 6.0, 2.0, 30, 2, 1)])
@@ -151,6 +166,8 @@ def test_merge_parts_by_hand():
     assert with_empty.ref_nll is not None and with_empty.ref_nll.tolist() == [1.5, 2.5]
     assert kl["kl/k1"] == pytest.approx((1 * 2.0 + 3 * 6.0) / 4)  # 5.0
     assert kl["signal/entropy"] == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)  # 1.75
+    assert kl["signal/topk_mass"] == pytest.approx((10 * 0.25 + 30 * 0.5) / 40)  # by tokens
+    assert kl["signal/topk_entropy"] == pytest.approx((10 * 2.0 + 30 * 3.0) / 40)
     assert kl["kl/clamped"] == 3
     assert merged.proxy is not None and merged.proxy.tolist() == [0.0, 1.0, 1.0, 1.0]
     assert merged.gold is None and merged.prompt_index.tolist() == [0, 1, 2, 3]

@@ -11,6 +11,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from proxygap.monitor.signals import (
+    TOPK,
     OutlierReference,
     mahalanobis,
     outlier_rate,
@@ -23,7 +24,7 @@ from proxygap.rewards.reward_model import (
     score_and_embed_texts,
     score_texts,
 )
-from proxygap.sampling.generate import encode_prompts
+from proxygap.sampling.generate import encode_prompts, topk_stats
 from proxygap.tasks.reviews.build import build_tokenizer, tiny_gpt2_config
 from proxygap.tasks.reviews.grammar import sample_corpus
 
@@ -220,3 +221,27 @@ def test_evaluator_unlikely_rate_matches_a_naive_reference_nll():
     m1, _ = ev(policy)
     assert m1["signal/unlikely_rate"] == pytest.approx(float((nll > cutoff).mean()))
     assert m1["signal/unlikely_rate"] > m0["signal/unlikely_rate"]  # the perturbed policy strays
+
+
+def test_evaluator_topk_signals_match_a_naive_recomputation():
+    ref, policy = _policy(), _policy()
+    with torch.no_grad():  # a sharper policy: more of its mass on its top tokens
+        policy.transformer.ln_f.weight.mul_(3.0)
+    ev = _evaluator(ref, proxy=None, members=None, embed=None)
+    metrics = {}
+    for name, model in (("ref", ref), ("policy", policy)):
+        s = ev._sample(model)
+        per_token = []
+        with torch.no_grad():  # one sample at a time, unpadded: the policy's own distributions
+            for row in range(len(s.response_ids)):
+                n = int(s.mask[row].sum())
+                prompt = s.prompt_ids[int(s.prompt_index[row])]
+                ids = torch.tensor([prompt + s.response_ids[row, :n].tolist()])
+                logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+                per_token.append(topk_stats(logp[len(prompt) - 1 : len(prompt) - 1 + n], TOPK))
+        naive = torch.cat(per_token).mean(dim=0)  # the token mean over every sample's tokens
+        m, _ = ev(model)
+        assert m["signal/topk_mass"] == pytest.approx(float(naive[0]), abs=1e-5)
+        assert m["signal/topk_entropy"] == pytest.approx(float(naive[1]), abs=1e-5)
+        metrics[name] = m
+    assert metrics["policy"]["signal/topk_mass"] > metrics["ref"]["signal/topk_mass"]
