@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from proxygap.store.atomic import atomic_write_text
 
 __all__ = ["STATE_KEY", "cut_history", "monitor_state", "restore_monitor", "saved", "store"]
@@ -30,13 +32,21 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "proxygap"
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as JSON values (``json.dumps``'s ``default``)."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot keep a {type(value).__name__} in a checkpoint's trainer state")
+
+
 def store(state: Any, name: str, data: Mapping[str, Any]) -> None:
-    """Keep ``data`` (JSON values) as callback ``name``'s entry of ``state``, for the next
-    checkpoint the trainer writes."""
+    """Keep a copy of ``data`` as callback ``name``'s entry of ``state``, for the next checkpoint
+    the trainer writes: made of plain JSON values here (numpy numbers converted), so that
+    writing the checkpoint cannot fail on it later."""
     if getattr(state, "stateful_callbacks", None) is None:
         state.stateful_callbacks = {}
     box = state.stateful_callbacks.setdefault(STATE_KEY, {})
-    box[name] = dict(data)
+    box[name] = json.loads(json.dumps(dict(data), default=_plain))
 
 
 def saved(state: Any, name: str) -> dict[str, Any] | None:

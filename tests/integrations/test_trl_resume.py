@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,6 +176,15 @@ def test_state_helpers_by_hand(tmp_path):
     assert state.stateful_callbacks["TrainerControl"] == {"args": {}}  # others' entries kept
     assert saved(state, "X") == {"a": 1} and saved(state, "Y") == {"b": None}
     assert saved(SimpleNamespace(stateful_callbacks=None), "X") is None
+    # a copy, in plain JSON values: numpy numbers converted, NaN kept, later changes not seen
+    first = {"d": np.float32(0.5), "nan": float("nan"), "v": np.arange(2)}
+    store(state, "M", {"first": first})
+    first["d"] = 9.0
+    kept = saved(state, "M")["first"]
+    assert kept["d"] == 0.5 and type(kept["d"]) is float and math.isnan(kept["nan"])
+    assert kept["v"] == [0, 1]
+    with pytest.raises(TypeError, match="object"):
+        store(state, "bad", {"x": object()})
     path = tmp_path / "history.jsonl"
     assert cut_history(path, 3) == 0 and not path.exists()  # nothing to cut
     path.write_text("".join(json.dumps({"step": s, "v": s * 10}) + "\n" for s in (1, 2, 3, 4, 5)))
