@@ -1,13 +1,33 @@
-"""The error types every layer shares, and the install hints their messages give."""
+"""The error types every layer shares, and the hints their messages give (how to get Ray,
+whether a Ray cluster answers where a config says)."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-__all__ = ["RAY_INSTALL", "NonFiniteError"]
+__all__ = ["RAY_INSTALL", "NonFiniteError", "check_ray_address"]
 
 RAY_INSTALL = "pip install 'proxygap[ray]'"
 """How to get Ray, for the messages of what needs it (sweeps, a study's Ray backend)."""
+
+
+def check_ray_address(address: str, error: type[Exception], *, timeout: float = 5.0) -> None:
+    """Raise ``error`` naming ``address`` when nothing listens at its ``host:port`` (also as
+    ``ray://host:port``): ``ray.init`` would otherwise wait minutes on an address where no
+    cluster runs. Addresses Ray resolves itself (``auto``, ``local``) are left to it."""
+    host, sep, port = address.strip().removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+    raise error(
+        f"no Ray cluster answers at address {address!r} ({host}:{port}: {why}): start one "
+        f"there (ray start --head --port {port}) or correct the address"
+    )
 
 
 class NonFiniteError(FloatingPointError):

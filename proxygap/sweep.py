@@ -39,7 +39,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from proxygap.commands.configs import with_overrides
 from proxygap.config import ConfigError, builtin_config_path, load_config, parse_config
-from proxygap.errors import RAY_INSTALL
+from proxygap.errors import RAY_INSTALL, check_ray_address
 from proxygap.schema import PosInt, Strict, format_errors, safe_name
 
 Backend = Literal["auto", "ray", "sequential"]
@@ -329,6 +329,7 @@ def run_ray(
         raise SweepError(f"the Ray backend needs Ray: {RAY_INSTALL}")
     started = not ray.is_initialized()
     if started and runtime.address:
+        check_ray_address(runtime.address, SweepError)
         ray.init(address=runtime.address, log_to_driver=False)
     elif started:
         ray.init(num_cpus=runtime.num_workers, include_dashboard=False, log_to_driver=False)

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from proxygap.config import StudyConfig
 from proxygap.data.preferences import Pairs, PreferenceFileError, read_jsonl
-from proxygap.errors import NonFiniteError
+from proxygap.errors import NonFiniteError, check_ray_address
 from proxygap.models.device import resolve_device
 from proxygap.models.loading import (
     check_reward_model_folder,
@@ -224,6 +224,8 @@ def setup(
             "runtime.backend: ray needs Ray, which is not installed: pip install "
             "'proxygap[ray]', or use backend: processes"
         )
+    if cfg.runtime.address is not None:
+        check_ray_address(cfg.runtime.address, SetupError)
     device, task, policy, tokenizer = _load_task(cfg)
     trust = cfg.task.trust_remote_code
     check_vocab_match(policy, tokenizer, f"policy {str(task.policy_path)!r}")
