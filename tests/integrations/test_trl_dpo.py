@@ -20,6 +20,8 @@ from proxygap.runs import load_run
 from proxygap.sampling.generate import decode_responses, sample
 from proxygap.tasks import get_task
 
+from .trainers import dpo_trainer
+
 TASK = get_task("reviews")
 SAMPLING = dict(n_per_prompt=2, max_new_tokens=10, seed=7)
 
@@ -28,7 +30,6 @@ SAMPLING = dict(n_per_prompt=2, max_new_tokens=10, seed=7)
 def dpo_run(tmp_path_factory, member_paths, tok):
     import datasets
     import transformers
-    from trl import DPOConfig, DPOTrainer
 
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
@@ -46,16 +47,7 @@ def dpo_run(tmp_path_factory, member_paths, tok):
         prompts, proxy=ensemble_reward(member_paths, join=join),
         gold=gold_reward(TASK.gold, join=join), every=2, **SAMPLING,
     )  # fmt: skip
-    cfg = DPOConfig(
-        output_dir=str(out), use_cpu=True, report_to="none", per_device_train_batch_size=4,
-        max_steps=2, logging_steps=1, save_strategy="no", disable_tqdm=True, learning_rate=3e-3,
-        seed=0, beta=0.1, model_init_kwargs={"dtype": torch.float32},
-    )  # fmt: skip
-    trainer = DPOTrainer(
-        model=str(TASK.policy_path), args=cfg, train_dataset=pairs, processing_class=tok,
-        callbacks=[cb],
-    )  # fmt: skip
-    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    trainer = dpo_trainer(out, pairs, tok, [cb])
     trainer.train()
     return SimpleNamespace(trainer=trainer, cb=cb, out=out, prompts=prompts, join=join)
 

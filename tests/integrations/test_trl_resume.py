@@ -24,6 +24,8 @@ from proxygap.integrations.trl_resume import STATE_KEY, cut_history, saved, stor
 from proxygap.monitor import Monitor
 from proxygap.tasks import get_task
 
+from .trainers import dpo_trainer
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TASK = get_task("reviews")
 COMPARED = ("reward/proxy", "reward/gold", "kl/k1", "signal/unlikely_rate", "monitor/score")
@@ -121,8 +123,6 @@ def test_grpo_resume_without_state_says_so(grpo_whole, member_paths, tok, tmp_pa
 
 def _dpo(out, member_paths, tok, resume=None):
     import datasets
-    import transformers
-    from trl import DPOConfig, DPOTrainer
 
     _quiet()
     join = text_join(TASK.separator, strip_prefix=f"{tok.bos_token} ")
@@ -138,16 +138,7 @@ def _dpo(out, member_paths, tok, resume=None):
         proxy=ensemble_reward(member_paths, join=join), gold=gold_reward(TASK.gold, join=join),
         every=1, n_per_prompt=2, max_new_tokens=10, seed=7, monitor=Monitor(),
     )  # fmt: skip
-    cfg = DPOConfig(
-        output_dir=str(out), use_cpu=True, report_to="none", per_device_train_batch_size=4,
-        max_steps=2, logging_steps=1, save_strategy="steps", save_steps=1, disable_tqdm=True,
-        learning_rate=3e-3, seed=0, beta=0.1, model_init_kwargs={"dtype": torch.float32},
-    )  # fmt: skip
-    trainer = DPOTrainer(
-        model=str(TASK.policy_path), args=cfg, train_dataset=pairs, processing_class=tok,
-        callbacks=[cb],
-    )  # fmt: skip
-    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    trainer = dpo_trainer(out, pairs, tok, [cb], save_strategy="steps", save_steps=1)
     trainer.train(resume_from_checkpoint=resume)
     return SimpleNamespace(trainer=trainer, cb=cb, out=out)
 
