@@ -296,8 +296,8 @@ class ProxygapEvalCallback(TrainerCallback):
         nll = merged.ref_nll
         if nll is not None and self.unlikely_cutoff is None and np.isfinite(nll).any():
             # the first evaluation with the reference's NLLs (step 0: the initial policy's own
-            # samples; after a resume, the resumed policy's, as the monitor's baseline) sets
-            # the cutoff, as the package's evaluator does
+            # samples; after a resume from a checkpoint without the cutoff, the resumed
+            # policy's, as the monitor's baseline) sets the cutoff, as the evaluator does
             self.unlikely_cutoff = unlikely_cutoff(nll)
         if nll is not None and self.unlikely_cutoff is not None and (~np.isnan(nll)).any():
             row["signal/unlikely_rate"] = unlikely_rate(nll, self.unlikely_cutoff)

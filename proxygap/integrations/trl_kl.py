@@ -20,8 +20,9 @@ completions whose per-token NLL under the reference exceeds the 99% quantile of 
 (:func:`proxygap.monitor.signals.unlikely_rate`); batches before that calibrate it and report
 none (the monitor takes each signal's first value as its baseline). Completions a trainer masked
 out entirely are left out. Each process calibrates on its own completions, and a fresh training
-(step 0) starts a fresh calibration; a run resumed from a checkpoint calibrates on the policy it
-resumes with, as the monitor takes its baseline there.
+(step 0) starts a fresh calibration; a run resumed from a checkpoint keeps the cutoff the
+checkpoint holds (:meth:`KLProbe.state_dict`; one written without it calibrates on the policy it
+resumes with, as the monitor then takes its baseline there).
 
 Without a reference (GRPO's default ``beta = 0`` and no ``ref_model``) there is no KL, and
 :attr:`KLProbe.status` says so. The probe wraps those methods on the one trainer instance.

@@ -71,14 +71,25 @@ def restore_monitor(monitor: Any, data: Mapping[str, Any] | None) -> None:
         load(data)
 
 
+def _step(line: str) -> float | None:
+    """A history line's step; None for a line that is no JSON object (a row the interrupted
+    training was writing when it stopped)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return float(row.get("step", 0)) if isinstance(row, dict) else None
+
+
 def cut_history(path: Path, step: int) -> int:
-    """Drop the rows of ``path`` (JSON lines with a ``step``) after ``step``; returns how many
-    were dropped. The file is replaced atomically, so an interruption keeps the old one."""
+    """Drop the rows of ``path`` (JSON lines with a ``step``) after ``step``, and any line cut
+    short by the interruption; returns how many were dropped. The file is replaced atomically,
+    so an interruption of this keeps the old one."""
     if not path.is_file():
         return 0
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    dropped = sum(1 for line in lines if line.strip()) - len(kept)
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if (at := _step(line)) is not None and at <= step]
+    dropped = len(lines) - len(kept)
     if dropped:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
         logger.info("proxygap: resumed at step %d: %d later rows dropped", step, dropped)

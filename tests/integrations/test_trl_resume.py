@@ -184,3 +184,7 @@ def test_state_helpers_by_hand(tmp_path):
         {"step": s, "v": s * 10} for s in (1, 2, 3)
     ]
     assert cut_history(path, 3) == 0  # already cut: the file is left as it is
+    # a row cut short when the training stopped (and a non-object line) is dropped, not fatal
+    path.write_text(path.read_text() + '[1]\n{"step": 2, "v"')
+    assert cut_history(path, 3) == 2
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3]
